@@ -112,9 +112,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T
             f"allowed: {', '.join(sorted(fields))}"
         )
     hints = get_type_hints(cls)
-    kwargs = {
-        k: _coerce(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()
-    }
+    kwargs = {k: _coerce(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except SpecError as exc:

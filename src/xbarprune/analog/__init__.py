@@ -1,0 +1,21 @@
+"""Simulated inference on non-ideal crossbars: analog layers, conversion, Monte Carlo."""
+
+from xbarprune.analog.layers import AnalogLayer
+from xbarprune.analog.simulate import (
+    AnalogModel,
+    EvalResult,
+    accuracy,
+    convert,
+    evaluate,
+    trial_generator,
+)
+
+__all__ = [
+    "AnalogLayer",
+    "AnalogModel",
+    "EvalResult",
+    "accuracy",
+    "convert",
+    "evaluate",
+    "trial_generator",
+]

@@ -1,0 +1,157 @@
+"""Model conversion and Monte Carlo evaluation on non-ideal crossbars (DESIGN.md `analog/`).
+
+``convert(model, layout, device, nonideal)`` returns a copy of the model in which every layer of
+the layout is an :class:`AnalogLayer`; ``evaluate(...)`` programs it once per Monte Carlo trial
+(trial ``i`` draws from a generator seeded with ``seed * 1_000_003 + i``) and reports the test
+accuracy of every trial, their mean and (sample) standard deviation. The same seed gives the
+same numbers; ideal settings give the digital accuracy.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from xbarprune.analog.layers import AnalogLayer
+from xbarprune.hardware.nonideal.model import NonIdealityModel
+from xbarprune.hardware.spec import DeviceSpec
+from xbarprune.mapping.layout import CrossbarLayout
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent = root
+    parts = name.split(".")
+    for p in parts[:-1]:
+        parent = getattr(parent, p)
+    setattr(parent, parts[-1], new)
+
+
+class AnalogModel(nn.Module):
+    """A model whose mapped layers run through simulated crossbars."""
+
+    def __init__(self, model: nn.Module, layers: dict[str, AnalogLayer]):
+        super().__init__()
+        self.model = model
+        self._names = list(layers)
+
+    def analog_layers(self) -> list[AnalogLayer]:
+        mods = dict(self.model.named_modules())
+        return [mods[n] for n in self._names]
+
+    @torch.no_grad()
+    def program(self, generator: torch.Generator, time_s: float = 1.0) -> None:
+        """Program every analog layer (one Monte Carlo trial) at ``time_s`` after programming."""
+        for layer in self.analog_layers():
+            layer.program(generator, time_s)
+
+    def reset_calibration(self) -> None:
+        for layer in self.analog_layers():
+            layer.reset_calibration()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+def convert(
+    model: nn.Module,
+    layout: CrossbarLayout,
+    device: DeviceSpec,
+    nonideal: NonIdealityModel,
+    *,
+    weight_clip: dict[str, float] | None = None,
+) -> AnalogModel:
+    """Deep-copy ``model`` and replace each layout layer by an :class:`AnalogLayer`."""
+    m = copy.deepcopy(model)
+    m.eval()
+    mods = dict(m.named_modules())
+    layers: dict[str, AnalogLayer] = {}
+    for lay in layout:
+        if lay.name not in mods:
+            from xbarprune.errors import MappingError
+
+            raise MappingError(f"layout layer '{lay.name}' is not in the model")
+        clip = (weight_clip or {}).get(lay.name)
+        al = AnalogLayer(mods[lay.name], lay, device, nonideal, weight_clip=clip)
+        _set_module(m, lay.name, al)
+        layers[lay.name] = al
+    return AnalogModel(m, layers)
+
+
+@dataclass
+class EvalResult:
+    """Accuracy of one analog evaluation: per trial, mean and sample std (0 for one trial)."""
+
+    time_s: float
+    per_trial: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.per_trial) if self.per_trial else float("nan")
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.per_trial) if len(self.per_trial) > 1 else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "time_s": self.time_s,
+            "mean": self.mean,
+            "std": self.std,
+            "trials": len(self.per_trial),
+            "per_trial": list(self.per_trial),
+        }
+
+
+def trial_generator(seed: int, trial: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + int(trial))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: Iterable, device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy of ``model`` over ``data`` (an iterable of (x, y) batches)."""
+    model.eval()
+    correct = total = 0
+    for x, y in data:
+        x, y = x.to(device), y.to(device)
+        correct += int((model(x).argmax(1) == y).sum())
+        total += int(y.numel())
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Iterable,
+    layout: CrossbarLayout,
+    device_spec: DeviceSpec,
+    nonideal: NonIdealityModel,
+    *,
+    trials: int = 10,
+    seed: int = 0,
+    times: Sequence[float] = (1.0,),
+    device: torch.device | str | None = None,
+    weight_clip: dict[str, float] | None = None,
+) -> list[EvalResult]:
+    """Monte Carlo accuracy of ``model`` on non-ideal crossbars, one result per time.
+
+    For each time t and trial i the model is programmed with the generator of (seed, i), so
+    the same devices (same variation, faults, drift exponents) are seen at every t: results
+    across times are paired, as for one chip observed over time.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    am = convert(model, layout, device_spec, nonideal, weight_clip=weight_clip).to(device)
+    n_trials = 1 if nonideal.is_ideal else trials
+    out = []
+    for t in times:
+        res = EvalResult(time_s=float(t))
+        for i in range(n_trials):
+            am.program(trial_generator(seed, i, device), time_s=float(t))
+            res.per_trial.append(accuracy(am, data, device))
+        out.append(res)
+    return out

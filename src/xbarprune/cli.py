@@ -1,0 +1,215 @@
+"""Command-line interface: a thin layer over the library (DESIGN.md `cli.py`).
+
+Every :class:`~xbarprune.errors.XbarpruneError` is printed as one paragraph on stderr with exit
+code 2; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from xbarprune.config import load_yaml
+    from xbarprune.experiment.config import apply_overrides, load_config
+    from xbarprune.experiment.pipeline import Run
+
+    data = load_yaml(a.config) or {}
+    if a.set:
+        data = apply_overrides(data, a.set)
+    cfg = load_config(data)
+    out = Path(a.out) if a.out else Path("runs") / cfg.name
+    rep = Run(cfg, out, fresh=a.fresh).run()
+    acc = rep["accuracy"]
+    print(f"\nreport: {out / 'report.json'}, {out / 'report.md'}")
+    last = list(acc["compressed_nonideal"].values())[-1]
+    print(
+        f"dense {100 * (acc['dense_ideal'] or 0):.2f} % | compressed ideal "
+        f"{100 * acc['compressed_ideal']:.2f} % | non-ideal @ "
+        f"{list(acc['compressed_nonideal'])[-1]} {100 * last['mean']:.2f} ± "
+        f"{100 * last['std']:.2f} % | crossbars {rep['crossbars']['dense']} -> "
+        f"{rep['crossbars']['compressed']}"
+    )
+    return 0
+
+
+def _cmd_simulate(a: argparse.Namespace) -> int:
+    from xbarprune.experiment.pipeline import Run
+    from xbarprune.io import atomic_write_json
+    from xbarprune.units import format_time, parse_time
+
+    run = Run.open(a.run)
+    for s in ("train", "finetune"):
+        if not run.done(s):
+            from xbarprune.errors import ConfigError
+
+            raise ConfigError(f"run {a.run} has not finished stage '{s}'; run it first")
+    times = [parse_time(t) for t in a.time] if a.time else None
+    out = run.simulate(nonideal=a.nonideal, times=times, trials=a.trials)
+    label = a.label or "_".join(
+        [a.nonideal or "config"] + [format_time(t) for t in (times or [])]
+    )
+    path = run.dir / "simulations" / f"{label}.json"
+    atomic_write_json(path, out)
+    print(f"written {path}")
+    return 0
+
+
+def _cmd_map(a: argparse.Namespace) -> int:
+    from torch import nn
+
+    from xbarprune.hardware import CrossbarSpec
+    from xbarprune.mapping import layer_matrices, map_model
+
+    xbar = CrossbarSpec(a.rows, a.cols, a.cells_per_weight, a.encoding)
+    target = Path(a.target)
+    if (target / "config.yaml").is_file():
+        from xbarprune.experiment.pipeline import Run
+
+        run = Run.open(target, log=lambda s: None)
+        stage = "finetune" if run.done("finetune") else "train"
+        model, _ = run._load_model(stage)
+    else:
+        from xbarprune.models import build_model
+
+        model = build_model(
+            a.target, num_classes=a.num_classes, in_channels=a.in_channels,
+            image_size=a.image_size, width=a.width,
+        )
+    assert isinstance(model, nn.Module)
+    layout = map_model(model, xbar)
+    mats = layer_matrices(model, layout)
+    hdr = f"{'layer':<28}{'matrix':>14}{'tiles':>8}{'needed':>8}{'util %':>8}{'sparsity %':>12}"
+    print(f"crossbar {xbar.rows}x{xbar.cols}, {xbar.encoding}, {xbar.cells_per_weight} cell(s)"
+          f"/weight -> {xbar.weights_per_row} weights per tile row")
+    print(hdr)
+    print("-" * len(hdr))
+    tot = need = 0
+    for layer in layout:
+        s = layer.summary(mats[layer.name])
+        tot += s["tiles_dense"]
+        need += s["tiles_needed"]
+        print(
+            f"{layer.name:<28}{s['matrix_shape'][0]:>7}x{s['matrix_shape'][1]:<6}"
+            f"{s['tiles_dense']:>8}{s['tiles_needed']:>8}{100 * s['utilisation']:>8.1f}"
+            f"{100 * s['weight_sparsity']:>12.1f}"
+        )
+    print("-" * len(hdr))
+    print(f"{'total':<28}{'':>14}{tot:>8}{need:>8}")
+    return 0
+
+
+def _cmd_methods(a: argparse.Namespace) -> int:
+    from xbarprune.compress import list_methods
+
+    for name, summary in list_methods().items():
+        print(f"{name:<18} {summary}")
+    return 0
+
+
+def _cmd_presets(a: argparse.Namespace) -> int:
+    from xbarprune.config import to_dict
+    from xbarprune.hardware.nonideal.model import PRESETS
+
+    for name, cfg in PRESETS.items():
+        on = {k: v for k, v in to_dict(cfg).items() if v not in (None, False)}
+        print(f"{name:<10} {json.dumps(on)}")
+    return 0
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from xbarprune.experiment.pipeline import Run
+    from xbarprune.report import write_report
+
+    run = Run.open(a.run)
+    write_report(run)
+    print(f"written {run.dir / 'report.json'} and report.md")
+    return 0
+
+
+def _cmd_compare(a: argparse.Namespace) -> int:
+    from xbarprune.experiment.compare import run_compare
+
+    run_compare(a.config, out=a.out, quick=a.quick, sets=a.set or [])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="xbarprune",
+        description="Crossbar-aware compression and non-ideal simulation for memristive "
+        "accelerators.",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run an experiment (train, compress, finetune, map, "
+                       "simulate, report) from a YAML config")
+    r.add_argument("config", help="experiment YAML")
+    r.add_argument("--out", help="run directory (default runs/<name>)")
+    r.add_argument("--fresh", action="store_true", help="discard finished stages, start over")
+    r.add_argument("--resume", action="store_true",
+                   help="resume an interrupted run (the default when the directory exists)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=1 (repeatable)")
+    r.set_defaults(fn=_cmd_run)
+
+    s = sub.add_parser("simulate", help="re-simulate a finished run under other conditions")
+    s.add_argument("run", help="run directory")
+    s.add_argument("--time", action="append", help="time after programming, e.g. 1s, 1d, 1y "
+                   "(repeatable)")
+    s.add_argument("--nonideal", help="non-ideality preset name (see `xbarprune presets`)")
+    s.add_argument("--trials", type=int, help="Monte Carlo trials")
+    s.add_argument("--label", help="output name under <run>/simulations/")
+    s.set_defaults(fn=_cmd_simulate)
+
+    m = sub.add_parser("map", help="print the crossbar layout of a model or run as a table")
+    m.add_argument("target", help="model name (see the zoo) or run directory")
+    m.add_argument("--rows", type=int, default=128)
+    m.add_argument("--cols", type=int, default=128)
+    m.add_argument("--cells-per-weight", type=int, default=1)
+    m.add_argument("--encoding", default="differential", choices=["differential", "offset"])
+    m.add_argument("--num-classes", type=int, default=10)
+    m.add_argument("--in-channels", type=int, default=1)
+    m.add_argument("--image-size", type=int, default=28)
+    m.add_argument("--width", type=float, default=1.0)
+    m.set_defaults(fn=_cmd_map)
+
+    sub.add_parser("methods", help="list compression methods").set_defaults(fn=_cmd_methods)
+    sub.add_parser("presets", help="list non-ideality presets").set_defaults(fn=_cmd_presets)
+
+    rp = sub.add_parser("report", help="rebuild report.json/report.md/plots of a run")
+    rp.add_argument("run", help="run directory")
+    rp.set_defaults(fn=_cmd_report)
+
+    c = sub.add_parser("compare", help="run a method comparison (e.g. examples/prunix_compare"
+                       ".yaml) and write results/<method>/summary.json")
+    c.add_argument("config", help="comparison YAML")
+    c.add_argument("--out", help="output folder (default from the config)")
+    c.add_argument("--quick", action="store_true", help="tiny subset, for smoke tests")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE")
+    c.set_defaults(fn=_cmd_compare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from xbarprune.errors import XbarpruneError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except XbarpruneError as exc:
+        msg = textwrap.fill(f"error: {exc}", width=100, break_long_words=False)
+        print(msg, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished stages and epochs are kept; rerun to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

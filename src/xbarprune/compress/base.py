@@ -1,0 +1,126 @@
+"""The compression-method interface and registry (``xbarprune methods``).
+
+A method is a class with a ``name``, a one-line ``summary``, a ``Params`` dataclass (its config
+section, validated by :func:`xbarprune.config.from_dict`) and ``compress(ctx) -> CompressResult``.
+It prunes (and may regularise-train, quantise or re-lay out) ``ctx.model`` in place, on the
+crossbar groups of ``ctx.layout``; the pipeline then fine-tunes with the returned masks fixed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from xbarprune.errors import ConfigError
+from xbarprune.hardware.spec import DeviceSpec
+from xbarprune.mapping.layout import CrossbarLayout
+from xbarprune.training.loop import TrainConfig, evaluate_accuracy, train
+from xbarprune.training.masks import MaskSet
+
+
+@dataclass
+class CompressContext:
+    """Everything a method may use. ``finetune`` and ``val_accuracy`` are conveniences."""
+
+    model: nn.Module
+    layout: CrossbarLayout
+    device_spec: DeviceSpec
+    train_data: Any
+    val_data: Any
+    finetune_cfg: TrainConfig
+    device: torch.device | str = "cpu"
+    seed: int = 0
+    run_dir: Path | None = None
+    nonideal: Any = None  # NonIdealityModel used by non-ideality-aware methods
+    log: Callable[[str], None] = print
+
+    def finetune(
+        self, masks: MaskSet | None, epochs: int, regularizer=None, tag: str = "ft", post_step=None
+    ) -> None:
+        if epochs <= 0:
+            if masks is not None:
+                masks.apply(self.model)
+            return
+        ckpt = None
+        if self.run_dir is not None:
+            ckpt = self.run_dir / "stages" / f"{tag}.pt"
+        train(
+            self.model,
+            self.train_data,
+            self.finetune_cfg,
+            device=self.device,
+            regularizer=regularizer,
+            masks=masks,
+            post_step=post_step,
+            checkpoint=ckpt,
+            seed=self.seed,
+            desc=tag,
+            epochs=epochs,
+        )
+
+    def val_accuracy(self, model: nn.Module | None = None) -> float:
+        from torch.utils.data import DataLoader
+
+        data = self.val_data
+        if not isinstance(data, DataLoader):
+            data = DataLoader(data, batch_size=512, shuffle=False)
+        return evaluate_accuracy(model or self.model, data, self.device)
+
+
+@dataclass
+class CompressResult:
+    masks: MaskSet
+    layout: CrossbarLayout | None = None  # a new placement (packing/permutation), if any
+    info: dict = field(default_factory=dict)
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type]
+
+    def __init__(self, params: Any):
+        self.params = params
+
+    @abstractmethod
+    def compress(self, ctx: CompressContext) -> CompressResult: ...
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ConfigError(
+            f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))} "
+            "(see `xbarprune methods`)"
+        )
+    return _REGISTRY[name]
+
+
+def list_methods() -> dict[str, str]:
+    _load_builtin()
+    return {n: c.summary for n, c in sorted(_REGISTRY.items())}
+
+
+_BUILTIN_MODULES = ("xbarprune.compress.magnitude", "xbarprune.compress.prunix")
+
+
+def _load_builtin() -> None:
+    """Import the built-in method modules (importing a module registers its methods)."""
+    import importlib
+
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(mod)

@@ -1,0 +1,70 @@
+"""``xbarprune compare CONFIG``: method comparisons that write ``results/<method>/summary.json``.
+
+A comparison YAML names its ``kind`` (the study it runs); each kind is a function registered
+here. Every study shares the helpers below: seeded data and models, dense training cached per
+(model, dataset), resumable arms (finished arms are kept in ``<out>/work`` and skipped), and a
+summary written atomically with the exact command and wall time at its top.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from xbarprune.config import load_yaml
+from xbarprune.errors import ConfigError
+from xbarprune.experiment.config import apply_overrides
+
+_STUDIES: dict[str, Callable[..., dict]] = {}
+
+
+def study(name: str):
+    def deco(fn):
+        _STUDIES[name] = fn
+        return fn
+
+    return deco
+
+
+def run_compare(config: str | Path, *, out: str | None = None, quick: bool = False,
+                sets: list[str] | None = None) -> dict:
+    data = load_yaml(config) or {}
+    if sets:
+        data = apply_overrides(data, sets)
+    if not isinstance(data, dict) or "kind" not in data:
+        raise ConfigError(f"{config}: a comparison config needs a 'kind' key "
+                          f"(one of: {', '.join(sorted(_load()))})")
+    kind = data.pop("kind")
+    studies = _load()
+    if kind not in studies:
+        raise ConfigError(f"{config}: unknown comparison kind {kind!r}; "
+                          f"available: {', '.join(sorted(studies))}")
+    command = "xbarprune compare " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
+        if len(sys.argv) > 1 and sys.argv[1] == "compare" else f"xbarprune compare {config}"
+    t0 = time.perf_counter()
+    return studies[kind](data, out=out, quick=quick, command=command, t0=t0)
+
+
+def _load() -> dict[str, Callable[..., dict]]:
+    import xbarprune.experiment.prunix_compare  # noqa: F401
+
+    return _STUDIES
+
+
+def header(command: str, t0: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    h = {
+        "command": command,
+        "wall_time_s": round(time.perf_counter() - t0, 1),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
+    }
+    h.update(extra or {})
+    return h

@@ -1,0 +1,200 @@
+"""A small, seeded, resumable training loop (SGD/Adam, cosine/step schedules).
+
+Every epoch ends with an atomic checkpoint (model, optimizer, scheduler, history, epoch), so a
+killed run loses at most the epoch in progress and ``train`` resumes from the checkpoint when
+it finds one. The epoch's data order is drawn from ``seed + epoch``, so a resumed run sees the
+same batches as an uninterrupted one. Hooks: a ``regularizer(model, progress) -> Tensor`` added
+to the loss (progress = fraction of training done, for warm-up ramps), a :class:`MaskSet` kept
+fixed (gradients and optimizer state masked, weights re-zeroed after every step), and a
+``post_step(model)`` callable (e.g. weight clipping).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from xbarprune.errors import SpecError, check_range
+from xbarprune.io import load_checkpoint, load_state_into, save_checkpoint
+from xbarprune.training.masks import MaskSet
+
+Regularizer = Callable[[nn.Module, float], Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters (the ``train:`` / ``finetune:`` config sections)."""
+
+    epochs: int = 2
+    batch_size: int = 64
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    step_size: int = 10
+    gamma: float = 0.1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_range("train.epochs", self.epochs, low=0)
+        check_range("train.batch_size", self.batch_size, low=1)
+        check_range("train.lr", self.lr, low=0.0, low_open=True)
+        check_range("train.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        check_range("train.weight_decay", self.weight_decay, low=0.0)
+        check_range("train.step_size", self.step_size, low=1)
+        check_range("train.gamma", self.gamma, low=0.0, low_open=True, high=1.0)
+        if self.optimizer not in ("sgd", "adam"):
+            raise SpecError(f"train.optimizer = {self.optimizer!r}; allowed: 'sgd', 'adam'")
+        if self.schedule not in ("cosine", "step", "constant"):
+            raise SpecError(
+                f"train.schedule = {self.schedule!r}; allowed: 'cosine', 'step', 'constant'"
+            )
+
+
+@dataclass
+class TrainHistory:
+    epochs: list[dict] = field(default_factory=list)
+
+    @property
+    def last(self) -> dict:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _lr_factor(cfg: TrainConfig, epoch: int, n_epochs: int) -> float:
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / max(n_epochs, 1)))
+    if cfg.schedule == "step":
+        return cfg.gamma ** (epoch // cfg.step_size)
+    return 1.0
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, data, device) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in data:
+        x, y = x.to(device), y.to(device)
+        correct += int((model(x).argmax(1) == y).sum())
+        total += int(y.numel())
+    return correct / max(total, 1)
+
+
+def _loader(data: Dataset | DataLoader, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    if isinstance(data, DataLoader):
+        return data
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=0)
+
+
+def train(
+    model: nn.Module,
+    train_data: Dataset | DataLoader,
+    cfg: TrainConfig,
+    *,
+    device: torch.device | str = "cpu",
+    val_data: Dataset | DataLoader | None = None,
+    regularizer: Regularizer | None = None,
+    masks: MaskSet | None = None,
+    post_step: Callable[[nn.Module], None] | None = None,
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+    desc: str = "train",
+    epochs: int | None = None,
+) -> TrainHistory:
+    """Train ``model`` in place for ``cfg.epochs`` (or ``epochs``) epochs; returns the history."""
+    n_epochs = cfg.epochs if epochs is None else epochs
+    model.to(device)
+    opt = make_optimizer(model, cfg)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    hist = TrainHistory()
+    start = 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.is_file():
+        state = load_checkpoint(ckpt, map_location=device)
+        load_state_into(model, state["model"], str(ckpt))
+        opt.load_state_dict(state["optimizer"])
+        hist.epochs = list(state.get("history", []))
+        start = int(state["epoch"]) + 1
+    if masks is not None:
+        masks.apply(model, opt)
+    val_loader = _loader(val_data, 512, False, seed) if val_data is not None else None
+    show = cfg.progress and sys.stderr.isatty()
+    for epoch in range(start, n_epochs):
+        factor = _lr_factor(cfg, epoch, n_epochs)
+        for g, lr in zip(opt.param_groups, base_lrs, strict=True):
+            g["lr"] = lr * factor
+        loader = _loader(train_data, cfg.batch_size, True, seed * 7919 + epoch)
+        model.train()
+        t0 = time.perf_counter()
+        tot_loss = tot_reg = 0.0
+        correct = seen = 0
+        steps = len(loader)
+        it = loader
+        if show:
+            from tqdm import tqdm
+
+            it = tqdm(loader, desc=f"{desc} {epoch + 1}/{n_epochs}", leave=False)
+        for b, (x, y) in enumerate(it):
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            total = loss
+            if regularizer is not None:
+                progress = (epoch + b / max(steps, 1)) / max(n_epochs, 1)
+                r = regularizer(model, progress)
+                total = loss + r
+                tot_reg += float(r.detach()) * y.numel()
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            if masks is not None:
+                masks.mask_grads(model)
+            opt.step()
+            if masks is not None:
+                masks.apply(model, opt)
+            if post_step is not None:
+                post_step(model)
+            tot_loss += float(loss.detach()) * y.numel()
+            correct += int((out.argmax(1) == y).sum())
+            seen += int(y.numel())
+        rec = {
+            "epoch": epoch + 1,
+            "lr": opt.param_groups[0]["lr"],
+            "loss": tot_loss / max(seen, 1),
+            "reg": tot_reg / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+            "seconds": time.perf_counter() - t0,
+        }
+        if val_loader is not None:
+            rec["val_acc"] = evaluate_accuracy(model, val_loader, device)
+        hist.epochs.append(rec)
+        if ckpt is not None:
+            save_checkpoint(
+                ckpt,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "epoch": epoch,
+                    "history": hist.epochs,
+                },
+            )
+    return hist

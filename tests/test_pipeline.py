@@ -1,0 +1,166 @@
+"""End to end: a tiny config through every stage, report consistency, resume, CLI errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from xbarprune.cli import main
+from xbarprune.errors import CheckpointError, ConfigError
+from xbarprune.experiment.config import load_config
+from xbarprune.experiment.pipeline import Run
+from xbarprune.io import load_checkpoint, save_checkpoint
+
+TINY = {
+    "name": "tiny",
+    "seed": 3,
+    "model": {"name": "lenet5"},
+    "data": {"name": "mnist-embedded", "val_size": 0.1, "train_subset": 800,
+             "test_subset": 300},
+    "train": {"epochs": 1, "batch_size": 32, "lr": 0.003, "progress": False},
+    "method": {"name": "group-magnitude",
+               "params": {"sparsity": 0.6, "kind": "tile_column", "steps": 2,
+                          "epochs_per_step": 1}},
+    "finetune": {"epochs": 1, "batch_size": 32, "lr": 0.001, "progress": False},
+    "crossbar": {"rows": 32, "cols": 32},
+    "nonideal": "reram",
+    "evaluate": {"times": ["1s", "1d"], "trials": 2, "seed": 1},
+    "runtime": {"device": "cpu"},
+}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, dict, list[str]]:
+    out = tmp_path_factory.mktemp("run")
+    logs: list[str] = []
+    rep = Run(load_config(TINY), out, log=logs.append).run()
+    return out, rep, logs
+
+
+def test_report_has_every_field(finished):
+    _, rep, _ = finished
+    for key in ("model", "dataset", "method", "crossbar", "device", "nonideal", "seeds",
+                "accuracy", "sparsity", "crossbars", "cost", "layers", "timing", "versions"):
+        assert key in rep, key
+    acc = rep["accuracy"]
+    for t in ("1s", "1d"):
+        r = acc["compressed_nonideal"][t]
+        assert len(r["per_trial"]) == 2 and r["trials"] == 2
+        assert abs(r["mean"] - sum(r["per_trial"]) / 2) < 1e-12
+    assert set(rep["sparsity"]) >= {"weight", "group", "crossbar_saving"}
+
+
+def test_report_numbers_are_consistent(finished):
+    out, rep, _ = finished
+    acc = rep["accuracy"]
+    # ideal analog simulation == digital model
+    assert acc["compressed_analog_ideal"] == pytest.approx(acc["compressed_ideal"], abs=1e-9)
+    assert acc["dense_analog_ideal"] == pytest.approx(acc["dense_ideal"], abs=1e-9)
+    x = rep["crossbars"]
+    assert x["compressed"] <= x["dense"]
+    assert rep["sparsity"]["crossbar_saving"] == pytest.approx(1 - x["compressed"] / x["dense"])
+    assert x["compressed"] == sum(r["tiles_compressed"] for r in rep["layers"])
+    # sparsity matches the masks of the final checkpoint, and pruned weights are zero
+    ck = load_checkpoint(out / "stages" / "finetune.pt")
+    masks = ck["masks"]
+    tot = sum(m.numel() for m in masks.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    zeros = sum(int((ck["model"][f"{n}.weight"] == 0).sum()) for n in masks)
+    assert rep["sparsity"]["weight"] == pytest.approx(zeros / tot)
+    assert zeros >= tot - kept
+    for n, m in masks.items():
+        assert bool((ck["model"][f"{n}.weight"][~m] == 0).all())
+    assert rep["sparsity"]["weight"] >= 0.59
+    assert rep["cost"]["compressed"]["energy_nj"] <= rep["cost"]["dense"]["energy_nj"]
+    assert (out / "report.md").is_file()
+    for p in ("accuracy_vs_time", "layer_sparsity", "occupancy"):
+        assert (out / "plots" / f"{p}.png").stat().st_size > 1000
+
+
+def test_rerun_skips_finished_stages(finished):
+    out, rep, _ = finished
+    logs: list[str] = []
+    rep2 = Run(load_config(TINY), out, log=logs.append).run()
+    assert sum("skipped" in s for s in logs) == 5
+    assert rep2["accuracy"] == rep["accuracy"]
+
+
+def test_simulate_cli_resimulates_without_training(finished, capsys):
+    out, _, _ = finished
+    assert main(["simulate", str(out), "--time", "1y", "--nonideal", "ideal", "--trials",
+                 "1"]) == 0
+    files = list((out / "simulations").glob("*.json"))
+    assert files
+    sim = json.loads(files[0].read_text())
+    assert sim["times_s"] == [31557600.0]
+    assert sim["compressed"]["nonideal"][0]["mean"] == pytest.approx(
+        sim["compressed"]["digital"])
+
+
+def test_other_config_in_same_run_dir_is_refused(finished):
+    out, _, _ = finished
+    other = dict(TINY, seed=4)
+    with pytest.raises(ConfigError, match="different config"):
+        Run(load_config(other), out)
+
+
+def test_unknown_key_named(tmp_path):
+    bad = dict(TINY, train={"epochs": 1, "lr_max": 3})
+    with pytest.raises(ConfigError, match="lr_max"):
+        load_config(bad)
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(dict(TINY, modle={"name": "x"})))
+    assert main(["run", str(p), "--out", str(tmp_path / "r")]) == 2
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    p = tmp_path / "x.pt"
+    save_checkpoint(p, {"model": {"w": torch.zeros(3)}})
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(p)
+
+
+def test_checkpoint_from_another_model_is_refused(finished, tmp_path):
+    out, _, _ = finished
+    other = dict(TINY, model={"name": "mlp"})
+    run = Run(load_config(other), tmp_path / "o")
+    (run.stages / "train.pt").write_bytes((out / "stages" / "train.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        run._load_model("train")
+
+
+def test_unwritable_output_is_clear(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(TINY))
+    try:
+        if (ro / "x").exists() or _can_write(ro):
+            pytest.skip("running as a user that ignores permissions")
+        assert main(["run", str(p), "--out", str(ro / "run")]) == 2
+        assert "cannot create" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o700)
+
+
+def _can_write(d: Path) -> bool:
+    try:
+        (d / ".probe").write_text("x")
+        (d / ".probe").unlink()
+        return True
+    except OSError:
+        return False
+
+
+def test_methods_cli_lists_registry(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("magnitude", "group-magnitude", "prunix", "none"):
+        assert name in out
