@@ -81,6 +81,7 @@ class AnalogLayer(nn.Module):
         self.x_fs: float | None = None
         self.x_signed = True
         self.adc_fs: float | None = adc_full_scale_or_none(cfg.adc_full_scale)
+        self._init_conv_bands()
 
     # ------------------------------------------------------------------ programming
     @property
@@ -194,70 +195,260 @@ class AnalogLayer(nn.Module):
 
     def _tile_forward(self, x: Tensor) -> Tensor:
         m = self.inner
-        lay = self.layout
-        R, C = lay.matrix_shape
+        R, C = self.layout.matrix_shape
         if isinstance(m, nn.Conv2d):
-            B, _, H, W = x.shape
-            cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # (B, R, L)
-            Ho = (H + 2 * m.padding[0] - m.dilation[0] * (m.kernel_size[0] - 1) - 1) // m.stride[
-                0
-            ] + 1
-            Wo = (W + 2 * m.padding[1] - m.dilation[1] * (m.kernel_size[1] - 1) - 1) // m.stride[
-                1
-            ] + 1
-            xm = cols.transpose(1, 2).reshape(-1, R)
-        else:
-            lead = x.shape[:-1]
-            xm = x.reshape(-1, R)
-        y = self._tile_matmul(xm)
+            if self._conv_bands is not None:
+                y = self._tile_conv(x)
+            else:
+                B, _, H, W = x.shape
+                cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)
+                ho = (H + 2 * m.padding[0] - m.dilation[0] * (m.kernel_size[0] - 1) - 1)
+                wo = (W + 2 * m.padding[1] - m.dilation[1] * (m.kernel_size[1] - 1) - 1)
+                y = self._tile_matmul(cols).view(
+                    B, C, ho // m.stride[0] + 1, wo // m.stride[1] + 1
+                )
+            if m.bias is not None:
+                y = y + m.bias.view(1, -1, 1, 1)
+            return y
+        lead = x.shape[:-1]
+        y = self._tile_linear(x.reshape(-1, R))
         if m.bias is not None:
             y = y + m.bias
-        if isinstance(m, nn.Conv2d):
-            return y.view(B, Ho * Wo, C).transpose(1, 2).reshape(B, C, Ho, Wo)
         return y.view(*lead, C)
 
-    def _tile_matmul(self, xm: Tensor) -> Tensor:
-        """(N, R) inputs -> (N, C) outputs through per-tile, per-slice ADCs."""
+    # ---- convolution: all row bands of all blocks in one grouped convolution
+    def _init_conv_bands(self) -> None:
+        """Index tensors for the grouped-convolution tile path, or None if not applicable.
+
+        Applicable when every block's rows are a contiguous ascending range of the mapped
+        matrix (the dense layout, column packings, any column permutation): a row band of
+        ``xbar.rows`` rows then covers a contiguous range of input channels, so band j is a
+        convolution over ``m`` channels starting at ``c0_j`` with the band's weights (zero for
+        kernel rows outside the band). Group j of one grouped conv computes band j.
+        """
+        self._conv_bands = None
+        m = self.inner
+        if not isinstance(m, nn.Conv2d):
+            return
+        lay = self.layout
+        xbar = lay.crossbar
+        kk = lay.kernel_numel
+        bands = []  # (block index, first row, end row)
+        for bi, b in enumerate(lay.blocks):
+            r = b.rows
+            if not bool((r[1:] - r[:-1] == 1).all()):
+                return
+            start, end = int(r[0]), int(r[-1]) + 1
+            for a in range(start, end, xbar.rows):
+                bands.append((bi, a, min(a + xbar.rows, end)))
+        c0 = torch.tensor([a // kk for _, a, _ in bands])
+        c1 = torch.tensor([(e - 1) // kk + 1 for _, _, e in bands])
+        width = int((c1 - c0).max())
+        nb = len(bands)
+        # input channel of group j, slot q (== in_channels: a zero channel)
+        ch = c0.view(-1, 1) + torch.arange(width).view(1, -1)
+        ch = torch.where(ch < c1.view(-1, 1), ch, lay.in_channels)
+        # matrix row of group j, local row q*kk + t (== R: a zero row) if inside the band
+        rows = ch.view(nb, width, 1) * kk + torch.arange(kk).view(1, 1, kk)
+        lo = torch.tensor([a for _, a, _ in bands]).view(-1, 1, 1)
+        hi = torch.tensor([e for _, _, e in bands]).view(-1, 1, 1)
+        R = lay.matrix_shape[0]
+        rows = torch.where((rows >= lo) & (rows < hi) & (ch.view(nb, width, 1) < lay.in_channels),
+                           rows, R).view(nb, width * kk)
+        self._conv_bands = {
+            "block": torch.tensor([bi for bi, _, _ in bands]),
+            "ch": ch.reshape(-1),
+            "rows": rows,
+            "width": width,
+        }
+
+    def _tile_conv(self, x: Tensor) -> Tensor:
+        m = self.inner
+        lay = self.layout
+        xbar = lay.crossbar
+        k = xbar.cells_per_weight
+        R, C = lay.matrix_shape
+        cb = self._conv_bands
+        dev = x.device
+        nb, width = cb["rows"].shape[0], cb["width"]
+        slices = self._slices.to(x.dtype)  # (k, R, C)
+        x_fs = self.x_fs if (self.dac_bits is not None and self.x_fs) else 1.0
+        padded = torch.cat([slices, slices.new_zeros(k, 1, C)], 1)  # zero row R
+        w = padded[:, cb["rows"].to(dev)]  # (k, nb, width*kk, C)
+        # one group per band: its columns (block columns) x slices
+        outs_per_band = []
+        for bi, b in enumerate(lay.blocks):
+            sel = (cb["block"] == bi).nonzero().squeeze(1)
+            outs_per_band.append((sel, b.cols.to(dev)))
+        same_cols = len(lay.blocks) == 1
+        if same_cols:
+            cols = lay.blocks[0].cols.to(dev)
+            wg = w[..., cols] if len(cols) != C else w  # (k, nb, width*kk, c)
+            c_b = wg.shape[-1]
+            wg = wg.permute(1, 0, 3, 2).reshape(nb * k * c_b, width, *m.kernel_size)
+        else:
+            # blocks with different column sets: pad every band to the widest column set
+            c_b = max(len(c) for _, c in outs_per_band)
+            wg = w.new_zeros(nb, k, c_b, width * kk)
+            colmap = torch.full((nb, c_b), C, dtype=torch.long, device=dev)
+            for sel, c in outs_per_band:
+                colmap[sel, : len(c)] = c
+            wz = torch.cat([w, w.new_zeros(k, nb, width * kk, 1)], 3)  # zero column C
+            idx = colmap.view(1, nb, 1, c_b).expand(k, nb, width * kk, c_b)
+            wg = torch.gather(wz, 3, idx).permute(1, 0, 3, 2)
+            wg = wg.reshape(nb * k * c_b, width, *m.kernel_size)
+        wg = wg / x_fs
+        kk = lay.kernel_numel
+        del kk
+        sig = slice_significance(xbar, self.device_spec, dev).to(x.dtype)
+        xz = torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], 1)
+        B = x.shape[0]
+        out = None
+        per_img = nb * k * c_b * max(1, (x.shape[2] * x.shape[3]))
+        chunk = max(1, _CHUNK_ELEMS // per_img)
+        for s in range(0, B, chunk):
+            xe = xz[s : s + chunk, cb["ch"].to(dev)]  # (n, nb*width, H, W)
+            p = F.conv2d(xe, wg, None, m.stride, m.padding, m.dilation, groups=nb)
+            n, _, ho, wo = p.shape
+            if self.adc_fs is None:
+                self.adc_fs = float(p.detach().abs().max()) or 1.0
+            p = quantize_uniform(p, self.adc_bits, self.adc_fs, signed=True)
+            p = p.view(n, nb, k, c_b, ho, wo)
+            if k > 1:
+                p = (p * sig.view(1, 1, k, 1, 1, 1)).sum(2)
+            else:
+                p = p.squeeze(2)  # (n, nb, c_b, ho, wo)
+            if out is None:
+                out = x.new_zeros(B, C, ho, wo)
+            if same_cols:
+                summed = p.sum(1)
+                if len(cols) == C:
+                    out[s : s + n] += summed
+                else:
+                    out[s : s + n].index_add_(1, cols, summed)
+            else:
+                o = x.new_zeros(n, C + 1, ho, wo)
+                o.index_add_(1, colmap.reshape(-1), p.reshape(n, nb * c_b, ho, wo))
+                out[s : s + n] += o[:, :C]
+        y = out * (x_fs * self._w_max * self._gain)
+        if xbar.encoding == "offset":
+            placed = lay.placed.to(dev).to(x.dtype)  # (R, C)
+            w_off = matrix_to_weight(placed, lay.weight_shape)
+            y = 2 * y - F.conv2d(x, w_off, None, m.stride, m.padding, m.dilation) * (
+                self._w_max * self._gain
+            )
+        return y
+
+    # ---- linear: one batched matmul over the row bands of each block
+    def _tile_linear(self, x: Tensor) -> Tensor:
         lay = self.layout
         xbar = lay.crossbar
         R, C = lay.matrix_shape
         k = xbar.cells_per_weight
-        dev = xm.device
-        tr = lay.tile_rows.to(dev)  # (T, rows)
-        tc = lay.tile_cols.to(dev)  # (T, wpr)
-        T, rows = tr.shape
-        wpr = tc.shape[1]
-        slices = self._slices.to(xm.dtype)  # (k, R, C)
-        flat = torch.cat([slices.reshape(k, -1), slices.new_zeros(k, 1)], 1)
-        cells = lay.tile_cells.to(dev)
-        cidx = torch.where(cells < 0, R * C, cells)  # (T, rows, wpr)
-        wt = flat[:, cidx]  # (k, T, rows, wpr)
-        wt = wt.permute(1, 2, 0, 3).reshape(T, rows, k * wpr)
+        n = x.shape[0]
         x_fs = self.x_fs if (self.dac_bits is not None and self.x_fs) else 1.0
-        ridx = torch.where(tr < 0, R, tr)
-        sig = slice_significance(xbar, self.device_spec, dev).to(xm.dtype)
-        out = xm.new_zeros(xm.shape[0], C + 1)
-        cidx_out = torch.where(tc < 0, C, tc)  # (T, wpr)
-        chunk = max(1, _CHUNK_ELEMS // max(T * rows, 1))
-        for s in range(0, xm.shape[0], chunk):
-            xc = xm[s : s + chunk] / x_fs
-            xp = torch.cat([xc, xc.new_zeros(xc.shape[0], 1)], 1)
-            xt = xp[:, ridx].permute(1, 0, 2)  # (T, n, rows)
-            p = torch.bmm(xt, wt)  # (T, n, k*wpr) partial sums, units x_fs * dG
+        sig = slice_significance(xbar, self.device_spec, x.device).to(x.dtype)
+        slices = self._slices.to(x.dtype)
+        out = x.new_zeros(n, C)
+        parts = []
+        for b in lay.blocks:
+            rows, cols = b.rows.to(x.device), b.cols.to(x.device)
+            nb = -(-len(rows) // xbar.rows)
+            pad = nb * xbar.rows - len(rows)
+            w = slices[:, rows][:, :, cols]  # (k, r_b, c_b)
+            xb = x[:, rows]
+            if pad:
+                w = torch.cat([w, w.new_zeros(k, pad, len(cols))], 1)
+                xb = torch.cat([xb, xb.new_zeros(n, pad)], 1)
+            w = w.view(k, nb, xbar.rows, len(cols)).permute(1, 2, 0, 3)
+            w = w.reshape(nb, xbar.rows, k * len(cols))
+            xb = xb.view(n, nb, xbar.rows).transpose(0, 1)
+            parts.append((cols, torch.bmm(xb, w) / x_fs))  # (nb, n, k*c_b)
+        if self.adc_fs is None:
+            self.adc_fs = max(float(p.detach().abs().max()) for _, p in parts) or 1.0
+        for cols, p in parts:
+            p = quantize_uniform(p, self.adc_bits, self.adc_fs, signed=True).sum(0)
+            p = (p.view(n, k, len(cols)) * sig.view(1, k, 1)).sum(1)
+            out.index_add_(1, cols, p)
+        y = out * (x_fs * self._w_max * self._gain)
+        if xbar.encoding == "offset":
+            placed = lay.placed.to(x.device).to(x.dtype)
+            y = 2 * y - (x @ placed) * (self._w_max * self._gain)
+        return y
+
+    def _band_weights(self, dtype) -> list[tuple]:
+        """Per block: (rows, cols, natural_rows, natural_cols, full-band weights (nf, k*c, rows)
+        or None, remainder weights (k*c, rem) or None), scaled to ADC units."""
+        lay = self.layout
+        xbar = lay.crossbar
+        R, C = lay.matrix_shape
+        k = xbar.cells_per_weight
+        slices = self._slices.to(dtype)  # (k, R, C)
+        out = []
+        for b in lay.blocks:
+            rows, cols = b.rows.to(slices.device), b.cols.to(slices.device)
+            nat_r = len(rows) == R and bool((rows == torch.arange(R, device=rows.device)).all())
+            nat_c = len(cols) == C and bool((cols == torch.arange(C, device=cols.device)).all())
+            w = slices if nat_r else slices[:, rows]
+            w = w if nat_c else w[:, :, cols]  # (k, r_b, c_b)
+            w = w.permute(0, 2, 1).reshape(k * len(cols), len(rows))  # (k*c_b, r_b)
+            nf, rem = divmod(len(rows), xbar.rows)
+            wf = w[:, : nf * xbar.rows].reshape(k * len(cols), nf, xbar.rows).transpose(0, 1)
+            wr = w[:, nf * xbar.rows :] if rem else None
+            out.append((rows, cols, nat_r, nat_c, wf.contiguous() if nf else None, wr))
+        return out
+
+    def _tile_matmul(self, xm: Tensor) -> Tensor:
+        """(B, R, L) inputs -> (B, C, L) outputs through per-tile, per-column, per-slice ADCs.
+
+        The ADC digitises each column's current per row band of a block (one tile row of the
+        placement), so partial sums are computed per (block, row band, column) with broadcast
+        batched matmuls over the bands, with no padding of unused column slots (column tiling
+        inside a band does not change any column's current) and no copy of the unfolded input
+        for the dense natural-order layout.
+        """
+        lay = self.layout
+        xbar = lay.crossbar
+        R, C = lay.matrix_shape
+        k = xbar.cells_per_weight
+        B, _, L = xm.shape
+        x_fs = self.x_fs if (self.dac_bits is not None and self.x_fs) else 1.0
+        sig = slice_significance(xbar, self.device_spec, xm.device).to(xm.dtype)
+        bands = self._band_weights(xm.dtype)
+        out = xm.new_zeros(B, C, L)
+        widest = max(k * len(c) * (len(r) // xbar.rows + 1) for r, c, *_ in bands) * L
+        chunk = max(1, _CHUNK_ELEMS // max(widest, 1))
+        for s in range(0, B, chunk):
+            xc = xm[s : s + chunk]
+            n = xc.shape[0]
+            parts = []
+            for rows, _, nat_r, _, wf, wr in bands:
+                xb = xc if nat_r else xc[:, rows]  # (n, r_b, L)
+                ps = []
+                if wf is not None:
+                    nf = wf.shape[0]
+                    xf = xb[:, : nf * xbar.rows].reshape(n, nf, xbar.rows, L)
+                    ps.append(torch.matmul(wf, xf))  # (n, nf, k*c_b, L)
+                if wr is not None:
+                    ps.append(torch.matmul(wr, xb[:, -wr.shape[1] :]).unsqueeze(1))
+                p = ps[0] if len(ps) == 1 else torch.cat(ps, 1)
+                parts.append(p.div_(x_fs) if x_fs != 1.0 else p)  # units x_fs * dG
             if self.adc_fs is None:
-                self.adc_fs = float(p.detach().abs().max()) or 1.0
-            p = quantize_uniform(p, self.adc_bits, self.adc_fs, signed=True)
-            p = (p.view(T, -1, k, wpr) * sig.view(1, 1, k, 1)).sum(2)  # (T, n, wpr)
-            n = p.shape[1]
-            contrib = p.permute(1, 0, 2).reshape(n, T * wpr)
-            o = out.new_zeros(n, C + 1)
-            o.index_add_(1, cidx_out.reshape(-1), contrib)
-            out[s : s + n] = o
-        y = out[:, :C] * (x_fs * self._w_max * self._gain)
+                self.adc_fs = max(float(p.detach().abs().max()) for p in parts) or 1.0
+            for (_, cols, _, nat_c, _, _), p in zip(bands, parts, strict=True):
+                p = quantize_uniform(p, self.adc_bits, self.adc_fs, signed=True).sum(1)
+                c_b = len(cols)
+                if k > 1:
+                    p = (p.view(n, k, c_b, L) * sig.view(1, k, 1, 1)).sum(1)
+                if nat_c:
+                    out[s : s + n] += p
+                else:
+                    out[s : s + n].index_add_(1, cols, p)
+        y = out * (x_fs * self._w_max * self._gain)
         if xbar.encoding == "offset":
             # u-values give w = w_max (2u - 1): y = w_max (2 sum x u - sum_{placed} x)
-            placed = lay.placed.to(dev).to(xm.dtype)
-            y = 2 * y - (xm @ placed) * self._w_max * self._gain
+            placed = lay.placed.to(xm.device).to(xm.dtype)  # (R, C)
+            y = 2 * y - torch.matmul(placed.t(), xm) * (self._w_max * self._gain)
         return y
 
     def extra_repr(self) -> str:

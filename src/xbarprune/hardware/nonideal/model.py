@@ -1,0 +1,493 @@
+"""Configuration of the non-idealities and their composition into a :class:`NonIdealityModel`.
+
+A :class:`NonIdealityConfig` is a plain frozen dataclass tree (one optional section per effect,
+``None`` = off) that loads from YAML through ``xbarprune.config.from_dict``; a bad value raises
+:class:`~xbarprune.errors.SpecError` naming the field and its allowed range. Example::
+
+    nonideal:
+      quantization: {levels: 8}
+      drift: {nu_mean: 0.1, nu_std: 0.02, t0: 1.0}
+      faults: {sa0: 0.05, sa1: 0.01}
+      adc_bits: 8
+
+:meth:`NonIdealityModel.from_config` turns it into the ordered effects:
+
+* stage ``program``: quantisation -> aging -> programming variation -> stuck-at faults;
+* stage ``time``: statistical PCM (programming noise, drift, accumulated read noise) -> drift;
+* stage ``circuit``: IR drop (effective conductances);
+* stage ``read``: read noise (fresh every inference);
+
+plus the converter settings (DAC / ADC bits, ADC full scale, drift compensation) that the
+analog layer applies. Effects whose settings make them a no-op (zero rates, zero sigma, zero
+resistances) are left out, so :attr:`NonIdealityModel.is_ideal` is exact.
+
+Named presets (:data:`PRESETS`, :func:`preset`): ``ideal``, ``prunix``, ``reram``,
+``reram_faulty``, ``pcm``, ``ir_drop`` (see :func:`preset` for their sources).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from typing import Any
+
+from torch import Tensor
+
+from xbarprune.errors import SpecError, check_range
+from xbarprune.hardware.nonideal._checks import (
+    check_choice,
+    check_int,
+    check_nonneg,
+    check_positive,
+)
+from xbarprune.hardware.nonideal.aging import Aging, AgingScale, check_aging
+from xbarprune.hardware.nonideal.base import (
+    STAGE_ORDER,
+    ConductanceEffect,
+    EffectContext,
+)
+from xbarprune.hardware.nonideal.converters import ADC, DAC
+from xbarprune.hardware.nonideal.drift import Drift
+from xbarprune.hardware.nonideal.faults import (
+    FAULT_PATTERNS,
+    FaultPattern,
+    StuckAtFaults,
+    check_fault_rates,
+)
+from xbarprune.hardware.nonideal.ir_drop import IRDrop, IRMethod, check_ir
+from xbarprune.hardware.nonideal.pcm import PCM_PROG_COEFF, PCMStatistical, check_pcm
+from xbarprune.hardware.nonideal.quantization import Quantization
+from xbarprune.hardware.nonideal.read_noise import READ_NOISE_MODES, ReadNoise, ReadNoiseMode
+from xbarprune.hardware.nonideal.variation import (
+    VARIATION_MODES,
+    ProgrammingVariation,
+    VariationMode,
+)
+
+# --------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """Finite levels per cell; ``levels = None`` uses the device's ``levels``."""
+
+    levels: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.levels is not None:
+            check_int("QuantizationConfig.levels", self.levels, low=2)
+
+    def build(self) -> Quantization:
+        return Quantization(self.levels)
+
+
+@dataclass(frozen=True)
+class VariationConfig:
+    """Programming variation (see :class:`ProgrammingVariation`)."""
+
+    sigma: float
+    mode: VariationMode = "relative"
+
+    def __post_init__(self) -> None:
+        check_nonneg("VariationConfig.sigma", self.sigma)
+        check_choice("VariationConfig.mode", self.mode, VARIATION_MODES)
+
+    def build(self) -> ProgrammingVariation | None:
+        return ProgrammingVariation(self.sigma, self.mode) if self.sigma > 0 else None
+
+
+@dataclass(frozen=True)
+class ReadNoiseConfig:
+    """Read noise, fresh at every inference (see :class:`ReadNoise`)."""
+
+    sigma: float
+    mode: ReadNoiseMode = "relative"
+
+    def __post_init__(self) -> None:
+        check_nonneg("ReadNoiseConfig.sigma", self.sigma)
+        check_choice("ReadNoiseConfig.mode", self.mode, READ_NOISE_MODES)
+
+    def build(self) -> ReadNoise | None:
+        return ReadNoise(self.sigma, self.mode) if self.sigma > 0 else None
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Power-law drift ``G(t) = G(t0) (t/t0)^-nu``, ``nu ~ N(nu_mean, nu_std)`` clipped at 0."""
+
+    nu_mean: float = 0.1
+    nu_std: float = 0.0
+    t0: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_nonneg("DriftConfig.nu_mean", self.nu_mean)
+        check_nonneg("DriftConfig.nu_std", self.nu_std)
+        check_positive("DriftConfig.t0", self.t0)
+
+    def build(self) -> Drift | None:
+        if self.nu_mean == 0 and self.nu_std == 0:
+            return None
+        return Drift(self.nu_mean, self.nu_std, self.t0)
+
+
+@dataclass(frozen=True)
+class AgingConfig:
+    """Window shrink after ``cycles`` programming cycles (see :mod:`.aging` for the law)."""
+
+    cycles: float
+    alpha: float = 0.2
+    beta: float = 0.2
+    n_ref: float = 1e6
+    exponent: float = 0.5
+    scale: AgingScale = "bounds"
+
+    def __post_init__(self) -> None:
+        check_nonneg("AgingConfig.cycles", self.cycles)
+        check_positive("AgingConfig.n_ref", self.n_ref)
+        check_positive("AgingConfig.exponent", self.exponent)
+        check_aging(self.alpha, self.beta, self.scale, "AgingConfig")
+
+    def build(self) -> Aging | None:
+        if self.cycles == 0 or (self.alpha == 0 and self.beta == 0):
+            return None
+        return Aging(self.cycles, self.alpha, self.beta, self.n_ref, self.exponent, self.scale)
+
+
+@dataclass(frozen=True)
+class FaultsConfig:
+    """Stuck-at faults: SA0 (g_min) rate ``sa0``, SA1 (g_max) rate ``sa1``, per ``pattern``."""
+
+    sa0: float = 0.0
+    sa1: float = 0.0
+    pattern: FaultPattern = "random"
+
+    def __post_init__(self) -> None:
+        check_fault_rates(self.sa0, self.sa1, "FaultsConfig")
+        check_choice("FaultsConfig.pattern", self.pattern, FAULT_PATTERNS)
+
+    def build(self) -> StuckAtFaults | None:
+        if self.sa0 == 0 and self.sa1 == 0:
+            return None
+        return StuckAtFaults(self.sa0, self.sa1, self.pattern)
+
+
+@dataclass(frozen=True)
+class IRDropConfig:
+    """Wire resistances in ohms and the solver (see :mod:`.ir_drop` for the geometry)."""
+
+    r_row: float = 0.0
+    r_col: float = 0.0
+    r_source: float = 0.0
+    r_sink: float = 0.0
+    method: IRMethod = "iterative"
+    tol: float = 1e-12
+    max_iter: int = 2000
+
+    def __post_init__(self) -> None:
+        check_ir(self, "IRDropConfig")
+
+    def build(self) -> IRDrop | None:
+        e = IRDrop(
+            self.r_row,
+            self.r_col,
+            self.r_source,
+            self.r_sink,
+            self.method,
+            self.tol,
+            self.max_iter,
+        )
+        return None if e.is_ideal else e
+
+
+@dataclass(frozen=True)
+class PCMConfig:
+    """aihwkit-style statistical PCM model (see :class:`PCMStatistical`)."""
+
+    prog_coeff: tuple[float, ...] = PCM_PROG_COEFF
+    t0: float = 20.0
+    t_read: float = 250e-9
+    prog_noise_scale: float = 1.0
+    read_noise_scale: float = 1.0
+    drift_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_pcm(self, "PCMConfig")
+
+    def build(self) -> PCMStatistical:
+        return PCMStatistical(
+            tuple(self.prog_coeff),
+            self.t0,
+            self.t_read,
+            self.prog_noise_scale,
+            self.read_noise_scale,
+            self.drift_scale,
+        )
+
+
+@dataclass(frozen=True)
+class NonIdealityConfig:
+    """Every non-ideality of a simulation; each section ``None`` = off.
+
+    Attributes:
+        quantization, aging, variation, faults: "program" stage effects (in that order).
+        pcm, drift: "time" stage effects.
+        ir_drop: "circuit" stage.
+        read_noise: "read" stage (every inference).
+        dac_bits: input DAC resolution (None = ideal inputs).
+        adc_bits: per-tile column ADC resolution (None = ideal read-out).
+        adc_full_scale: fixed ADC full scale in the analog layer's units, or None to let the
+            analog layer calibrate it.
+        drift_compensation: let the analog layer rescale outputs by the measured global drift
+            (aihwkit's global drift compensation).
+    """
+
+    quantization: QuantizationConfig | None = None
+    aging: AgingConfig | None = None
+    variation: VariationConfig | None = None
+    faults: FaultsConfig | None = None
+    pcm: PCMConfig | None = None
+    drift: DriftConfig | None = None
+    ir_drop: IRDropConfig | None = None
+    read_noise: ReadNoiseConfig | None = None
+    dac_bits: int | None = None
+    adc_bits: int | None = None
+    adc_full_scale: float | None = None
+    drift_compensation: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dac_bits is not None:
+            check_int("NonIdealityConfig.dac_bits", self.dac_bits, low=1, high=32)
+        if self.adc_bits is not None:
+            check_int("NonIdealityConfig.adc_bits", self.adc_bits, low=1, high=32)
+        if self.adc_full_scale is not None:
+            check_positive("NonIdealityConfig.adc_full_scale", self.adc_full_scale)
+        if not isinstance(self.drift_compensation, bool):
+            raise SpecError(
+                f"NonIdealityConfig.drift_compensation = {self.drift_compensation!r}; "
+                "allowed: true, false"
+            )
+
+
+#: sections of NonIdealityConfig in the order their effects run.
+EFFECT_SECTIONS: tuple[str, ...] = (
+    "quantization",
+    "aging",
+    "variation",
+    "faults",
+    "pcm",
+    "drift",
+    "ir_drop",
+    "read_noise",
+)
+
+# --------------------------------------------------------------------------- presets
+
+#: named configurations; see :func:`preset`.
+PRESETS: dict[str, NonIdealityConfig] = {
+    "ideal": NonIdealityConfig(),
+    "prunix": NonIdealityConfig(
+        quantization=QuantizationConfig(levels=8),
+        aging=AgingConfig(cycles=1e6, alpha=0.2, beta=0.2, n_ref=1e6),
+        faults=FaultsConfig(sa0=0.05, sa1=0.01),
+        drift=DriftConfig(nu_mean=0.1, nu_std=0.02, t0=1.0),
+    ),
+    "reram": NonIdealityConfig(
+        quantization=QuantizationConfig(levels=16),
+        variation=VariationConfig(sigma=0.05, mode="relative"),
+        faults=FaultsConfig(sa0=0.00175, sa1=0.00904),
+        read_noise=ReadNoiseConfig(sigma=0.02, mode="relative"),
+        dac_bits=8,
+        adc_bits=8,
+    ),
+    "reram_faulty": NonIdealityConfig(
+        quantization=QuantizationConfig(levels=16),
+        variation=VariationConfig(sigma=0.05, mode="relative"),
+        faults=FaultsConfig(sa0=0.0175, sa1=0.0904),
+        read_noise=ReadNoiseConfig(sigma=0.02, mode="relative"),
+        dac_bits=8,
+        adc_bits=8,
+    ),
+    "pcm": NonIdealityConfig(pcm=PCMConfig(), drift_compensation=True),
+    "ir_drop": NonIdealityConfig(
+        quantization=QuantizationConfig(levels=16),
+        ir_drop=IRDropConfig(r_row=5.0, r_col=10.0, r_source=1000.0, r_sink=1000.0),
+    ),
+}
+
+
+def preset(name: str) -> NonIdealityConfig:
+    """The named :class:`NonIdealityConfig`.
+
+    * ``ideal``: nothing.
+    * ``prunix``: the PRUNIX reconstruction (shared/papers/prunix.md section 4.1): 8 levels,
+      aging with alpha = beta = 0.2 (cycles = n_ref), stuck-at faults SA0 (HRS) 5 % and
+      SA1 (LRS) 1 % per cell, drift nu ~ N(0.1, 0.02) with t0 = 1 s (evaluate at
+      ``time_s`` = 1e4 s as the reconstruction suggests).
+    * ``reram``: a generic multilevel ReRAM: 16 levels (4-bit cells), 5 % relative
+      programming variation, 2 % relative read noise, 8-bit DAC and ADC, stuck-at faults at
+      one tenth of Chen et al. 2015's pre-repair rates (SA0 0.175 %, SA1 0.904 %: their
+      SA1 : SA0 ratio at a rate a repaired array plausibly shows; the full rates dominate
+      every other effect).
+    * ``reram_faulty``: ``reram`` with the full Chen et al. rates (SA0 1.75 %, SA1 9.04 %).
+    * ``pcm``: aihwkit's statistical PCM model with its default coefficients, global drift
+      compensation on, no converters (isolates the device model).
+    * ``ir_drop``: the Bhattacharjee et al. / RxNN parasitics (driver and sense 1 kOhm, row
+      segment 5 ohm, column segment 10 ohm) with 4-bit (16-level) cells.
+
+    Unknown names raise :class:`SpecError` listing the known ones.
+    """
+    try:
+        return PRESETS[name]
+    except (KeyError, TypeError):
+        raise SpecError(
+            f"unknown non-ideality preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
+        ) from None
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class NonIdealityModel:
+    """Ordered effects plus converter settings; the analog layer's single entry point.
+
+    Attributes:
+        effects: the effects; within one stage they run in the given order.
+        dac: input DAC or None (ideal inputs).
+        adc: column ADC or None (ideal read-out).
+        drift_compensation: ask the analog layer for global drift compensation.
+        config: the config it was built from (when built directly, one holding just the
+            converter settings is made up, so ``model.config.dac_bits`` etc. always work).
+    """
+
+    effects: tuple[ConductanceEffect, ...] = ()
+    dac: DAC | None = None
+    adc: ADC | None = None
+    drift_compensation: bool = False
+    config: NonIdealityConfig | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "effects", tuple(self.effects))
+        if self.config is None:
+            object.__setattr__(
+                self,
+                "config",
+                NonIdealityConfig(
+                    dac_bits=self.dac_bits,
+                    adc_bits=self.adc_bits,
+                    adc_full_scale=self.adc_full_scale,
+                    drift_compensation=self.drift_compensation,
+                ),
+            )
+        for e in self.effects:
+            if not isinstance(e, ConductanceEffect):
+                raise SpecError(f"NonIdealityModel.effects: {e!r} is not a ConductanceEffect")
+            if e.stage not in STAGE_ORDER:
+                raise SpecError(f"{type(e).__name__}.stage = {e.stage!r}; allowed: {STAGE_ORDER}")
+
+    @classmethod
+    def from_config(
+        cls, cfg: NonIdealityConfig | str | Mapping[str, Any] | None
+    ) -> NonIdealityModel:
+        """Build from a config, a preset name, a plain mapping (parsed YAML) or None (ideal)."""
+        if cfg is None:
+            cfg = NonIdealityConfig()
+        elif isinstance(cfg, str):
+            cfg = preset(cfg)
+        elif isinstance(cfg, Mapping):
+            from xbarprune.config import from_dict
+
+            cfg = from_dict(NonIdealityConfig, cfg, "nonideal")
+        if not isinstance(cfg, NonIdealityConfig):
+            raise SpecError(f"expected a NonIdealityConfig, got {type(cfg).__name__}")
+        effects = []
+        for name in EFFECT_SECTIONS:
+            section = getattr(cfg, name)
+            if section is not None and (effect := section.build()) is not None:
+                effects.append(effect)
+        return cls(
+            effects=tuple(effects),
+            dac=DAC(cfg.dac_bits) if cfg.dac_bits is not None else None,
+            adc=ADC(cfg.adc_bits, cfg.adc_full_scale) if cfg.adc_bits is not None else None,
+            drift_compensation=cfg.drift_compensation,
+            config=cfg,
+        )
+
+    # ---- queries
+    def stage(self, name: str) -> list[ConductanceEffect]:
+        """The effects of stage ``name`` in run order."""
+        check_choice("stage", name, STAGE_ORDER)
+        return [e for e in self.effects if e.stage == name]
+
+    @property
+    def is_ideal(self) -> bool:
+        """No effect and no converter."""
+        return not self.effects and self.dac is None and self.adc is None
+
+    @property
+    def has_read_stage(self) -> bool:
+        """Whether anything must be drawn anew at every inference."""
+        return any(e.stage == "read" for e in self.effects)
+
+    @property
+    def dac_bits(self) -> int | None:
+        return None if self.dac is None else self.dac.bits
+
+    @property
+    def adc_bits(self) -> int | None:
+        return None if self.adc is None else self.adc.bits
+
+    @property
+    def adc_full_scale(self) -> float | None:
+        return None if self.adc is None else self.adc.full_scale
+
+    # ---- application
+    def apply_stage(self, name: str, g: Tensor, ctx: EffectContext) -> Tensor:
+        """Run the effects of one stage on ``g`` (T, rows, cols)."""
+        for effect in self.stage(name):
+            g = effect.apply(g, ctx)
+        return g
+
+    def program(self, g: Tensor, ctx: EffectContext) -> Tensor:
+        """Stages "program" then "time" (once per Monte Carlo trial, at ``ctx.time_s``)."""
+        check_range("EffectContext.time_s", float(ctx.time_s), low=0.0)
+        return self.apply_stage("time", self.apply_stage("program", g, ctx), ctx)
+
+    def circuit(self, g: Tensor, ctx: EffectContext) -> Tensor:
+        """Stage "circuit" (input independent: IR drop -> effective conductances)."""
+        return self.apply_stage("circuit", g, ctx)
+
+    def read(self, g: Tensor, ctx: EffectContext) -> Tensor:
+        """Stage "read" (call at every inference)."""
+        return self.apply_stage("read", g, ctx)
+
+    def apply(self, g: Tensor, ctx: EffectContext) -> Tensor:
+        """All four stages in order (one trial, one inference)."""
+        return self.read(self.circuit(self.program(g, ctx), ctx), ctx)
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-dict summary for reports (JSON-serialisable)."""
+        return {
+            "ideal": self.is_ideal,
+            "effects": [
+                {"name": type(e).__name__, "stage": e.stage, "params": _params(e)}
+                for e in self.effects
+            ],
+            "dac_bits": self.dac_bits,
+            "adc_bits": self.adc_bits,
+            "adc_full_scale": self.adc_full_scale,
+            "drift_compensation": self.drift_compensation,
+        }
+
+
+def _params(effect: ConductanceEffect) -> dict[str, Any]:
+    if is_dataclass(effect):
+        out = asdict(effect)
+        return {f.name: _plain(out[f.name]) for f in fields(effect)}
+    return {}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple | list):
+        return [_plain(x) for x in v]
+    return v
