@@ -203,3 +203,14 @@ def test_layer_matrices_shape_mismatch_is_clear():
     other = nn.Sequential(nn.Linear(5, 3))
     with pytest.raises(Exception, match="does not match"):
         layer_matrices(other, lay)
+
+
+def test_model_packed_layout_frees_tiles_for_column_sparsity():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 16))
+    lay = map_model(m, CrossbarSpec(8, 8))  # 4 logical columns per tile: 2 x 4 = 8 tiles
+    with torch.no_grad():
+        m[0].weight[::2] = 0  # every other output column: scattered, no tile empties
+    assert lay.tiles_needed(m) == 8
+    packed = lay.packed(m, "tile_column")
+    assert packed.tiles_needed(m) == 4 == packed["0"].n_tiles

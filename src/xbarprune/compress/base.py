@@ -62,6 +62,7 @@ class CompressContext:
             seed=self.seed,
             desc=tag,
             epochs=epochs,
+            log=self.log,
         )
 
     def val_accuracy(self, model: nn.Module | None = None) -> float:

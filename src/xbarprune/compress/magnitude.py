@@ -31,6 +31,7 @@ class MagnitudeParams:
     steps: int = 3
     epochs_per_step: int = 1
     exclude: tuple[str, ...] = field(default_factory=tuple)
+    pack: bool = True
 
     def __post_init__(self) -> None:
         check_range("method.sparsity", self.sparsity, low=0.0, high=1.0, high_open=True)
@@ -63,7 +64,12 @@ def iterative_magnitude(ctx: CompressContext, p: MagnitudeParams) -> CompressRes
             f"  prune step {i + 1}/{p.steps}: target {s:.3f}, "
             f"weight sparsity {rec['weight_sparsity']:.3f}"
         )
-    return CompressResult(masks=masks, info={"schedule": history, "kind": p.kind, "scope": p.scope})
+    layout = ctx.layout.packed(ctx.model, p.kind) if p.pack else None
+    return CompressResult(
+        masks=masks,
+        layout=layout,
+        info={"schedule": history, "kind": p.kind, "scope": p.scope, "packed": p.pack},
+    )
 
 
 @register

@@ -67,6 +67,7 @@ class PrunixParams:
     sens_samples: int = 1000
     sens_time: float = 86400.0
     keep_regularizer: bool = True
+    pack: bool = True
     exclude: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -175,7 +176,8 @@ def run_prunix(ctx: CompressContext, p: PrunixParams) -> CompressResult:
     if ctx.run_dir is not None and p.pruner == "apa":
         atomic_write_json(ctx.run_dir / "prunix_sensitivity.json", rounds)
         _plot_sensitivity(rounds, ctx.run_dir / "plots" / "prunix_sensitivity.png")
-    return CompressResult(masks=masks, info=_plain(info))
+    layout = ctx.layout.packed(ctx.model, p.kind) if p.pack else None
+    return CompressResult(masks=masks, layout=layout, info=_plain(info))
 
 
 def _plain(o):

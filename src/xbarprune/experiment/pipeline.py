@@ -176,13 +176,8 @@ class Run:
             checkpoint=self.stages / "train_ckpt.pt",
             seed=self.cfg.seed,
             desc="train",
+            log=self.log,
         )
-        for rec in hist.epochs:
-            self.log(
-                "  epoch {epoch}: loss {loss:.4f} train {train_acc:.4f} val {v}".format(
-                    v=f"{rec['val_acc']:.4f}" if "val_acc" in rec else "-", **rec
-                )
-            )
         save_checkpoint(
             self._path("train"),
             {
@@ -245,6 +240,7 @@ class Run:
                 checkpoint=self.stages / "finetune_ckpt.pt",
                 seed=self.cfg.seed + 1,
                 desc="finetune",
+                log=self.log,
             )
             hist = h.epochs
         save_checkpoint(

@@ -162,22 +162,23 @@ def _one_experiment(mc, dc, seed, train_cfg, ft_cfg, xbar, dev, ni, ev, regs, pr
         log(f"[{mc.name}/{dc.name}] dense training")
         m = fresh()
         train(m, splits.train, train_cfg, device=device, checkpoint=work / "dense_ckpt.pt",
-              seed=seed, desc="dense")
+              seed=seed, desc="dense", log=log)
         save_checkpoint(dense_path, {"model": m.state_dict()})
     dense = load(dense_path)
     layout = map_model(dense, xbar)
     rows: list[dict] = []
 
-    def evaluate_arm(model, reg: str, pruner: str, extra: dict) -> dict:
+    def evaluate_arm(model, reg: str, pruner: str, extra: dict, lay=None) -> dict:
+        lay = lay or layout
         t = time.perf_counter()
         acc = evaluate_accuracy(model, test, device)
-        res = evaluate(model, test, layout, dev, ni, trials=ev.trials, seed=ev.seed,
+        res = evaluate(model, test, lay, dev, ni, trials=ev.trials, seed=ev.seed,
                        times=ev.times_s, device=device)
         mats = {n: (dict(model.named_modules())[n].weight.detach() != 0) for n in layout.layers}
         from xbarprune.mapping.layout import layer_matrices
 
-        lm = layer_matrices(model, layout)
-        needed = sum(layout[n].tiles_needed(lm[n]) for n in layout.layers)
+        lm = layer_matrices(model, lay)
+        needed = sum(lay[n].tiles_needed(lm[n]) for n in lay.layers)
         nnz = sum(int(v.sum()) for v in mats.values())
         tot = sum(v.numel() for v in mats.values())
         base = {
@@ -219,7 +220,7 @@ def _one_experiment(mc, dc, seed, train_cfg, ft_cfg, xbar, dev, ni, ev, regs, pr
             if r is not None and params.reg_epochs > 0:
                 train(m, splits.train, ft_cfg, device=device, regularizer=r, seed=seed + 3,
                       checkpoint=work / f"reg_{reg}_ckpt.pt", desc=f"reg {reg}",
-                      epochs=params.reg_epochs)
+                      epochs=params.reg_epochs, log=log)
             save_checkpoint(reg_path, {"model": m.state_dict()})
         for pruner in pruners:
             arm = work / f"arm_{reg}_{pruner}.json"
@@ -233,13 +234,14 @@ def _one_experiment(mc, dc, seed, train_cfg, ft_cfg, xbar, dev, ni, ev, regs, pr
                 reg_obj = build_regularizer(params, ctx) if p.keep_regularizer else None
                 del reg_obj  # the final fine-tune runs without the regulariser, for all arms
                 train(m, splits.train, ft_cfg, device=device, masks=res.masks, seed=seed + 5,
-                      desc="finetune")
+                      desc="finetune", log=log)
                 MaskSet(res.masks.masks).apply(m)
                 extra = {"compress_seconds": round(time.perf_counter() - t, 1),
                          "lam": params.lam,
                          "allocation": res.info["rounds"][-1].get("allocation", {}).get(
                              "sparsity") if pruner == "apa" else None}
-                rec = evaluate_arm(m, reg, pruner, extra)
+                packed = layout.packed(m, p.kind) if p.pack else layout
+                rec = evaluate_arm(m, reg, pruner, extra, packed)
                 atomic_write_json(arm, rec)
             rows += expand(json.loads(arm.read_text()))
     return rows

@@ -14,6 +14,7 @@ from xbarprune.mapping.matrix import matrix_to_weight, weight_to_matrix
 from xbarprune.mapping.permute import (
     channel_order_to_rows,
     compact,
+    pack_for_kind,
     pack_columns,
     pack_rows,
     packed_tile_count,
@@ -33,6 +34,7 @@ __all__ = [
     "mappable_layers",
     "matrix_to_weight",
     "pack_columns",
+    "pack_for_kind",
     "pack_rows",
     "packed_tile_count",
     "permuted",

@@ -454,7 +454,9 @@ class LayerLayout:
     @classmethod
     def from_dict(cls, d: dict, crossbar: CrossbarSpec) -> LayerLayout:
         blocks = [
-            Block(torch.tensor(b["rows"], dtype=torch.long), torch.tensor(b["cols"], dtype=torch.long))
+            Block(
+                torch.tensor(b["rows"], dtype=torch.long), torch.tensor(b["cols"], dtype=torch.long)
+            )
             for b in d["blocks"]
         ]
         return cls(d["name"], d["kind"], tuple(d["weight_shape"]), crossbar, blocks)
@@ -499,6 +501,15 @@ class CrossbarLayout:
     def summary(self, model: nn.Module | None = None) -> list[dict]:
         mats = layer_matrices(model, self) if model is not None else {}
         return [layer.summary(mats.get(layer.name)) for layer in self]
+
+    def packed(self, model: nn.Module, kind: str) -> CrossbarLayout:
+        """Every layer re-packed for its ``kind`` sparsity (see ``permute.pack_for_kind``)."""
+        from xbarprune.mapping.permute import pack_for_kind
+
+        mats = layer_matrices(model, self)
+        return CrossbarLayout(
+            self.crossbar, {n: pack_for_kind(lay, mats[n], kind) for n, lay in self.layers.items()}
+        )
 
     def replace(self, layer: LayerLayout) -> CrossbarLayout:
         layers = dict(self.layers)

@@ -29,8 +29,14 @@ def _check_perm(p: Tensor, n: int, what: str, name: str) -> Tensor:
 def permuted(layer: LayerLayout, row_order: Tensor | None = None, col_order: Tensor | None = None):
     """Dense layout with rows and/or columns placed in the given order (a single block)."""
     R, C = layer.matrix_shape
-    rows = torch.arange(R) if row_order is None else _check_perm(row_order, R, "row order", layer.name)
-    cols = torch.arange(C) if col_order is None else _check_perm(col_order, C, "column order", layer.name)
+    rows = (
+        torch.arange(R) if row_order is None else _check_perm(row_order, R, "row order", layer.name)
+    )
+    cols = (
+        torch.arange(C)
+        if col_order is None
+        else _check_perm(col_order, C, "column order", layer.name)
+    )
     return layer.with_blocks([Block(rows, cols)])
 
 
@@ -110,3 +116,22 @@ def _non_empty(layer: LayerLayout, blocks: list[Block]) -> LayerLayout:
         # a zero weight so the layer stays well-defined (it occupies one tile).
         blocks = [Block(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))]
     return layer.with_blocks(blocks)
+
+
+def pack_for_kind(layer: LayerLayout, mat: Tensor, kind: str) -> LayerLayout:
+    """The packing that turns ``kind`` sparsity into freed crossbars.
+
+    ``tile_column`` / ``filter``: column-grain packing (output recombination, Liang et al.
+    2018; XCS packing, Bhattacharjee et al. 2022); ``tile_row`` / ``channel``: row-grain
+    packing (XRS); ``weight``: drop all-zero rows and columns; ``tile``: unchanged (an
+    all-zero tile is already freed).
+    """
+    if kind in ("tile_column", "filter"):
+        return pack_columns(layer, mat)
+    if kind in ("tile_row", "channel"):
+        return pack_rows(layer, mat)
+    if kind == "weight":
+        return compact(layer, mat)
+    if kind == "tile":
+        return layer
+    raise MappingError(f"unknown group kind {kind!r} for packing")

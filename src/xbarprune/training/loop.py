@@ -120,6 +120,7 @@ def train(
     seed: int = 0,
     desc: str = "train",
     epochs: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainHistory:
     """Train ``model`` in place for ``cfg.epochs`` (or ``epochs``) epochs; returns the history."""
     n_epochs = cfg.epochs if epochs is None else epochs
@@ -187,6 +188,13 @@ def train(
         if val_loader is not None:
             rec["val_acc"] = evaluate_accuracy(model, val_loader, device)
         hist.epochs.append(rec)
+        if log is not None:
+            log(
+                f"  {desc} epoch {epoch + 1}/{n_epochs}: loss {rec['loss']:.4f} "
+                f"train {rec['train_acc']:.4f}"
+                + (f" val {rec['val_acc']:.4f}" if "val_acc" in rec else "")
+                + f" ({rec['seconds']:.1f} s)"
+            )
         if ckpt is not None:
             save_checkpoint(
                 ckpt,
