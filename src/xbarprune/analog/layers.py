@@ -82,6 +82,9 @@ class AnalogLayer(nn.Module):
         self.x_signed = True
         self.adc_fs: float | None = adc_full_scale_or_none(cfg.adc_full_scale)
         self._init_conv_bands()
+        self._cell_mode = layout.crossbar.encoding == "differential" and all(
+            e.elementwise for e in nonideal.effects
+        )
 
     # ------------------------------------------------------------------ programming
     @property
@@ -99,7 +102,13 @@ class AnalogLayer(nn.Module):
 
     @torch.no_grad()
     def program(self, generator: torch.Generator, time_s: float = 1.0) -> None:
-        """Sample one trial's programmed conductances (program, time and circuit stages)."""
+        """Sample one trial's programmed conductances (program, time and circuit stages).
+
+        When every effect is elementwise (no IR drop, no row/column fault patterns) and the
+        encoding is differential, effects act directly on the cell tensor (k, S, R, C) with
+        the placed weights as ``used`` mask; otherwise on the physical tile view (T, rows,
+        cols). Both are exact; they differ only in the order of random draws.
+        """
         w = self.inner.weight
         mat = weight_to_matrix(w.detach()).float()
         lay = self.layout
@@ -114,32 +123,52 @@ class AnalogLayer(nn.Module):
             self._phys = None
             self._set_weights(cells, None, placed)
             return
-        used = lay.used_cells.to(mat.device)
+        if self._cell_mode:
+            state = cells
+            used = placed.expand_as(cells)
+        else:
+            state = lay.to_tiles(cells, dev.g_min)
+            used = lay.used_cells.to(mat.device)
         ctx = self._ctx(generator, time_s, used)
-        phys = lay.to_tiles(cells, dev.g_min)
         for eff in self.nonideal.stage("program"):
-            phys = eff.apply(phys, ctx)
-        if self.drift_compensation:
-            w0 = self._decode(phys, placed)
+            state = eff.apply(state, ctx)
+        base = state
         for eff in self.nonideal.stage("time"):
-            phys = eff.apply(phys, ctx)
+            if self.drift_compensation and hasattr(eff, "apply_with_programmed"):
+                state, base = eff.apply_with_programmed(state, ctx)
+            else:
+                state = eff.apply(state, ctx)
         for eff in self.nonideal.stage("circuit"):
-            phys = eff.apply(phys, ctx)
-        if self.drift_compensation:
-            wt = self._decode(phys, placed)
-            ref0 = w0.sum(0).abs().sum()
-            reft = wt.sum(0).abs().sum()
-            self._gain = float(ref0 / reft) if float(reft) > 0 else 1.0
-        self._phys = phys
+            state = eff.apply(state, ctx)
+        self._phys = state
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         self._read_gen = torch.Generator(device=mat.device).manual_seed(seed)
+        if self.drift_compensation:
+            # aihwkit's GlobalDriftCompensation: one-hot reads of the whole tile right after
+            # programming and at time t; gain = sum|W_0| / sum|W_t|
+            w0 = self._state_weights(base, placed)
+            wt = self._state_weights(state, placed)
+            ref0, reft = float(w0.abs().sum()), float(wt.abs().sum())
+            self._gain = ref0 / reft if reft > 0 else 1.0
+            if not self.nonideal.has_read_stage and not self.tile_mode:
+                self._w_eff = wt * self._gain
+                self._slices = None
+                return
         if not self.nonideal.has_read_stage:
-            c, ref = lay.from_tiles(phys, dev.g_min)
-            self._set_weights(c, ref, placed)
+            self._set_state(state, placed)
 
-    def _decode(self, phys: Tensor, placed: Tensor) -> Tensor:
-        c, ref = self.layout.from_tiles(phys, self.device_spec.g_min)
+    def _state_cells(self, state: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self._cell_mode:
+            return state, None
+        return self.layout.from_tiles(state, self.device_spec.g_min)
+
+    def _state_weights(self, state: Tensor, placed: Tensor) -> Tensor:
+        c, ref = self._state_cells(state)
         return decode(c, self._w_max, self.layout.crossbar, self.device_spec, ref) * placed
+
+    def _set_state(self, state: Tensor, placed: Tensor) -> None:
+        c, ref = self._state_cells(state)
+        self._set_weights(c, ref, placed)
 
     def _set_weights(self, cells: Tensor, ref: Tensor | None, placed: Tensor) -> None:
         xbar, dev = self.layout.crossbar, self.device_spec
@@ -154,14 +183,13 @@ class AnalogLayer(nn.Module):
         """Apply read noise (a fresh draw) if the model has a read stage."""
         if self._phys is None or not self.nonideal.has_read_stage:
             return
-        lay = self.layout
-        placed = lay.placed.to(self._phys.device)
-        ctx = self._ctx(self._read_gen, self._time_s, lay.used_cells.to(self._phys.device))
-        phys = self._phys
+        placed = self.layout.placed.to(self._phys.device)
+        used = placed.expand_as(self._phys) if self._cell_mode else self.layout.used_cells
+        ctx = self._ctx(self._read_gen, self._time_s, used.to(self._phys.device))
+        state = self._phys
         for eff in self.nonideal.stage("read"):
-            phys = eff.apply(phys, ctx)
-        c, ref = lay.from_tiles(phys, self.device_spec.g_min)
-        self._set_weights(c, ref, placed)
+            state = eff.apply(state, ctx)
+        self._set_state(state, placed)
 
     def reset_calibration(self) -> None:
         self.x_fs = None

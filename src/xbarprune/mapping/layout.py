@@ -381,7 +381,7 @@ class LayerLayout:
         n_ref = self.n_tiles * x.rows if x.encoding == "offset" else 0
         return x.cells_per_weight * S * R * C + n_ref
 
-    @property
+    @cached_property
     def used_cells(self) -> Tensor:
         """(T, rows, cols) bool: physical cell holds a weight cell or a reference cell."""
         return self.physical_index < self.n_source
@@ -393,6 +393,12 @@ class LayerLayout:
         p = self.physical_index.reshape(-1)
         inv[p] = torch.arange(p.numel())
         return inv[: self.n_source]
+
+    @cached_property
+    def _inverse_clamped(self) -> Tensor:
+        inv = self._inverse
+        n = int(self.physical_index.numel())
+        return torch.where(inv < 0, n, inv)
 
     def to_tiles(self, cells: Tensor, g_min: float, ref: Tensor | None = None) -> Tensor:
         """Cells (k, S, R, C) [+ ref (T, rows)] -> physical view (T, rows, cols)."""
@@ -418,8 +424,7 @@ class LayerLayout:
         R, C = self.matrix_shape
         S = 2 if x.encoding == "differential" else 1
         flat = torch.cat([phys.reshape(-1), phys.new_full((1,), g_min)])
-        inv = self._inverse.to(phys.device)
-        src = flat[torch.where(inv < 0, flat.numel() - 1, inv)]
+        src = flat[self._inverse_clamped.to(phys.device)]
         n_cells = x.cells_per_weight * S * R * C
         cells = src[:n_cells].view(x.cells_per_weight, S, R, C)
         ref = None

@@ -52,6 +52,12 @@ class ConductanceEffect(ABC):
 
     stage: ClassVar[Stage] = "program"
 
+    @property
+    def elementwise(self) -> bool:
+        """True if the effect treats every cell alike, independent of its position in a tile
+        (then the simulator may apply it to the cell tensor without building the tile view)."""
+        return self.stage != "circuit"
+
     @abstractmethod
     def apply(self, g: Tensor, ctx: EffectContext) -> Tensor:  # pragma: no cover - interface
         """Return the perturbed conductances (same shape, dtype and device as ``g``)."""

@@ -87,6 +87,10 @@ class StuckAtFaults(ConductanceEffect):
         check_fault_rates(self.sa0, self.sa1, "StuckAtFaults")
         check_choice("StuckAtFaults.pattern", self.pattern, FAULT_PATTERNS)
 
+    @property
+    def elementwise(self) -> bool:
+        return self.pattern == "random"
+
     def apply(self, g: Tensor, ctx: EffectContext) -> Tensor:
         if self.sa0 == 0 and self.sa1 == 0:
             return g

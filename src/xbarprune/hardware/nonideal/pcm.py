@@ -110,6 +110,14 @@ class PCMStatistical(ConductanceEffect):
         check_pcm(self, "PCMStatistical")
 
     def apply(self, g: Tensor, ctx: EffectContext) -> Tensor:
+        return self.apply_with_programmed(g, ctx)[0]
+
+    def apply_with_programmed(self, g: Tensor, ctx: EffectContext) -> tuple[Tensor, Tensor]:
+        """(conductances at ``ctx.time_s``, conductances right after programming).
+
+        The second is the reference of global drift compensation (aihwkit reads the tile
+        right after programming, i.e. with programming noise but before drift).
+        """
         check_nonneg("EffectContext.time_s", ctx.time_s)
         g_max = ctx.device.g_max
         x = g / g_max
@@ -127,7 +135,7 @@ class PCMStatistical(ConductanceEffect):
         # 3. accumulated 1/f read noise
         sig_r = pcm_read_sigma(g_p / g_max, t, self.t_read) * self.read_noise_scale
         out = (g_d + g_d.abs() * sig_r * n3).clamp(min=0.0)
-        return only_used(out, g, ctx.used)
+        return only_used(out, g, ctx.used), only_used(g_p, g, ctx.used)
 
 
 def check_pcm(obj, prefix: str) -> None:
