@@ -160,3 +160,22 @@ def test_cuda_if_available():
     am = convert(net, lay, DeviceSpec(), ni).cuda()
     am.program(trial_generator(0, 0, "cuda"))
     assert am(X.cuda()).is_cuda
+
+
+@pytest.mark.parametrize("adc", [None, 24])
+def test_packed_conv_layers_keep_ideal_outputs(adc):
+    net = _net()
+    xbar = CrossbarSpec(16, 8)  # 4 logical columns per tile
+    with torch.no_grad():
+        w = net[2].weight  # conv 5 -> 7, matrix 45 x 7: three row bands
+        w[1, :2] = 0  # column 1 dead in the first band only -> bands keep different columns
+        w[4] = 0  # column 4 dead everywhere
+        w[6, 3:] = 0
+    lay = map_model(net, xbar)
+    packed = lay.packed(net, "tile_column")
+    assert len(packed["2"].blocks) > 1
+    assert packed.tiles_needed(net) <= lay.tiles_needed(net)
+    cfg = NonIdealityModel.from_config(NonIdealityConfig(adc_bits=adc)) if adc else IDEAL
+    am = convert(net, packed, DeviceSpec(), cfg)
+    am.program(trial_generator(0, 0))
+    torch.testing.assert_close(am(X), net(X), rtol=1e-4, atol=1e-4)

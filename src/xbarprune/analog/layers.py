@@ -299,6 +299,7 @@ class AnalogLayer(nn.Module):
         cb = self._conv_bands
         dev = x.device
         nb, width = cb["rows"].shape[0], cb["width"]
+        kk = lay.kernel_numel
         slices = self._slices.to(x.dtype)  # (k, R, C)
         x_fs = self.x_fs if (self.dac_bits is not None and self.x_fs) else 1.0
         padded = torch.cat([slices, slices.new_zeros(k, 1, C)], 1)  # zero row R
@@ -326,8 +327,6 @@ class AnalogLayer(nn.Module):
             wg = torch.gather(wz, 3, idx).permute(1, 0, 3, 2)
             wg = wg.reshape(nb * k * c_b, width, *m.kernel_size)
         wg = wg / x_fs
-        kk = lay.kernel_numel
-        del kk
         sig = slice_significance(xbar, self.device_spec, dev).to(x.dtype)
         xz = torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], 1)
         B = x.shape[0]
