@@ -62,8 +62,11 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
-    model = build_model(a.model, in_channels=a.in_channels, image_size=a.image_size,
-                        seed=0).to(dev).eval()
+    model = (
+        build_model(a.model, in_channels=a.in_channels, image_size=a.image_size, seed=0)
+        .to(dev)
+        .eval()
+    )
     x = torch.randn(a.batch, a.in_channels, a.image_size, a.image_size, device=dev)
     xbar = CrossbarSpec(a.rows, a.cols)
     layout = map_model(model, xbar)
@@ -97,13 +100,19 @@ def main(argv=None) -> dict:
         "weight_level_ratio": round(results["weight_level_s"] / results["digital_s"], 3),
         "tile_adc_ratio": round(results["tile_adc_s"] / results["digital_s"], 3),
     }
-    print(f"model {a.model}, batch {a.batch}, {out['crossbar']} tiles, {dev}, "
-          f"{a.threads} threads (median of {a.repeat})")
+    print(
+        f"model {a.model}, batch {a.batch}, {out['crossbar']} tiles, {dev}, "
+        f"{a.threads} threads (median of {a.repeat})"
+    )
     print(f"  digital forward          {1e3 * results['digital_s']:9.2f} ms")
-    print(f"  analog, weight-level     {1e3 * results['weight_level_s']:9.2f} ms  "
-          f"({out['weight_level_ratio']:.2f}x digital; target <= 1.3x)")
-    print(f"  analog, per-tile ADC     {1e3 * results['tile_adc_s']:9.2f} ms  "
-          f"({out['tile_adc_ratio']:.2f}x digital; target <= 3x)")
+    print(
+        f"  analog, weight-level     {1e3 * results['weight_level_s']:9.2f} ms  "
+        f"({out['weight_level_ratio']:.2f}x digital; target <= 1.3x)"
+    )
+    print(
+        f"  analog, per-tile ADC     {1e3 * results['tile_adc_s']:9.2f} ms  "
+        f"({out['tile_adc_ratio']:.2f}x digital; target <= 3x)"
+    )
     if a.json:
         print(json.dumps(out))
     return out

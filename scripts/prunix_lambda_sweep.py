@@ -66,9 +66,15 @@ def main(argv=None):
     dev = DeviceSpec(levels=8)
     val = torch.utils.data.DataLoader(s.val, batch_size=1000)
     base = evaluate_accuracy(dense, val, "cpu")
-    rows = [{"regularizer": "none", "lam": 0.0, "val_acc": base,
-             "near_empty_groups": near_empty_groups(dense, layout),
-             "on_level": on_level_fraction(dense, layout, 8)}]
+    rows = [
+        {
+            "regularizer": "none",
+            "lam": 0.0,
+            "val_acc": base,
+            "near_empty_groups": near_empty_groups(dense, layout),
+            "on_level": on_level_fraction(dense, layout, 8),
+        }
+    ]
     print(f"dense: val {base:.4f}")
     ft = TrainConfig(epochs=a.reg_epochs, batch_size=128, lr=0.0005, progress=False)
     for reg, grid in GRIDS.items():
@@ -77,15 +83,27 @@ def main(argv=None):
             p = PrunixParams(regularizer=reg, lam=lam)
             from xbarprune.compress.base import CompressContext
 
-            ctx = CompressContext(model=m, layout=layout, device_spec=dev, train_data=s.train,
-                                  val_data=s.val, finetune_cfg=ft)
+            ctx = CompressContext(
+                model=m,
+                layout=layout,
+                device_spec=dev,
+                train_data=s.train,
+                val_data=s.val,
+                finetune_cfg=ft,
+            )
             train(m, s.train, ft, regularizer=build_regularizer(p, ctx), seed=3)
-            r = {"regularizer": reg, "lam": lam, "val_acc": evaluate_accuracy(m, val, "cpu"),
-                 "near_empty_groups": near_empty_groups(m, layout),
-                 "on_level": on_level_fraction(m, layout, 8)}
+            r = {
+                "regularizer": reg,
+                "lam": lam,
+                "val_acc": evaluate_accuracy(m, val, "cpu"),
+                "near_empty_groups": near_empty_groups(m, layout),
+                "on_level": on_level_fraction(m, layout, 8),
+            }
             rows.append(r)
-            print(f"{reg:>15} lam={lam:<7g} val {r['val_acc']:.4f}  near-empty groups "
-                  f"{r['near_empty_groups']:.3f}  on-level {r['on_level']:.3f}")
+            print(
+                f"{reg:>15} lam={lam:<7g} val {r['val_acc']:.4f}  near-empty groups "
+                f"{r['near_empty_groups']:.3f}  on-level {r['on_level']:.3f}"
+            )
     chosen = {}
     for reg in GRIDS:
         ok = [r for r in rows if r["regularizer"] == reg and r["val_acc"] >= base - a.max_drop]

@@ -25,8 +25,14 @@ IDEAL = NonIdealityModel.from_config(NonIdealityConfig())
 def _net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(2, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, 7, 3, stride=2, dilation=1),
-        nn.ReLU(), nn.Flatten(), nn.Linear(7 * 3 * 3, 11), nn.ReLU(), nn.Linear(11, 4),
+        nn.Conv2d(2, 5, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(5, 7, 3, stride=2, dilation=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(7 * 3 * 3, 11),
+        nn.ReLU(),
+        nn.Linear(11, 4),
     ).eval()
 
 
@@ -58,8 +64,9 @@ def test_bit_sliced_tile_adc_matches_weight_level():
     xbar = CrossbarSpec(8, 8, cells_per_weight=2)
     lay = map_model(net, xbar)
     w = convert(net, lay, DeviceSpec(levels=4), IDEAL)
-    t = convert(net, lay, DeviceSpec(levels=4),
-                NonIdealityModel.from_config(NonIdealityConfig(adc_bits=24)))
+    t = convert(
+        net, lay, DeviceSpec(levels=4), NonIdealityModel.from_config(NonIdealityConfig(adc_bits=24))
+    )
     w.program(trial_generator(0, 0))
     t.program(trial_generator(0, 0))
     torch.testing.assert_close(t(X), w(X), rtol=1e-4, atol=1e-4)
@@ -84,8 +91,11 @@ def test_layout_permutation_and_packing_keep_ideal_outputs():
         net[5].weight[:, :20] = 0  # zero some inputs of the FC layer
     fc = lay["5"]
     g = torch.Generator().manual_seed(0)
-    perm = permuted(fc, torch.randperm(fc.matrix_shape[0], generator=g),
-                    torch.randperm(fc.matrix_shape[1], generator=g))
+    perm = permuted(
+        fc,
+        torch.randperm(fc.matrix_shape[0], generator=g),
+        torch.randperm(fc.matrix_shape[1], generator=g),
+    )
     mat = weight_to_matrix(net[5].weight.detach())
     packed = pack_columns(fc, mat)
     for variant in (perm, packed):
@@ -110,7 +120,10 @@ NOISY = NonIdealityConfig(
 def _data():
     g = torch.Generator().manual_seed(5)
     x = torch.randn(64, 2, 8, 8, generator=g)
-    return [(x[:32], torch.randint(0, 4, (32,), generator=g)), (x[32:], torch.randint(0, 4, (32,), generator=g))]
+    return [
+        (x[:32], torch.randint(0, 4, (32,), generator=g)),
+        (x[32:], torch.randint(0, 4, (32,), generator=g)),
+    ]
 
 
 def test_evaluate_same_seed_same_numbers_and_trials_differ():

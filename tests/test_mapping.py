@@ -23,8 +23,21 @@ from xbarprune.mapping import (
     weight_to_matrix,
 )
 
-VGG16_CONV = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
-              (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+VGG16_CONV = [
+    (3, 64),
+    (64, 64),
+    (64, 128),
+    (128, 128),
+    (128, 256),
+    (256, 256),
+    (256, 256),
+    (256, 512),
+    (512, 512),
+    (512, 512),
+    (512, 512),
+    (512, 512),
+    (512, 512),
+]
 
 
 def _vgg16_convs() -> nn.Sequential:
@@ -61,8 +74,12 @@ def test_bad_crossbar_spec_names_field(kwargs, field):
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"g_min": 1e-4, "g_max": 1e-6}, "g_min"), ({"levels": 1}, "levels"),
-     ({"g_min": -1.0}, "g_min"), ({"read_voltage": 0.0}, "read_voltage")],
+    [
+        ({"g_min": 1e-4, "g_max": 1e-6}, "g_min"),
+        ({"levels": 1}, "levels"),
+        ({"g_min": -1.0}, "g_min"),
+        ({"read_voltage": 0.0}, "read_voltage"),
+    ],
 )
 def test_bad_device_spec_names_field(kwargs, field):
     with pytest.raises(SpecError, match=field):
@@ -165,7 +182,7 @@ def test_column_packing_frees_predicted_crossbars():
     kh=st.integers(1, 3),
 )
 def test_mapping_roundtrip_and_tile_counts(rows, cols, k, enc, out, inp, kh):
-    need = (2 * k if enc == "differential" else k + 1)
+    need = 2 * k if enc == "differential" else k + 1
     if cols < need:
         with pytest.raises(CrossbarTooSmallError):
             CrossbarSpec(rows, cols, k, enc)

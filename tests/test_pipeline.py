@@ -19,12 +19,12 @@ TINY = {
     "name": "tiny",
     "seed": 3,
     "model": {"name": "lenet5"},
-    "data": {"name": "mnist-embedded", "val_size": 0.1, "train_subset": 800,
-             "test_subset": 300},
+    "data": {"name": "mnist-embedded", "val_size": 0.1, "train_subset": 800, "test_subset": 300},
     "train": {"epochs": 1, "batch_size": 32, "lr": 0.003, "progress": False},
-    "method": {"name": "group-magnitude",
-               "params": {"sparsity": 0.6, "kind": "tile_column", "steps": 2,
-                          "epochs_per_step": 1}},
+    "method": {
+        "name": "group-magnitude",
+        "params": {"sparsity": 0.6, "kind": "tile_column", "steps": 2, "epochs_per_step": 1},
+    },
     "finetune": {"epochs": 1, "batch_size": 32, "lr": 0.001, "progress": False},
     "crossbar": {"rows": 32, "cols": 32},
     "nonideal": "reram",
@@ -43,8 +43,22 @@ def finished(tmp_path_factory) -> tuple[Path, dict, list[str]]:
 
 def test_report_has_every_field(finished):
     _, rep, _ = finished
-    for key in ("model", "dataset", "method", "crossbar", "device", "nonideal", "seeds",
-                "accuracy", "sparsity", "crossbars", "cost", "layers", "timing", "versions"):
+    for key in (
+        "model",
+        "dataset",
+        "method",
+        "crossbar",
+        "device",
+        "nonideal",
+        "seeds",
+        "accuracy",
+        "sparsity",
+        "crossbars",
+        "cost",
+        "layers",
+        "timing",
+        "versions",
+    ):
         assert key in rep, key
     acc = rep["accuracy"]
     for t in ("1s", "1d"):
@@ -91,14 +105,12 @@ def test_rerun_skips_finished_stages(finished):
 
 def test_simulate_cli_resimulates_without_training(finished, capsys):
     out, _, _ = finished
-    assert main(["simulate", str(out), "--time", "1y", "--nonideal", "ideal", "--trials",
-                 "1"]) == 0
+    assert main(["simulate", str(out), "--time", "1y", "--nonideal", "ideal", "--trials", "1"]) == 0
     files = list((out / "simulations").glob("*.json"))
     assert files
     sim = json.loads(files[0].read_text())
     assert sim["times_s"] == [31557600.0]
-    assert sim["compressed"]["nonideal"][0]["mean"] == pytest.approx(
-        sim["compressed"]["digital"])
+    assert sim["compressed"]["nonideal"][0]["mean"] == pytest.approx(sim["compressed"]["digital"])
 
 
 def test_other_config_in_same_run_dir_is_refused(finished):

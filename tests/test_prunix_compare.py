@@ -12,22 +12,39 @@ from xbarprune.experiment.prunix_compare import prunix_study
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "prunix_compare.yaml"
-FIELDS = ("model", "dataset", "regularizer", "pruner", "sparsity_weight", "crossbar_saving",
-          "acc_ideal", "acc_nonideal_mean", "acc_nonideal_std", "trials", "drift_time_s")
+FIELDS = (
+    "model",
+    "dataset",
+    "regularizer",
+    "pruner",
+    "sparsity_weight",
+    "crossbar_saving",
+    "acc_ideal",
+    "acc_nonideal_mean",
+    "acc_nonideal_std",
+    "trials",
+    "drift_time_s",
+)
 
 
 def test_quick_comparison_runs_end_to_end(tmp_path):
     data = copy.deepcopy(load_yaml(CONFIG))
     data.pop("kind")
     # the quick run uses the embedded MNIST subset so it needs no data root
-    data["experiments"] = [{"model": {"name": "lenet5"},
-                            "data": {"name": "mnist-embedded", "val_size": 0.1}}]
+    data["experiments"] = [
+        {"model": {"name": "lenet5"}, "data": {"name": "mnist-embedded", "val_size": 0.1}}
+    ]
     data["train"]["epochs"] = 1
     summary = prunix_study(data, out=str(tmp_path), quick=True, command="test", t0=0.0)
     rows = summary["rows"]
     arms = {(r["regularizer"], r["pruner"]) for r in rows}
-    assert arms == {("none", "none (dense)"), ("none", "apa"), ("none", "uniform"),
-                    ("group_sawtooth", "apa"), ("group_sawtooth", "uniform")}
+    assert arms == {
+        ("none", "none (dense)"),
+        ("none", "apa"),
+        ("none", "uniform"),
+        ("group_sawtooth", "apa"),
+        ("group_sawtooth", "uniform"),
+    }
     for r in rows:
         for f in FIELDS:
             assert f in r, f
@@ -41,8 +58,7 @@ def test_quick_comparison_runs_end_to_end(tmp_path):
     assert (tmp_path / "summary.md").is_file() and (tmp_path / "accuracy.png").is_file()
     # resumable: a second call reuses every finished arm
     again = prunix_study(data, out=str(tmp_path), quick=True, command="test", t0=0.0)
-    assert [r["acc_nonideal_mean"] for r in again["rows"]] == [
-        r["acc_nonideal_mean"] for r in rows]
+    assert [r["acc_nonideal_mean"] for r in again["rows"]] == [r["acc_nonideal_mean"] for r in rows]
 
 
 @pytest.mark.slow
@@ -53,4 +69,5 @@ def test_full_comparison(tmp_path):  # ~1 h on 2 CPU cores; writes to tmp_path, 
         e["data"]["root"] = str(ROOT / e["data"]["root"])
     summary = prunix_study(data, out=str(tmp_path), quick=False, command="test", t0=0.0)
     assert len(summary["rows"]) == len(data["experiments"]) * 3 * (
-        1 + len(data["regularizers"]) * len(data["pruners"]))
+        1 + len(data["regularizers"]) * len(data["pruners"])
+    )

@@ -26,8 +26,17 @@ def test_sawtooth_zero_on_every_level():
 
 @pytest.mark.parametrize(
     "w, expected",
-    [(0.04, 0.04), (-0.03, 0.03), (0.13, 0.03), (0.05, 0.05), (0.75, 0.05), (0.8, 0.1),
-     (-0.8, 0.1), (0.27, 0.03), (0.23, 0.03)],
+    [
+        (0.04, 0.04),
+        (-0.03, 0.03),
+        (0.13, 0.03),
+        (0.05, 0.05),
+        (0.75, 0.05),
+        (0.8, 0.1),
+        (-0.8, 0.1),
+        (0.27, 0.03),
+        (0.23, 0.03),
+    ],
 )
 def test_sawtooth_values(w, expected):
     assert float(st(w)) == pytest.approx(expected, abs=1e-9)
@@ -196,8 +205,12 @@ def test_pruned_group_stays_zero_through_finetuning():
     x = torch.randn(64, 16)
     y = torch.randint(0, 3, (64,))
     ds = torch.utils.data.TensorDataset(x, y)
-    train(model, ds, TrainConfig(epochs=2, batch_size=16, optimizer="sgd", lr=0.5,
-                                 progress=False), masks=masks)
+    train(
+        model,
+        ds,
+        TrainConfig(epochs=2, batch_size=16, optimizer="sgd", lr=0.5, progress=False),
+        masks=masks,
+    )
     mat2 = weight_to_matrix(model[1].weight.detach())
     assert bool((~g.nonzero(mat2))[zero_groups].all())  # still exactly zero
     assert float(g.gather(mat2)[zero_groups].abs().max()) == 0.0

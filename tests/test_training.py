@@ -23,8 +23,9 @@ def _model():
     return nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 2))
 
 
-CFG = TrainConfig(epochs=3, batch_size=16, optimizer="sgd", lr=0.1, schedule="cosine",
-                  progress=False)
+CFG = TrainConfig(
+    epochs=3, batch_size=16, optimizer="sgd", lr=0.1, schedule="cosine", progress=False
+)
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -66,8 +67,13 @@ def test_masks_keep_zeros_and_mask_momentum():
 
 @pytest.mark.parametrize(
     "kw, field",
-    [({"epochs": -1}, "epochs"), ({"lr": 0.0}, "lr"), ({"optimizer": "rmsprop"}, "optimizer"),
-     ({"schedule": "linear"}, "schedule"), ({"momentum": 1.5}, "momentum")],
+    [
+        ({"epochs": -1}, "epochs"),
+        ({"lr": 0.0}, "lr"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"schedule": "linear"}, "schedule"),
+        ({"momentum": 1.5}, "momentum"),
+    ],
 )
 def test_bad_train_config(kw, field):
     with pytest.raises(SpecError, match=field):

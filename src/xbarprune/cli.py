@@ -50,9 +50,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
             raise ConfigError(f"run {a.run} has not finished stage '{s}'; run it first")
     times = [parse_time(t) for t in a.time] if a.time else None
     out = run.simulate(nonideal=a.nonideal, times=times, trials=a.trials)
-    label = a.label or "_".join(
-        [a.nonideal or "config"] + [format_time(t) for t in (times or [])]
-    )
+    label = a.label or "_".join([a.nonideal or "config"] + [format_time(t) for t in (times or [])])
     path = run.dir / "simulations" / f"{label}.json"
     atomic_write_json(path, out)
     print(f"written {path}")
@@ -77,15 +75,20 @@ def _cmd_map(a: argparse.Namespace) -> int:
         from xbarprune.models import build_model
 
         model = build_model(
-            a.target, num_classes=a.num_classes, in_channels=a.in_channels,
-            image_size=a.image_size, width=a.width,
+            a.target,
+            num_classes=a.num_classes,
+            in_channels=a.in_channels,
+            image_size=a.image_size,
+            width=a.width,
         )
     assert isinstance(model, nn.Module)
     layout = map_model(model, xbar)
     mats = layer_matrices(model, layout)
     hdr = f"{'layer':<28}{'matrix':>14}{'tiles':>8}{'needed':>8}{'util %':>8}{'sparsity %':>12}"
-    print(f"crossbar {xbar.rows}x{xbar.cols}, {xbar.encoding}, {xbar.cells_per_weight} cell(s)"
-          f"/weight -> {xbar.weights_per_row} weights per tile row")
+    print(
+        f"crossbar {xbar.rows}x{xbar.cols}, {xbar.encoding}, {xbar.cells_per_weight} cell(s)"
+        f"/weight -> {xbar.weights_per_row} weights per tile row"
+    )
     print(hdr)
     print("-" * len(hdr))
     tot = need = 0
@@ -146,21 +149,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    r = sub.add_parser("run", help="run an experiment (train, compress, finetune, map, "
-                       "simulate, report) from a YAML config")
+    r = sub.add_parser(
+        "run",
+        help="run an experiment (train, compress, finetune, map, "
+        "simulate, report) from a YAML config",
+    )
     r.add_argument("config", help="experiment YAML")
     r.add_argument("--out", help="run directory (default runs/<name>)")
     r.add_argument("--fresh", action="store_true", help="discard finished stages, start over")
-    r.add_argument("--resume", action="store_true",
-                   help="resume an interrupted run (the default when the directory exists)")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=1 (repeatable)")
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume an interrupted run (the default when the directory exists)",
+    )
+    r.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=1 (repeatable)",
+    )
     r.set_defaults(fn=_cmd_run)
 
     s = sub.add_parser("simulate", help="re-simulate a finished run under other conditions")
     s.add_argument("run", help="run directory")
-    s.add_argument("--time", action="append", help="time after programming, e.g. 1s, 1d, 1y "
-                   "(repeatable)")
+    s.add_argument(
+        "--time", action="append", help="time after programming, e.g. 1s, 1d, 1y (repeatable)"
+    )
     s.add_argument("--nonideal", help="non-ideality preset name (see `xbarprune presets`)")
     s.add_argument("--trials", type=int, help="Monte Carlo trials")
     s.add_argument("--label", help="output name under <run>/simulations/")
@@ -185,8 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run", help="run directory")
     rp.set_defaults(fn=_cmd_report)
 
-    c = sub.add_parser("compare", help="run a method comparison (e.g. examples/prunix_compare"
-                       ".yaml) and write results/<method>/summary.json")
+    c = sub.add_parser(
+        "compare",
+        help="run a method comparison (e.g. examples/prunix_compare"
+        ".yaml) and write results/<method>/summary.json",
+    )
     c.add_argument("config", help="comparison YAML")
     c.add_argument("--out", help="output folder (default from the config)")
     c.add_argument("--quick", action="store_true", help="tiny subset, for smoke tests")
@@ -206,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished stages and epochs are kept; rerun to resume",
-              file=sys.stderr)
+        print("interrupted: finished stages and epochs are kept; rerun to resume", file=sys.stderr)
         return 130
 
 

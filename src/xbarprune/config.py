@@ -99,7 +99,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys raise :class:`ConfigError` naming them."""
+    """Build dataclass ``cls`` from ``data``; unknown keys raise ConfigError naming them."""
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")

@@ -230,11 +230,9 @@ class AnalogLayer(nn.Module):
             else:
                 B, _, H, W = x.shape
                 cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)
-                ho = (H + 2 * m.padding[0] - m.dilation[0] * (m.kernel_size[0] - 1) - 1)
-                wo = (W + 2 * m.padding[1] - m.dilation[1] * (m.kernel_size[1] - 1) - 1)
-                y = self._tile_matmul(cols).view(
-                    B, C, ho // m.stride[0] + 1, wo // m.stride[1] + 1
-                )
+                ho = H + 2 * m.padding[0] - m.dilation[0] * (m.kernel_size[0] - 1) - 1
+                wo = W + 2 * m.padding[1] - m.dilation[1] * (m.kernel_size[1] - 1) - 1
+                y = self._tile_matmul(cols).view(B, C, ho // m.stride[0] + 1, wo // m.stride[1] + 1)
             if m.bias is not None:
                 y = y + m.bias.view(1, -1, 1, 1)
             return y
@@ -281,8 +279,9 @@ class AnalogLayer(nn.Module):
         lo = torch.tensor([a for _, a, _ in bands]).view(-1, 1, 1)
         hi = torch.tensor([e for _, _, e in bands]).view(-1, 1, 1)
         R = lay.matrix_shape[0]
-        rows = torch.where((rows >= lo) & (rows < hi) & (ch.view(nb, width, 1) < lay.in_channels),
-                           rows, R).view(nb, width * kk)
+        rows = torch.where(
+            (rows >= lo) & (rows < hi) & (ch.view(nb, width, 1) < lay.in_channels), rows, R
+        ).view(nb, width * kk)
         self._conv_bands = {
             "block": torch.tensor([bi for bi, _, _ in bands]),
             "ch": ch.reshape(-1),

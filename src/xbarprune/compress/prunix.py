@@ -98,9 +98,8 @@ class PrunixParams:
 
 def build_regularizer(p: PrunixParams, ctx: CompressContext):
     if p.regularizer == "group_sawtooth":
-        n_levels = ctx.device_spec.levels ** ctx.layout.crossbar.cells_per_weight
-        return GroupSawtooth(ctx.layout, n_levels=n_levels, kind=p.kind, lam=p.lam,
-                             warmup=p.warmup)
+        n_levels = ctx.device_spec.levels**ctx.layout.crossbar.cells_per_weight
+        return GroupSawtooth(ctx.layout, n_levels=n_levels, kind=p.kind, lam=p.lam, warmup=p.warmup)
     return make_regularizer(p.regularizer, ctx.layout, lam=p.lam, warmup=p.warmup, kind=p.kind)
 
 
@@ -117,9 +116,17 @@ def sensitivity_score(p: PrunixParams, ctx: CompressContext):
         return lambda model: evaluate_accuracy(model, loader, ctx.device)
 
     def score(model):
-        r = evaluate(model, loader, ctx.layout, ctx.device_spec, ctx.nonideal,
-                     trials=p.sens_trials, seed=ctx.seed + 1, times=(p.sens_time,),
-                     device=ctx.device)
+        r = evaluate(
+            model,
+            loader,
+            ctx.layout,
+            ctx.device_spec,
+            ctx.nonideal,
+            trials=p.sens_trials,
+            seed=ctx.seed + 1,
+            times=(p.sens_time,),
+            device=ctx.device,
+        )
         return r[0].mean
 
     return score
@@ -138,7 +145,7 @@ def run_prunix(ctx: CompressContext, p: PrunixParams) -> CompressResult:
     if reg is not None and p.reg_epochs > 0:
         ctx.log(f"  regularised training: {p.regularizer}, lam={p.lam}, {p.reg_epochs} epochs")
         ctx.finetune(None, p.reg_epochs, regularizer=reg, tag="regularize")
-    n_levels = ctx.device_spec.levels ** ctx.layout.crossbar.cells_per_weight
+    n_levels = ctx.device_spec.levels**ctx.layout.crossbar.cells_per_weight
     info["on_level_fraction_before_pruning"] = on_level_fraction(ctx.model, ctx.layout, n_levels)
     info["val_acc_after_regularization"] = ctx.val_accuracy()
     names = prunable_layers(p, ctx)
@@ -151,24 +158,31 @@ def run_prunix(ctx: CompressContext, p: PrunixParams) -> CompressResult:
         rec: dict = {"round": r, "target": target}
         if p.pruner == "apa":
             cur = layer_sparsity(ctx.model, names)
-            ref, curves = measure_sensitivity(ctx.model, ctx.layout, names, p.kind, p.grid,
-                                              score, log=ctx.log)
+            ref, curves = measure_sensitivity(
+                ctx.model, ctx.layout, names, p.kind, p.grid, score, log=ctx.log
+            )
             alloc = allocate(curves, n_params, target, current=cur, s_max=p.s_max, step=p.step)
             masks = prune_to(ctx.model, ctx.layout, alloc.sparsity, p.kind, masks)
-            rec.update(reference=ref, curves={n: c for n, c in curves.items()},
-                       allocation=alloc.to_dict())
+            rec.update(
+                reference=ref, curves={n: c for n, c in curves.items()}, allocation=alloc.to_dict()
+            )
             if not alloc.reached:
-                ctx.log(f"  APA: target {target:.3f} unreachable under caps; "
-                        f"reached {alloc.overall:.3f}")
+                ctx.log(
+                    f"  APA: target {target:.3f} unreachable under caps; "
+                    f"reached {alloc.overall:.3f}"
+                )
         else:
-            new = magnitude_masks(ctx.model, ctx.layout, sparsity=target, kind=p.kind,
-                                  scope=p.pruner, prunable=names)
+            new = magnitude_masks(
+                ctx.model, ctx.layout, sparsity=target, kind=p.kind, scope=p.pruner, prunable=names
+            )
             masks = masks.combine(new)
             masks.apply(ctx.model)
         rec["weight_sparsity"] = weight_sparsity(ctx.model, ctx.layout)
         rec["layer_sparsity"] = layer_sparsity(ctx.model, names)
-        ctx.log(f"  round {r}/{p.rounds}: target {target:.3f}, weight sparsity "
-                f"{rec['weight_sparsity']:.3f}")
+        ctx.log(
+            f"  round {r}/{p.rounds}: target {target:.3f}, weight sparsity "
+            f"{rec['weight_sparsity']:.3f}"
+        )
         if r < p.rounds:
             ctx.finetune(masks, p.ft_epochs, regularizer=ft_reg, tag=f"prunix_round{r}")
         rounds.append(rec)
@@ -206,8 +220,13 @@ def _plot_sensitivity(rounds: list[dict], path) -> None:
         for name, pts in rec.get("curves", {}).items():
             xs, ys = zip(*sorted(pts), strict=True)
             s_l = rec["allocation"]["sparsity"][name]
-            ax.plot([100 * x for x in xs], [100 * y for y in ys], marker="o", ms=3,
-                    label=f"{name} → {100 * s_l:.0f}%")
+            ax.plot(
+                [100 * x for x in xs],
+                [100 * y for y in ys],
+                marker="o",
+                ms=3,
+                label=f"{name} → {100 * s_l:.0f}%",
+            )
         ax.set_title(f"round {rec['round']} (target {100 * rec['target']:.0f} %)", fontsize=9)
         ax.set_xlabel("layer group sparsity (%)")
         ax.set_ylabel("accuracy drop (pp)")
@@ -222,8 +241,10 @@ def _plot_sensitivity(rounds: list[dict], path) -> None:
 @register
 class Prunix(Method):
     name = "prunix"
-    summary = ("PRUNIX: Group Sawtooth Regularization + Adaptive Pruning Algorithm on crossbar "
-               "groups (baseline regularisers/pruners selectable)")
+    summary = (
+        "PRUNIX: Group Sawtooth Regularization + Adaptive Pruning Algorithm on crossbar "
+        "groups (baseline regularisers/pruners selectable)"
+    )
     Params = PrunixParams
 
     def compress(self, ctx: CompressContext) -> CompressResult:

@@ -103,8 +103,9 @@ class GroupSawtooth:
         return ramp(self.lam, progress, self.warmup) * self.penalty(model)
 
 
-def on_level_fraction(model: nn.Module, layout: CrossbarLayout, n_levels: int,
-                      tol: float = 0.05) -> float:
+def on_level_fraction(
+    model: nn.Module, layout: CrossbarLayout, n_levels: int, tol: float = 0.05
+) -> float:
     """Share of non-zero weights within ``tol * Delta`` of a grid level (a diagnostic)."""
     mods = dict(model.named_modules())
     near = tot = 0

@@ -30,21 +30,32 @@ def study(name: str):
     return deco
 
 
-def run_compare(config: str | Path, *, out: str | None = None, quick: bool = False,
-                sets: list[str] | None = None) -> dict:
+def run_compare(
+    config: str | Path,
+    *,
+    out: str | None = None,
+    quick: bool = False,
+    sets: list[str] | None = None,
+) -> dict:
     data = load_yaml(config) or {}
     if sets:
         data = apply_overrides(data, sets)
     if not isinstance(data, dict) or "kind" not in data:
-        raise ConfigError(f"{config}: a comparison config needs a 'kind' key "
-                          f"(one of: {', '.join(sorted(_load()))})")
+        raise ConfigError(
+            f"{config}: a comparison config needs a 'kind' key "
+            f"(one of: {', '.join(sorted(_load()))})"
+        )
     kind = data.pop("kind")
     studies = _load()
     if kind not in studies:
-        raise ConfigError(f"{config}: unknown comparison kind {kind!r}; "
-                          f"available: {', '.join(sorted(studies))}")
-    command = "xbarprune compare " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
-        if len(sys.argv) > 1 and sys.argv[1] == "compare" else f"xbarprune compare {config}"
+        raise ConfigError(
+            f"{config}: unknown comparison kind {kind!r}; available: {', '.join(sorted(studies))}"
+        )
+    command = (
+        "xbarprune compare " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        if len(sys.argv) > 1 and sys.argv[1] == "compare"
+        else f"xbarprune compare {config}"
+    )
     t0 = time.perf_counter()
     return studies[kind](data, out=out, quick=quick, command=command, t0=t0)
 

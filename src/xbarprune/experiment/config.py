@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from xbarprune.config import from_dict, load_yaml, to_dict
-from xbarprune.errors import ConfigError, check_range
+from xbarprune.errors import ConfigError, SpecError, check_range
 from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel, preset
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
 from xbarprune.training.loop import TrainConfig
@@ -37,7 +37,17 @@ class DataConfig:
     batch_size_eval: int = 1000
 
     def __post_init__(self) -> None:
-        check_range("data.val_size", self.val_size, low=0.0, high=1.0, high_open=True)
+        # a fraction of the training split in [0, 1), or a count of images (an integer >= 1)
+        check_range("data.val_size", self.val_size, low=0.0)
+        if self.val_size >= 1 and float(self.val_size) != int(self.val_size):
+            raise SpecError(
+                f"data.val_size = {self.val_size!r}; allowed: a fraction in [0, 1) or a "
+                "whole number of images"
+            )
+
+    @property
+    def val(self) -> float | int:
+        return int(self.val_size) if self.val_size >= 1 else self.val_size
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ class Run:
             self._splits = load_splits(
                 d.name,
                 d.root,
-                val_size=d.val_size,
+                val_size=d.val,
                 train_subset=d.train_subset,
                 test_subset=d.test_subset,
                 pad_to=d.pad_to,
@@ -341,12 +341,25 @@ class Run:
             t0 = time.perf_counter()
             digital = evaluate_accuracy(model, data, self.device)
             analog_ideal = evaluate(
-                model, data, lay, self.cfg.device, ideal, trials=1, seed=ev.seed,
+                model,
+                data,
+                lay,
+                self.cfg.device,
+                ideal,
+                trials=1,
+                seed=ev.seed,
                 device=self.device,
             )[0].mean
             res = evaluate(
-                model, data, lay, self.cfg.device, ni, trials=trials, seed=ev.seed,
-                times=times, device=self.device,
+                model,
+                data,
+                lay,
+                self.cfg.device,
+                ni,
+                trials=trials,
+                seed=ev.seed,
+                times=times,
+                device=self.device,
             )
             out[tag] = {
                 "digital": digital,

@@ -44,8 +44,21 @@ from xbarprune.training.masks import MaskSet
 from xbarprune.units import format_time
 
 _KEYS = {
-    "name", "out", "seed", "experiments", "train", "finetune", "crossbar", "device", "nonideal",
-    "evaluate", "regularizers", "pruners", "params", "quick", "runtime",
+    "name",
+    "out",
+    "seed",
+    "experiments",
+    "train",
+    "finetune",
+    "crossbar",
+    "device",
+    "nonideal",
+    "evaluate",
+    "regularizers",
+    "pruners",
+    "params",
+    "quick",
+    "runtime",
 }
 
 
@@ -57,8 +70,10 @@ def _section(data: dict, key: str, cls, default=None):
 def prunix_study(data: dict, *, out: str | None, quick: bool, command: str, t0: float) -> dict:
     unknown = sorted(set(data) - _KEYS)
     if unknown:
-        raise ConfigError(f"unknown key(s) in the prunix comparison: {', '.join(unknown)}; "
-                          f"allowed: {', '.join(sorted(_KEYS))}")
+        raise ConfigError(
+            f"unknown key(s) in the prunix comparison: {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(_KEYS))}"
+        )
     if quick:
         q = data.get("quick") or {}
         data = _apply_quick(data, q)
@@ -71,8 +86,11 @@ def prunix_study(data: dict, *, out: str | None, quick: bool, command: str, t0: 
     dev = _section(data, "device", DeviceSpec)
     ev = _section(data, "evaluate", EvaluateConfig)
     ni_raw = data.get("nonideal", "prunix")
-    ni_cfg = preset(ni_raw) if isinstance(ni_raw, str) else from_dict(
-        NonIdealityConfig, ni_raw, "nonideal")
+    ni_cfg = (
+        preset(ni_raw)
+        if isinstance(ni_raw, str)
+        else from_dict(NonIdealityConfig, ni_raw, "nonideal")
+    )
     ni = NonIdealityModel.from_config(ni_cfg)
     regs: dict[str, dict] = data.get("regularizers") or {"none": {}, "group_sawtooth": {}}
     pruners: list[str] = list(data.get("pruners") or ["apa", "uniform"])
@@ -85,12 +103,21 @@ def prunix_study(data: dict, *, out: str | None, quick: bool, command: str, t0: 
     rows: list[dict] = []
 
     def flush(extra: dict | None = None) -> None:
-        summary = header(command, t0, {"quick": quick, "trials": ev.trials,
-                                        "times_s": ev.times_s, **(extra or {})})
+        summary = header(
+            command,
+            t0,
+            {"quick": quick, "trials": ev.trials, "times_s": ev.times_s, **(extra or {})},
+        )
         summary["config"] = {
-            "crossbar": to_dict(xbar), "device": to_dict(dev), "nonideal": ni_raw,
-            "train": to_dict(train_cfg), "finetune": to_dict(ft_cfg), "params": common,
-            "regularizers": regs, "pruners": pruners, "seed": seed,
+            "crossbar": to_dict(xbar),
+            "device": to_dict(dev),
+            "nonideal": ni_raw,
+            "train": to_dict(train_cfg),
+            "finetune": to_dict(ft_cfg),
+            "params": common,
+            "regularizers": regs,
+            "pruners": pruners,
+            "seed": seed,
         }
         summary["rows"] = rows
         atomic_write_json(out_dir / "summary.json", summary)
@@ -103,8 +130,22 @@ def prunix_study(data: dict, *, out: str | None, quick: bool, command: str, t0: 
         if quick:
             dc = replace(dc, **{k: v for k, v in (data.get("_quick_data") or {}).items()})
         rows += _one_experiment(
-            mc, dc, seed, train_cfg, ft_cfg, xbar, dev, ni, ev, regs, pruners, common,
-            work / f"{mc.name}_{dc.name}", device, flush_rows=rows, flush=flush,
+            mc,
+            dc,
+            seed,
+            train_cfg,
+            ft_cfg,
+            xbar,
+            dev,
+            ni,
+            ev,
+            regs,
+            pruners,
+            common,
+            work / f"{mc.name}_{dc.name}",
+            device,
+            flush_rows=rows,
+            flush=flush,
         )
         flush()
     flush()
@@ -136,20 +177,49 @@ def _apply_quick(data: dict, q: dict) -> dict:
     return d
 
 
-def _one_experiment(mc, dc, seed, train_cfg, ft_cfg, xbar, dev, ni, ev, regs, pruners, common,
-                    work: Path, device, flush_rows, flush) -> list[dict]:
+def _one_experiment(
+    mc,
+    dc,
+    seed,
+    train_cfg,
+    ft_cfg,
+    xbar,
+    dev,
+    ni,
+    ev,
+    regs,
+    pruners,
+    common,
+    work: Path,
+    device,
+    flush_rows,
+    flush,
+) -> list[dict]:
     from xbarprune.data import load_splits
     from xbarprune.models import build_model
 
     work = ensure_dir(work)
-    splits = load_splits(dc.name, dc.root, val_size=dc.val_size, train_subset=dc.train_subset,
-                         test_subset=dc.test_subset, pad_to=dc.pad_to, seed=seed)
+    splits = load_splits(
+        dc.name,
+        dc.root,
+        val_size=dc.val,
+        train_subset=dc.train_subset,
+        test_subset=dc.test_subset,
+        pad_to=dc.pad_to,
+        seed=seed,
+    )
     test = DataLoader(splits.test, batch_size=dc.batch_size_eval)
 
     def fresh():
-        return build_model(mc.name, num_classes=splits.num_classes,
-                           in_channels=splits.in_channels, image_size=splits.image_size,
-                           width=mc.width, seed=seed, **mc.kwargs).to(device)
+        return build_model(
+            mc.name,
+            num_classes=splits.num_classes,
+            in_channels=splits.in_channels,
+            image_size=splits.image_size,
+            width=mc.width,
+            seed=seed,
+            **mc.kwargs,
+        ).to(device)
 
     def load(path: Path):
         m = fresh()
@@ -161,8 +231,16 @@ def _one_experiment(mc, dc, seed, train_cfg, ft_cfg, xbar, dev, ni, ev, regs, pr
     if not dense_path.is_file():
         log(f"[{mc.name}/{dc.name}] dense training")
         m = fresh()
-        train(m, splits.train, train_cfg, device=device, checkpoint=work / "dense_ckpt.pt",
-              seed=seed, desc="dense", log=log)
+        train(
+            m,
+            splits.train,
+            train_cfg,
+            device=device,
+            checkpoint=work / "dense_ckpt.pt",
+            seed=seed,
+            desc="dense",
+            log=log,
+        )
         save_checkpoint(dense_path, {"model": m.state_dict()})
     dense = load(dense_path)
     layout = map_model(dense, xbar)
@@ -172,8 +250,17 @@ def _one_experiment(mc, dc, seed, train_cfg, ft_cfg, xbar, dev, ni, ev, regs, pr
         lay = lay or layout
         t = time.perf_counter()
         acc = evaluate_accuracy(model, test, device)
-        res = evaluate(model, test, lay, dev, ni, trials=ev.trials, seed=ev.seed,
-                       times=ev.times_s, device=device)
+        res = evaluate(
+            model,
+            test,
+            lay,
+            dev,
+            ni,
+            trials=ev.trials,
+            seed=ev.seed,
+            times=ev.times_s,
+            device=device,
+        )
         mats = {n: (dict(model.named_modules())[n].weight.detach() != 0) for n in layout.layers}
         from xbarprune.mapping.layout import layer_matrices
 
@@ -182,11 +269,17 @@ def _one_experiment(mc, dc, seed, train_cfg, ft_cfg, xbar, dev, ni, ev, regs, pr
         nnz = sum(int(v.sum()) for v in mats.values())
         tot = sum(v.numel() for v in mats.values())
         base = {
-            "model": mc.name, "dataset": splits.name, "regularizer": reg, "pruner": pruner,
+            "model": mc.name,
+            "dataset": splits.name,
+            "regularizer": reg,
+            "pruner": pruner,
             "sparsity_weight": 1 - nnz / tot,
-            "crossbars_dense": layout.dense_tiles, "crossbars": needed,
+            "crossbars_dense": layout.dense_tiles,
+            "crossbars": needed,
             "crossbar_saving": 1 - needed / layout.dense_tiles,
-            "acc_ideal": acc, "trials": ev.trials, **extra,
+            "acc_ideal": acc,
+            "trials": ev.trials,
+            **extra,
             "eval_seconds": round(time.perf_counter() - t, 1),
         }
         return {"base": base, "nonideal": [r.to_dict() for r in res]}
@@ -194,10 +287,16 @@ def _one_experiment(mc, dc, seed, train_cfg, ft_cfg, xbar, dev, ni, ev, regs, pr
     def expand(rec: dict) -> list[dict]:
         out = []
         for r in rec["nonideal"]:
-            out.append({**rec["base"], "drift_time_s": r["time_s"],
-                        "drift_time": format_time(r["time_s"]),
-                        "acc_nonideal_mean": r["mean"], "acc_nonideal_std": r["std"],
-                        "acc_nonideal_trials": r["per_trial"]})
+            out.append(
+                {
+                    **rec["base"],
+                    "drift_time_s": r["time_s"],
+                    "drift_time": format_time(r["time_s"]),
+                    "acc_nonideal_mean": r["mean"],
+                    "acc_nonideal_std": r["std"],
+                    "acc_nonideal_trials": r["per_trial"],
+                }
+            )
         return out
 
     arm = work / "arm_dense.json"
@@ -209,8 +308,9 @@ def _one_experiment(mc, dc, seed, train_cfg, ft_cfg, xbar, dev, ni, ev, regs, pr
 
     base_params = {k: v for k, v in common.items() if k not in ("regularizer", "pruner")}
     for reg, rp in regs.items():
-        params = from_dict(PrunixParams, {**base_params, **(rp or {}), "regularizer": reg},
-                           "params")
+        params = from_dict(
+            PrunixParams, {**base_params, **(rp or {}), "regularizer": reg}, "params"
+        )
         reg_path = work / f"reg_{reg}.pt"
         if not reg_path.is_file():
             log(f"[{mc.name}/{dc.name}] regulariser {reg} (lam={params.lam})")
@@ -218,9 +318,18 @@ def _one_experiment(mc, dc, seed, train_cfg, ft_cfg, xbar, dev, ni, ev, regs, pr
             ctx = _ctx(m, layout, dev, splits, ft_cfg, device, seed, ni, log)
             r = build_regularizer(params, ctx)
             if r is not None and params.reg_epochs > 0:
-                train(m, splits.train, ft_cfg, device=device, regularizer=r, seed=seed + 3,
-                      checkpoint=work / f"reg_{reg}_ckpt.pt", desc=f"reg {reg}",
-                      epochs=params.reg_epochs, log=log)
+                train(
+                    m,
+                    splits.train,
+                    ft_cfg,
+                    device=device,
+                    regularizer=r,
+                    seed=seed + 3,
+                    checkpoint=work / f"reg_{reg}_ckpt.pt",
+                    desc=f"reg {reg}",
+                    epochs=params.reg_epochs,
+                    log=log,
+                )
             save_checkpoint(reg_path, {"model": m.state_dict()})
         for pruner in pruners:
             arm = work / f"arm_{reg}_{pruner}.json"
@@ -233,13 +342,24 @@ def _one_experiment(mc, dc, seed, train_cfg, ft_cfg, xbar, dev, ni, ev, regs, pr
                 res = run_prunix(ctx, p)
                 reg_obj = build_regularizer(params, ctx) if p.keep_regularizer else None
                 del reg_obj  # the final fine-tune runs without the regulariser, for all arms
-                train(m, splits.train, ft_cfg, device=device, masks=res.masks, seed=seed + 5,
-                      desc="finetune", log=log)
+                train(
+                    m,
+                    splits.train,
+                    ft_cfg,
+                    device=device,
+                    masks=res.masks,
+                    seed=seed + 5,
+                    desc="finetune",
+                    log=log,
+                )
                 MaskSet(res.masks.masks).apply(m)
-                extra = {"compress_seconds": round(time.perf_counter() - t, 1),
-                         "lam": params.lam,
-                         "allocation": res.info["rounds"][-1].get("allocation", {}).get(
-                             "sparsity") if pruner == "apa" else None}
+                extra = {
+                    "compress_seconds": round(time.perf_counter() - t, 1),
+                    "lam": params.lam,
+                    "allocation": res.info["rounds"][-1].get("allocation", {}).get("sparsity")
+                    if pruner == "apa"
+                    else None,
+                }
                 packed = layout.packed(m, p.kind) if p.pack else layout
                 rec = evaluate_arm(m, reg, pruner, extra, packed)
                 atomic_write_json(arm, rec)
@@ -249,10 +369,22 @@ def _one_experiment(mc, dc, seed, train_cfg, ft_cfg, xbar, dev, ni, ev, regs, pr
 
 def _ctx(model, layout, dev, splits, ft_cfg, device, seed, ni, log) -> CompressContext:
     return CompressContext(
-        model=model, layout=layout, device_spec=dev, train_data=splits.train,
-        val_data=splits.val if splits.val is not None and len(splits.val) else splits.test, finetune_cfg=ft_cfg,
-        device=device, seed=seed, run_dir=None, nonideal=ni, log=log,
+        model=model,
+        layout=layout,
+        device_spec=dev,
+        train_data=splits.train,
+        val_data=splits.val if splits.val is not None and len(splits.val) else splits.test,
+        finetune_cfg=ft_cfg,
+        device=device,
+        seed=seed,
+        run_dir=None,
+        nonideal=ni,
+        log=log,
     )
+
+
+def _pm(row: dict) -> str:
+    return f"{100 * row['acc_nonideal_mean']:.2f} ± {100 * row['acc_nonideal_std']:.2f}"
 
 
 def _markdown(summary: dict[str, Any]) -> str:
@@ -277,12 +409,11 @@ def _markdown(summary: dict[str, Any]) -> str:
         seen.setdefault(key, {"r": r, "t": {}})["t"][r["drift_time_s"]] = r
     for (mo, ds, reg, pr), v in seen.items():
         r = v["r"]
-        cells = " | ".join(
-            f"{100 * v['t'][t]['acc_nonideal_mean']:.2f} ± {100 * v['t'][t]['acc_nonideal_std']:.2f}"
-            if t in v["t"] else "–" for t in times)
+        cells = " | ".join(_pm(v["t"][t]) if t in v["t"] else "–" for t in times)
         lines.append(
             f"| {mo} | {ds} | {reg} | {pr} | {100 * r['sparsity_weight']:.1f} | "
-            f"{100 * r['crossbar_saving']:.1f} | {100 * r['acc_ideal']:.2f} | {cells} |")
+            f"{100 * r['crossbar_saving']:.1f} | {100 * r['acc_ideal']:.2f} | {cells} |"
+        )
     lines += ["", "![non-ideal accuracy per arm](accuracy.png)", ""]
     return "\n".join(lines)
 
@@ -313,14 +444,30 @@ def _plot(rows: list[dict], path: Path) -> None:
         for j, t in enumerate(times):
             vals, errs = [], []
             for k in arms:
-                m = [r for r in rows if (r["model"], r["dataset"]) == (mo, ds)
-                     and f"{r['regularizer']}+{r['pruner']}" == k and r["drift_time_s"] == t]
+                m = [
+                    r
+                    for r in rows
+                    if (r["model"], r["dataset"]) == (mo, ds)
+                    and f"{r['regularizer']}+{r['pruner']}" == k
+                    and r["drift_time_s"] == t
+                ]
                 vals.append(100 * m[0]["acc_nonideal_mean"] if m else 0)
                 errs.append(100 * m[0]["acc_nonideal_std"] if m else 0)
-            ax.bar([i + j * width for i in range(len(arms))], vals, width, yerr=errs,
-                   capsize=2, label=format_time(t))
-        ax.set_xticks([i + width * (len(times) - 1) / 2 for i in range(len(arms))], arms,
-                      rotation=45, ha="right", fontsize=7)
+            ax.bar(
+                [i + j * width for i in range(len(arms))],
+                vals,
+                width,
+                yerr=errs,
+                capsize=2,
+                label=format_time(t),
+            )
+        ax.set_xticks(
+            [i + width * (len(times) - 1) / 2 for i in range(len(arms))],
+            arms,
+            rotation=45,
+            ha="right",
+            fontsize=7,
+        )
         ax.set_ylabel("non-ideal test accuracy (%)")
         ax.set_title(f"{mo} / {ds}", fontsize=9)
         ax.legend(fontsize=7, title="drift time", title_fontsize=7)

@@ -14,8 +14,8 @@ from xbarprune.mapping.matrix import matrix_to_weight, weight_to_matrix
 from xbarprune.mapping.permute import (
     channel_order_to_rows,
     compact,
-    pack_for_kind,
     pack_columns,
+    pack_for_kind,
     pack_rows,
     packed_tile_count,
     permuted,

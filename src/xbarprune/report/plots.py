@@ -20,8 +20,9 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def accuracy_vs_time(series: dict[str, list[dict]], ideal: dict[str, float], path: Path,
-                     title: str = "") -> None:
+def accuracy_vs_time(
+    series: dict[str, list[dict]], ideal: dict[str, float], path: Path, title: str = ""
+) -> None:
     """series: label -> [{time_s, mean, std}], ideal: label -> digital accuracy."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for i, (label, rows) in enumerate(series.items()):
@@ -30,8 +31,13 @@ def accuracy_vs_time(series: dict[str, list[dict]], ideal: dict[str, float], pat
         s = [100 * r["std"] for r in rows]
         line = ax.errorbar(t, m, yerr=s, marker="o", capsize=3, label=f"{label} (non-ideal)")
         if label in ideal:
-            ax.axhline(100 * ideal[label], ls="--", lw=1, color=line[0].get_color(),
-                       label=f"{label} (ideal)")
+            ax.axhline(
+                100 * ideal[label],
+                ls="--",
+                lw=1,
+                color=line[0].get_color(),
+                label=f"{label} (ideal)",
+            )
         del i
     ax.set_xscale("log")
     ax.set_xlabel("time after programming (s)")

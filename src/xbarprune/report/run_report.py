@@ -31,8 +31,11 @@ def build_report(run) -> dict[str, Any]:
     rep: dict[str, Any] = {
         "name": cfg.name,
         "model": cfg.model.name,
-        "dataset": {"name": run.splits.name, "source": run.splits.source,
-                    "test_size": len(run.splits.test)},
+        "dataset": {
+            "name": run.splits.name,
+            "source": run.splits.source,
+            "test_size": len(run.splits.test),
+        },
         "method": {"name": cfg.method.name, "params": method_params, "info": comp_ck["info"]},
         "crossbar": asdict(cfg.crossbar),
         "device": asdict(cfg.device),
@@ -90,8 +93,9 @@ def to_markdown(rep: dict) -> str:
         "",
         "## Accuracy (%)",
         "",
-        "| model | digital | analog ideal | " + " | ".join(
-            f"non-ideal @ {t}" for t in a["compressed_nonideal"]) + " |",
+        "| model | digital | analog ideal | "
+        + " | ".join(f"non-ideal @ {t}" for t in a["compressed_nonideal"])
+        + " |",
         "|---|---|---|" + "---|" * len(a["compressed_nonideal"]),
     ]
     for tag in ("dense", "compressed"):
@@ -161,8 +165,12 @@ def write_report(run) -> dict:
     if a.get("dense_nonideal"):
         series = {"dense": list(a["dense_nonideal"].values()), **series}
         ideal["dense"] = a["dense_ideal"]
-    plots.accuracy_vs_time(series, ideal, pdir / "accuracy_vs_time.png",
-                           title=f"{rep['model']} / {rep['method']['name']}")
+    plots.accuracy_vs_time(
+        series,
+        ideal,
+        pdir / "accuracy_vs_time.png",
+        title=f"{rep['model']} / {rep['method']['name']}",
+    )
     plots.layer_sparsity(rep["layers"], pdir / "layer_sparsity.png")
     big = max(rep["layers"], key=lambda r: r["tiles_dense"])
     plots.occupancy_heatmap(big["occupancy"], big["name"], pdir / "occupancy.png")
