@@ -58,22 +58,25 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
 
 
 def _cmd_map(a: argparse.Namespace) -> int:
-    from torch import nn
-
     from xbarprune.hardware import CrossbarSpec
     from xbarprune.mapping import layer_matrices, map_model
 
-    xbar = CrossbarSpec(a.rows, a.cols, a.cells_per_weight, a.encoding)
     target = Path(a.target)
     if (target / "config.yaml").is_file():
+        # a run: its own crossbar, the dense layout and the (packed) compressed layout
         from xbarprune.experiment.pipeline import Run
 
         run = Run.open(target, log=lambda s: None)
-        stage = "finetune" if run.done("finetune") else "train"
-        model, _ = run._load_model(stage)
+        if run.done("finetune"):
+            _, model, dense_layout, layout, _ = run.models()
+        else:
+            model, _ = run._load_model("train")
+            dense_layout = layout = map_model(model, run.cfg.crossbar)
+        xbar = run.cfg.crossbar
     else:
         from xbarprune.models import build_model
 
+        xbar = CrossbarSpec(a.rows, a.cols, a.cells_per_weight, a.encoding)
         model = build_model(
             a.target,
             num_classes=a.num_classes,
@@ -81,24 +84,27 @@ def _cmd_map(a: argparse.Namespace) -> int:
             image_size=a.image_size,
             width=a.width,
         )
-    assert isinstance(model, nn.Module)
-    layout = map_model(model, xbar)
+        dense_layout = layout = map_model(model, xbar)
     mats = layer_matrices(model, layout)
-    hdr = f"{'layer':<28}{'matrix':>14}{'tiles':>8}{'needed':>8}{'util %':>8}{'sparsity %':>12}"
     print(
         f"crossbar {xbar.rows}x{xbar.cols}, {xbar.encoding}, {xbar.cells_per_weight} cell(s)"
         f"/weight -> {xbar.weights_per_row} weights per tile row"
+    )
+    hdr = (
+        f"{'layer':<28}{'matrix':>14}{'tiles':>8}{'needed':>8}{'blocks':>8}{'util %':>8}"
+        f"{'sparsity %':>12}"
     )
     print(hdr)
     print("-" * len(hdr))
     tot = need = 0
     for layer in layout:
         s = layer.summary(mats[layer.name])
-        tot += s["tiles_dense"]
+        dense = dense_layout[layer.name].dense_tiles
+        tot += dense
         need += s["tiles_needed"]
         print(
             f"{layer.name:<28}{s['matrix_shape'][0]:>7}x{s['matrix_shape'][1]:<6}"
-            f"{s['tiles_dense']:>8}{s['tiles_needed']:>8}{100 * s['utilisation']:>8.1f}"
+            f"{dense:>8}{s['tiles_needed']:>8}{s['blocks']:>8}{100 * s['utilisation']:>8.1f}"
             f"{100 * s['weight_sparsity']:>12.1f}"
         )
     print("-" * len(hdr))
@@ -180,7 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label", help="output name under <run>/simulations/")
     s.set_defaults(fn=_cmd_simulate)
 
-    m = sub.add_parser("map", help="print the crossbar layout of a model or run as a table")
+    m = sub.add_parser(
+        "map",
+        help="print the crossbar layout of a model or run as a table "
+        "(tiles of the dense layout, tiles needed, blocks, utilisation)",
+    )
     m.add_argument("target", help="model name (see the zoo) or run directory")
     m.add_argument("--rows", type=int, default=128)
     m.add_argument("--cols", type=int, default=128)

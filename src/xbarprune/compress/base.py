@@ -116,7 +116,12 @@ def list_methods() -> dict[str, str]:
     return {n: c.summary for n, c in sorted(_REGISTRY.items())}
 
 
-_BUILTIN_MODULES = ("xbarprune.compress.magnitude", "xbarprune.compress.prunix")
+_BUILTIN_MODULES = (
+    "xbarprune.compress.magnitude",
+    "xbarprune.compress.prunix",
+    "xbarprune.compress.liang",
+    "xbarprune.compress.admm",
+)
 
 
 def _load_builtin() -> None:

@@ -27,6 +27,8 @@ def build_report(run) -> dict[str, Any]:
     sim = json.loads((st / "simulate.json").read_text())
     method_params = dict(cfg.method.params)
     group_kind = method_params.get("kind", "tile_column")
+    if group_kind not in mp["sparsity"]["group"]:  # a method-specific group kind
+        group_kind = "tile_column"
     dense_x, comp_x = mp["crossbars"]["dense"], mp["crossbars"]["compressed"]
     rep: dict[str, Any] = {
         "name": cfg.name,

@@ -1,0 +1,561 @@
+"""ADMM structured pruning + memristor quantisation (Ma, Yuan et al., "Tiny but Accurate",
+ASP-DAC 2020, arXiv 1908.10017; details from Yuan, Ma et al., ISLPED 2019, arXiv 1908.11691).
+
+Problem (eq. 1): minimise the loss subject to ``W_i ∈ P_i`` (at most α_i non-zero structured
+groups) and ``W_i ∈ Q_i`` (the memristor level set, :mod:`.quantize`). With auxiliaries Y_i
+(structure) and Z_i (levels) and scaled duals U_i, V_i, iteration k (eqs. 5-7):
+
+    W   <- SGD/Adam epochs on  loss + Σ_i ρ/2 ||W_i - Y_i + U_i||² + ρ/2 ||W_i - Z_i + V_i||²
+    Y_i <- Π_P(W_i + U_i)            keep the α_i groups of largest L2 norm
+    Z_i <- Π_Q(W_i + V_i | supp Y_i) nearest non-zero level on Y's support, 0 elsewhere
+    U_i <- U_i + W_i - Y_i ;  V_i <- V_i + W_i - Z_i
+    ρ   <- min(ρ · growth, ρ_max)    (U, V rescaled by ρ_old/ρ_new: scaled-form ADMM, Boyd
+                                      et al. 2011, §3.4.1)
+
+The W-step is the package's training loop with :class:`ADMMRegularizer` as its regulariser.
+Then the hard projection ("masked mapping") W <- Π_P(W), masked retraining, Network
+Purification + unused-path masking (:mod:`.purification`), and distillation quantisation
+(:func:`.quantize.distill_quantize`, Algorithm 2) with the levels enforced by a
+straight-through estimator and a final hard projection onto Q.
+
+Group kinds (on the mapped matrix W (R x C), rows = in_channels·kh·kw, columns = filters):
+``filter`` (a column: one filter), ``channel`` (the kh·kw rows of one input channel),
+``shape`` (one row: one (channel, kernel position) across all filters — the paper's
+"filter-shape"/"column" sparsity of its n x k GEMM matrix, which is our matrix transposed),
+the crossbar groups ``tile``, ``tile_column``, ``tile_row``, and ``weight`` (irregular).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from xbarprune.compress.base import CompressContext, CompressResult, Method, register
+from xbarprune.compress.pruning import group_scores
+from xbarprune.compress.purification import network_purification, remove_unused_paths
+from xbarprune.compress.quantize import (
+    LevelSet,
+    distill_quantize,
+    layer_scale,
+    memristor_levels,
+    project_levels,
+)
+from xbarprune.errors import CompressionError, SpecError, check_range
+from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
+from xbarprune.mapping.layout import CrossbarLayout, Groups, LayerLayout
+from xbarprune.mapping.matrix import matrix_to_weight, weight_to_matrix
+from xbarprune.mapping.permute import compact, pack_columns, pack_rows
+from xbarprune.training.masks import MaskSet
+
+ADMM_KINDS: tuple[str, ...] = (
+    "filter",
+    "channel",
+    "shape",
+    "tile",
+    "tile_column",
+    "tile_row",
+    "weight",
+)
+
+#: The paper's device: passive 1R cells, R_on = 1 MΩ, R_off = 10 MΩ, 4-bit (16 levels).
+MA2020_DEVICE = DeviceSpec.from_resistance(r_on=1e6, r_off=1e7, levels=16)
+
+
+def ma2020_crossbar(lenet: bool = False, cells_per_weight: int = 2) -> CrossbarSpec:
+    """The paper's crossbar: 128 x 64 (32 x 32 for LeNet-5/ConvNet in ISLPED 2019), 8-bit
+    weights as two 4-bit cells, signs on separate (positive/negative) arrays — our differential
+    encoding, which counts the positive and negative cells of a weight in one tile."""
+    return CrossbarSpec(
+        rows=32 if lenet else 128,
+        cols=32 if lenet else 64,
+        cells_per_weight=cells_per_weight,
+        encoding="differential",
+    )
+
+
+# ----------------------------------------------------------------------------- projections
+def layer_groups(layer: LayerLayout, kind: str) -> Groups:
+    """Groups of ``kind`` of one layer; ``shape`` = one mapped-matrix row (all filters)."""
+    if kind == "shape":
+        R, C = layer.matrix_shape
+        idx = torch.arange(R * C).view(R, C)
+        return Groups("shape", idx, torch.full((R,), C, dtype=torch.long), R * C)
+    if kind not in ADMM_KINDS:
+        raise SpecError(f"group kind {kind!r}; allowed: {', '.join(ADMM_KINDS)}")
+    return layer.groups(kind)
+
+
+def project_structure(
+    mat: Tensor, groups: Groups, alpha: int, *, layer: str = "?"
+) -> tuple[Tensor, Tensor]:
+    """Euclidean projection onto P = {at most α non-zero groups}: keep the α groups of largest
+    L2 norm (ties: lower group index first), zero the rest. Returns (projected, keep mask (R, C)).
+
+    Weights outside every group are kept. ``α`` must be in [1, number of groups].
+    """
+    G = len(groups)
+    if int(alpha) != alpha or alpha < 1 or alpha > G:
+        raise CompressionError(
+            f"layer '{layer}': group budget α = {alpha!r} is outside [1, {G}] "
+            f"({G} '{groups.kind}' groups in the layer)"
+        )
+    norms = groups.norms(mat.detach())
+    order = torch.argsort(-norms, stable=True)
+    keep = torch.zeros(G, dtype=torch.bool, device=norms.device)
+    keep[order[: int(alpha)]] = True
+    mask = groups.weight_mask(keep.cpu(), tuple(mat.shape)).to(mat.device)
+    return mat * mask, mask
+
+
+# ----------------------------------------------------------------------------- ADMM state
+class ADMMRegularizer:
+    """ADMM state of the constrained layers and the W-step penalty (a training-loop
+    regulariser ``reg(model, progress) -> Tensor``)::
+
+        Σ_i ρ/2 ||W_i - Y_i + U_i||² + ρ/2 ||W_i - Z_i + V_i||²
+
+    ``structure``: layer -> (groups, α) for the P constraint; ``level_sets``: layer -> LevelSet
+    for the Q constraint (Z's support is Y's support where both apply). All tensors are kept in
+    weight shape, on the weights' device.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        structure: dict[str, tuple[Groups, int]],
+        level_sets: dict[str, LevelSet],
+        *,
+        rho: float = 1e-3,
+        rho_growth: float = 1.0,
+        rho_max: float = math.inf,
+    ):
+        check_range("rho", rho, low=0.0, low_open=True)
+        check_range("rho_growth", rho_growth, low=1.0)
+        self.structure = dict(structure)
+        self.level_sets = dict(level_sets)
+        self.rho = float(rho)
+        self.rho_growth = float(rho_growth)
+        self.rho_max = float(rho_max)
+        self.mods = {
+            n: m for n, m in model.named_modules() if n in self.structure or n in self.level_sets
+        }
+        missing = [n for n in [*self.structure, *self.level_sets] if n not in self.mods]
+        if missing:
+            raise CompressionError(f"no layer(s) {', '.join(missing)} in the model")
+        self.Y: dict[str, Tensor] = {}
+        self.Z: dict[str, Tensor] = {}
+        self.U: dict[str, Tensor] = {}
+        self.V: dict[str, Tensor] = {}
+        self.history: list[dict] = []
+        with torch.no_grad():
+            for n in self.structure:
+                self.U[n] = torch.zeros_like(self.mods[n].weight)
+            for n in self.level_sets:
+                self.V[n] = torch.zeros_like(self.mods[n].weight)
+            self._project()
+
+    @torch.no_grad()
+    def _project(self) -> None:
+        """Y, Z <- projections of W + U, W + V (eq. 6)."""
+        for n, (groups, alpha) in self.structure.items():
+            w = self.mods[n].weight
+            a = w + self.U[n]
+            y, _ = project_structure(weight_to_matrix(a), groups, alpha, layer=n)
+            self.Y[n] = matrix_to_weight(y, tuple(w.shape)).contiguous()
+        for n, ls in self.level_sets.items():
+            w = self.mods[n].weight
+            a = w + self.V[n]
+            support = self.Y[n] != 0 if n in self.Y else torch.ones_like(w, dtype=torch.bool)
+            self.Z[n] = project_levels(a, ls, support, layer=n)
+
+    def _follow_device(self, device: torch.device) -> None:
+        for d in (self.Y, self.Z, self.U, self.V):
+            for n, t in d.items():
+                if t.device != device:
+                    d[n] = t.to(device)
+
+    def __call__(self, model: nn.Module | None = None, progress: float = 0.0) -> Tensor:
+        total = None
+        for n in self.mods:
+            w = self.mods[n].weight
+            self._follow_device(w.device)
+            t = w.new_zeros(())
+            if n in self.Y:
+                t = t + (w - self.Y[n] + self.U[n]).pow(2).sum()
+            if n in self.Z:
+                t = t + (w - self.Z[n] + self.V[n]).pow(2).sum()
+            total = t if total is None else total + t
+        if total is None:
+            return torch.zeros(())
+        return 0.5 * self.rho * total
+
+    @torch.no_grad()
+    def update(self) -> dict:
+        """Projection and dual steps (eqs. 6-7) from the current weights, then ρ growth.
+        Returns the relative primal residuals ||W - Y|| / ||W|| and ||W - Z|| / ||W||."""
+        for w in (m.weight for m in self.mods.values()):
+            self._follow_device(w.device)
+        self._project()
+        rec: dict = {"rho": self.rho, "structure_residual": {}, "level_residual": {}}
+        for n in self.structure:
+            w = self.mods[n].weight
+            self.U[n] += w - self.Y[n]
+            rec["structure_residual"][n] = float((w - self.Y[n]).norm() / w.norm().clamp_min(1e-12))
+        for n in self.level_sets:
+            w = self.mods[n].weight
+            self.V[n] += w - self.Z[n]
+            rec["level_residual"][n] = float((w - self.Z[n]).norm() / w.norm().clamp_min(1e-12))
+        new_rho = min(self.rho * self.rho_growth, self.rho_max)
+        if new_rho != self.rho:
+            scale = self.rho / new_rho
+            for d in (self.U, self.V):
+                for n in d:
+                    d[n] *= scale
+            self.rho = new_rho
+        self.history.append(rec)
+        return rec
+
+
+# ----------------------------------------------------------------------------- params
+@dataclass(frozen=True)
+class ADMMParams:
+    """Config of ``method: {name: admm, params: ...}``.
+
+    Targets (first match wins per layer): ``alpha`` (kept group count), ``keep`` (kept
+    fraction of groups), else the global ``compression`` (prunable weights / kept weights)
+    allocated ``uniform`` (every layer keeps 1/compression of its groups) or ``global`` (the
+    largest-RMS groups of the dense model over all prunable layers, at least one per layer).
+    """
+
+    kind: str = "filter"
+    layer_kinds: dict[str, str] = field(default_factory=dict)
+    layers: Literal["conv", "all"] = "conv"
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+    compression: float = 10.0
+    allocation: Literal["uniform", "global"] = "uniform"
+    keep: dict[str, float] = field(default_factory=dict)
+    alpha: dict[str, int] = field(default_factory=dict)
+    # ADMM schedule (the paper gives none; see docs/methods/admm.md)
+    rho: float = 0.03
+    rho_growth: float = 3.0
+    rho_max: float = 3.0
+    iterations: int = 6
+    epochs_per_iteration: int = 1
+    admm_quant: bool = True
+    retrain_epochs: int = 2
+    # Network Purification + unused path masking
+    prm: bool = True
+    th1: float = 0.01
+    th2: float = 0.5
+    th3: float = 0.05
+    th4: float = 0.01
+    prm_retrain_epochs: int = 0
+    # quantisation (levels from the device and crossbar unless bits is given)
+    quantize: bool = True
+    bits: int | None = None
+    level_mode: Literal["uniform", "conductance"] = "uniform"
+    quant_epochs: int = 1
+    distill_sigma: float = 0.5
+    distill_temperature: float = 4.0
+    # result
+    pack: bool = True
+    upr_report: bool = True
+
+    def __post_init__(self) -> None:
+        p = "method.params"
+        for k in (self.kind, *self.layer_kinds.values()):
+            if k not in ADMM_KINDS:
+                raise SpecError(f"{p}.kind = {k!r}; allowed: {', '.join(ADMM_KINDS)}")
+        if self.layers not in ("conv", "all"):
+            raise SpecError(f"{p}.layers = {self.layers!r}; allowed: 'conv', 'all'")
+        if self.allocation not in ("uniform", "global"):
+            raise SpecError(f"{p}.allocation = {self.allocation!r}; allowed: 'uniform', 'global'")
+        if self.level_mode not in ("uniform", "conductance"):
+            raise SpecError(f"{p}.level_mode = {self.level_mode!r}; allowed: uniform, conductance")
+        check_range(f"{p}.compression", self.compression, low=1.0)
+        for n, f in self.keep.items():
+            check_range(f"{p}.keep.{n}", f, low=0.0, low_open=True, high=1.0)
+        for n, a in self.alpha.items():
+            check_range(f"{p}.alpha.{n}", a, low=1)
+        check_range(f"{p}.rho", self.rho, low=0.0, low_open=True)
+        check_range(f"{p}.rho_growth", self.rho_growth, low=1.0)
+        check_range(f"{p}.rho_max", self.rho_max, low=self.rho)
+        check_range(f"{p}.iterations", self.iterations, low=0)
+        for name in (
+            "epochs_per_iteration",
+            "retrain_epochs",
+            "prm_retrain_epochs",
+            "quant_epochs",
+        ):
+            check_range(f"{p}.{name}", getattr(self, name), low=0)
+        for name in ("th1", "th3", "th4"):
+            check_range(f"{p}.{name}", getattr(self, name), low=0.0)
+        check_range(f"{p}.th2", self.th2, low=0.0, high=1.0)
+        if self.bits is not None:
+            check_range(f"{p}.bits", self.bits, low=1, high=16)
+        check_range(f"{p}.distill_sigma", self.distill_sigma, low=0.0, high=1.0)
+        check_range(f"{p}.distill_temperature", self.distill_temperature, low=0.0, low_open=True)
+
+
+# ----------------------------------------------------------------------------- helpers
+def prunable_layers(layout: CrossbarLayout, p: ADMMParams) -> list[str]:
+    unknown = [n for n in (*p.exclude, *p.keep, *p.alpha, *p.layer_kinds) if n not in layout.layers]
+    if unknown:
+        raise CompressionError(
+            f"method.params names unknown layer(s): {', '.join(sorted(set(unknown)))}; "
+            f"mapped layers: {', '.join(layout.layers)}"
+        )
+    return [
+        n
+        for n, lay in layout.layers.items()
+        if n not in p.exclude and (p.layers == "all" or lay.kind == "conv")
+    ]
+
+
+def allocate_alpha(
+    model: nn.Module, layout: CrossbarLayout, names: list[str], kinds: dict[str, str], p: ADMMParams
+) -> dict[str, int]:
+    """Group budget α per prunable layer (see :class:`ADMMParams`)."""
+    from xbarprune.mapping.layout import layer_matrices
+
+    mats = layer_matrices(model, layout)
+    groups = {n: layer_groups(layout[n], kinds[n]) for n in names}
+    alpha: dict[str, int] = {}
+    free = []
+    for n in names:
+        G = len(groups[n])
+        if n in p.alpha:
+            a = int(p.alpha[n])
+            if a > G:
+                raise CompressionError(
+                    f"layer '{n}': group budget α = {a} is larger than its {G} '{kinds[n]}' groups"
+                )
+            alpha[n] = a
+        elif n in p.keep:
+            alpha[n] = max(1, round(p.keep[n] * G))
+        elif p.allocation == "uniform":
+            alpha[n] = max(1, min(G, round(G / p.compression)))
+        else:
+            free.append(n)
+    if free:
+        scores = torch.cat([group_scores(mats[n], groups[n]) for n in free])
+        sizes = torch.cat([groups[n].sizes for n in free])
+        owner = torch.cat([torch.full((len(groups[n]),), i) for i, n in enumerate(free)])
+        budget = sum(mats[n].numel() for n in free) / p.compression
+        order = torch.argsort(-scores, stable=True)
+        cum = torch.cumsum(sizes[order].double(), 0)
+        kept = order[cum <= budget]
+        for i, n in enumerate(free):
+            alpha[n] = max(1, int((owner[kept] == i).sum()))
+    return alpha
+
+
+def compression_stats(model: nn.Module, layout: CrossbarLayout) -> dict:
+    """Weights / non-zero weights over the conv layers and over all mapped layers."""
+    from xbarprune.mapping.layout import layer_matrices
+
+    mats = layer_matrices(model, layout)
+    conv = [n for n, lay in layout.layers.items() if lay.kind == "conv"]
+    cw = sum(mats[n].numel() for n in conv)
+    cnz = sum(int((mats[n] != 0).sum()) for n in conv)
+    tw = sum(m.numel() for m in mats.values())
+    tnz = sum(int((m != 0).sum()) for m in mats.values())
+    return {
+        "conv_weights": cw,
+        "conv_nonzero": cnz,
+        "compression_conv": cw / max(cnz, 1),
+        "weights": tw,
+        "nonzero": tnz,
+        "compression_total": tw / max(tnz, 1),
+    }
+
+
+def best_packed_layout(model: nn.Module, layout: CrossbarLayout) -> CrossbarLayout:
+    """Per layer the packing with the fewest tiles among: dropping all-zero rows and columns
+    (the paper's shrunk dense block), column-grain and row-grain packing."""
+    from xbarprune.mapping.layout import layer_matrices
+
+    mats = layer_matrices(model, layout)
+    out = {}
+    for n, lay in layout.layers.items():
+        cands = [compact(lay, mats[n]), pack_columns(lay, mats[n]), pack_rows(lay, mats[n])]
+        out[n] = min(cands, key=lambda c: c.n_tiles)
+    return CrossbarLayout(layout.crossbar, out)
+
+
+def example_batch(data, n: int = 2, device: torch.device | str = "cpu") -> Tensor:
+    """A few inputs of a data set / loader (for tracing and constant folding)."""
+    if isinstance(data, DataLoader):
+        x = next(iter(data))[0][:n]
+    else:
+        x = torch.stack([data[i][0] for i in range(min(n, len(data)))])
+    return x.to(device)
+
+
+def level_sets_for(
+    layout: CrossbarLayout, device: DeviceSpec, p: ADMMParams
+) -> dict[str, LevelSet]:
+    k = layout.crossbar.cells_per_weight
+    return {
+        n: memristor_levels(device, k, bits=p.bits, mode=p.level_mode, layer=n)
+        for n in layout.layers
+    }
+
+
+# ----------------------------------------------------------------------------- the method
+def run_admm(ctx: CompressContext, p: ADMMParams) -> CompressResult:
+    model, layout = ctx.model, ctx.layout
+    names = prunable_layers(layout, p)
+    if not names:
+        raise CompressionError("no prunable layer (method.params.layers / exclude leave none)")
+    kinds = {n: p.layer_kinds.get(n, p.kind) for n in names}
+    alpha = allocate_alpha(model, layout, names, kinds, p)
+    groups = {n: layer_groups(layout[n], kinds[n]) for n in names}
+    level_sets = level_sets_for(layout, ctx.device_spec, p) if p.quantize else {}
+    teacher = copy.deepcopy(model).eval() if p.quantize and p.distill_sigma > 0 else None
+    info: dict = {
+        "kinds": kinds,
+        "alpha": alpha,
+        "groups": {n: len(g) for n, g in groups.items()},
+        "levels": {n: ls.to_dict() for n, ls in level_sets.items()},
+        # True when the level set is exactly the grid the crossbar encoding represents
+        "levels_match_crossbar": all(
+            ls.mode == "uniform"
+            and ls.codes == ctx.device_spec.levels**layout.crossbar.cells_per_weight
+            for ls in level_sets.values()
+        ),
+    }
+    acc = {"dense": ctx.val_accuracy()}
+    stats = {"dense": compression_stats(model, layout)}
+    ctx.log(f"  ADMM: {len(names)} layers, α = {alpha}")
+
+    # ---- ADMM (eqs. 5-7)
+    reg = ADMMRegularizer(
+        model,
+        {n: (groups[n], alpha[n]) for n in names},
+        level_sets if p.admm_quant else {},
+        rho=p.rho,
+        rho_growth=p.rho_growth,
+        rho_max=p.rho_max,
+    )
+    for k in range(p.iterations):
+        ctx.finetune(None, p.epochs_per_iteration, regularizer=reg, tag=f"admm_iter{k + 1}")
+        rec = reg.update()
+        worst = max(rec["structure_residual"].values(), default=0.0)
+        ctx.log(
+            f"  ADMM iteration {k + 1}/{p.iterations}: ρ {rec['rho']:.3g}, "
+            f"max ||W-Y||/||W|| {worst:.3g}"
+        )
+    info["admm_history"] = reg.history
+
+    # ---- masked mapping (hard projection onto P) + masked retraining
+    masks = MaskSet.from_model(model, list(layout.layers))
+    mods = dict(model.named_modules())
+    with torch.no_grad():
+        for n in names:
+            w = mods[n].weight
+            _, m = project_structure(weight_to_matrix(w), groups[n], alpha[n], layer=n)
+            masks[n] = matrix_to_weight(m, tuple(w.shape)).clone()
+    masks.apply(model)
+    acc["admm_hard"] = ctx.val_accuracy()
+    ctx.finetune(masks, p.retrain_epochs, tag="admm_retrain")
+    acc["admm"] = ctx.val_accuracy()
+    stats["admm"] = compression_stats(model, layout)
+    ctx.log(
+        f"  ADMM pruned: acc {acc['admm']:.4f}, conv compression "
+        f"{stats['admm']['compression_conv']:.2f}x"
+    )
+
+    # ---- Network Purification + unused path removal (masked, eval-exact)
+    example = example_batch(ctx.train_data, 2, ctx.device)
+    if p.prm:
+        pur = network_purification(
+            model, example, layers=names, th1=p.th1, th2=p.th2, th3=p.th3, th4=p.th4
+        )
+        masks = masks.combine(pur.masks)
+        masks.apply(model)
+        info["purification"] = {
+            "rounds": pur.report["rounds"],
+            "thresholds": pur.report["thresholds"],
+            "pruned_channels": pur.report["pruned_channels"],
+            "pruned_filters": pur.report["pruned_filters"],
+            "kept_constant": pur.report["kept_constant"],
+        }
+        acc["admm+prm"] = ctx.val_accuracy()
+        if p.prm_retrain_epochs:
+            ctx.finetune(masks, p.prm_retrain_epochs, tag="prm_retrain")
+            acc["admm+prm_retrained"] = ctx.val_accuracy()
+        stats["admm+prm"] = compression_stats(model, layout)
+        ctx.log(
+            f"  P-RM: acc {acc['admm+prm']:.4f}, conv compression "
+            f"{stats['admm+prm']['compression_conv']:.2f}x"
+        )
+
+    # ---- distillation quantisation (Algorithm 2)
+    if p.quantize:
+        info["distillation"] = distill_quantize(
+            model,
+            ctx.train_data,
+            level_sets,
+            masks,
+            ctx.finetune_cfg,
+            teacher=teacher,
+            epochs=p.quant_epochs,
+            sigma=p.distill_sigma,
+            temperature=p.distill_temperature,
+            device=ctx.device,
+            seed=ctx.seed,
+            log=ctx.log,
+        )
+        tag = "admm+prm+quant" if p.prm else "admm+quant"
+        acc[tag] = ctx.val_accuracy()
+        stats[tag] = compression_stats(model, layout)
+        info["scales"] = {n: layer_scale(mods[n].weight) for n in level_sets}
+        ctx.log(f"  quantised ({next(iter(level_sets.values())).codes} codes): acc {acc[tag]:.4f}")
+
+    info["val_accuracy"] = acc
+    info["compression"] = stats
+    masks = MaskSet.from_model(model, list(layout.layers))
+    if p.upr_report:
+        _, upr = remove_unused_paths(model, example, crossbar=layout.crossbar)
+        upr.pop("removed_channels", None)
+        info["unused_path_removal"] = upr
+    new_layout = best_packed_layout(model, layout) if p.pack else None
+    if new_layout is not None:
+        info["tiles"] = {"dense": layout.dense_tiles, "packed": new_layout.n_tiles}
+    info["note"] = (
+        "weights are quantised; the pipeline's finetune stage trains in float "
+        "(set finetune.epochs: 0 to keep them on the levels)"
+        if p.quantize
+        else ""
+    )
+    return CompressResult(masks=masks, layout=new_layout, info=_plain(info))
+
+
+def _plain(o):
+    if isinstance(o, dict):
+        return {str(k): _plain(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_plain(v) for v in o]
+    if isinstance(o, float | int | str | bool) or o is None:
+        return o
+    return float(o)
+
+
+@register
+class ADMM(Method):
+    name = "admm"
+    summary = (
+        "ADMM structured pruning + memristor quantisation, network purification and unused path "
+        "removal, distillation quantisation (Ma et al. ASP-DAC 2020)"
+    )
+    Params = ADMMParams
+
+    def compress(self, ctx: CompressContext) -> CompressResult:
+        return run_admm(ctx, self.params)
