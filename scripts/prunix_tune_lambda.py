@@ -49,8 +49,11 @@ def main(argv=None):
     ap.add_argument("--experiment", type=int, default=0, help="index into experiments")
     ap.add_argument("--val-images", type=int, default=2000)
     ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--grid", help='JSON mapping regulariser -> lambdas, replacing the default '
+                    'grids (e.g. to extend a grid whose best value lies on its boundary)')
     ap.add_argument("--json")
     a = ap.parse_args(argv)
+    grids = json.loads(a.grid) if a.grid else GRIDS
     cfg = load_yaml(a.config)
     torch.set_num_threads(2)
     e = cfg["experiments"][a.experiment]
@@ -73,7 +76,7 @@ def main(argv=None):
     train(dense, s.train, tcfg, seed=0)
     layout = map_model(dense, xbar)
     rows = []
-    for reg, grid in GRIDS.items():
+    for reg, grid in grids.items():
         for lam in grid:
             t0 = time.perf_counter()
             m = copy.deepcopy(dense)
@@ -94,7 +97,7 @@ def main(argv=None):
             print(f"{reg:>15} lam={lam:<7g} non-ideal val @1d {out[0].mean:.4f} ± "
                   f"{out[0].std:.4f} ({row['seconds']:.0f} s)", flush=True)
     best = {}
-    for reg in GRIDS:
+    for reg in grids:
         cand = [r for r in rows if r["regularizer"] == reg]
         best[reg] = max(cand, key=lambda r: r["val_nonideal_1d"])["lam"]
     print("best:", best)
