@@ -21,6 +21,7 @@ from xbarprune.analog.layers import AnalogLayer
 from xbarprune.hardware.nonideal.model import NonIdealityModel
 from xbarprune.hardware.spec import DeviceSpec
 from xbarprune.mapping.layout import CrossbarLayout
+from xbarprune.metrics import accuracy
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -109,18 +110,6 @@ class EvalResult:
 
 def trial_generator(seed: int, trial: int, device: torch.device | str = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + int(trial))
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, data: Iterable, device: torch.device | str = "cpu") -> float:
-    """Top-1 accuracy of ``model`` over ``data`` (an iterable of (x, y) batches)."""
-    model.eval()
-    correct = total = 0
-    for x, y in data:
-        x, y = x.to(device), y.to(device)
-        correct += int((model(x).argmax(1) == y).sum())
-        total += int(y.numel())
-    return correct / max(total, 1)
 
 
 @torch.no_grad()

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from xbarprune.compress.base import CompressContext, CompressResult, Method, register
+from xbarprune.compress.base import CompressContext, CompressResult, Method, plain_info, register
 from xbarprune.compress.pruning import group_scores
 from xbarprune.compress.purification import network_purification, remove_unused_paths
 from xbarprune.compress.quantize import (
@@ -535,17 +535,7 @@ def run_admm(ctx: CompressContext, p: ADMMParams) -> CompressResult:
         if p.quantize
         else ""
     )
-    return CompressResult(masks=masks, layout=new_layout, info=_plain(info))
-
-
-def _plain(o):
-    if isinstance(o, dict):
-        return {str(k): _plain(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_plain(v) for v in o]
-    if isinstance(o, float | int | str | bool) or o is None:
-        return o
-    return float(o)
+    return CompressResult(masks=masks, layout=new_layout, info=plain_info(info))
 
 
 @register

@@ -81,6 +81,17 @@ class CompressResult:
     info: dict = field(default_factory=dict)
 
 
+def plain_info(o: Any) -> Any:
+    """Method info reduced to JSON- and ``weights_only``-safe types (tuples -> lists)."""
+    if isinstance(o, dict):
+        return {str(k): plain_info(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [plain_info(v) for v in o]
+    if isinstance(o, float | int | str | bool) or o is None:
+        return o
+    return float(o)
+
+
 class Method(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]

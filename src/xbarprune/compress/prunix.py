@@ -32,7 +32,7 @@ from xbarprune.compress.apa import (
     measure_sensitivity,
     prune_to,
 )
-from xbarprune.compress.base import CompressContext, CompressResult, Method, register
+from xbarprune.compress.base import CompressContext, CompressResult, Method, plain_info, register
 from xbarprune.compress.magnitude import cubic_schedule
 from xbarprune.compress.pruning import magnitude_masks, weight_sparsity
 from xbarprune.compress.regularizers import make_regularizer
@@ -191,18 +191,7 @@ def run_prunix(ctx: CompressContext, p: PrunixParams) -> CompressResult:
         atomic_write_json(ctx.run_dir / "prunix_sensitivity.json", rounds)
         _plot_sensitivity(rounds, ctx.run_dir / "plots" / "prunix_sensitivity.png")
     layout = ctx.layout.packed(ctx.model, p.kind) if p.pack else None
-    return CompressResult(masks=masks, layout=layout, info=_plain(info))
-
-
-def _plain(o):
-    """Keep only JSON/weights_only-safe types (tuples -> lists)."""
-    if isinstance(o, dict):
-        return {str(k): _plain(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_plain(v) for v in o]
-    if isinstance(o, float | int | str | bool) or o is None:
-        return o
-    return float(o)
+    return CompressResult(masks=masks, layout=layout, info=plain_info(info))
 
 
 def _plot_sensitivity(rounds: list[dict], path) -> None:

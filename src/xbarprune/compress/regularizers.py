@@ -34,27 +34,27 @@ def _weights(model: nn.Module, layout: CrossbarLayout) -> dict[str, Tensor]:
 
 
 @dataclass
-class L1:
+class _ElementwisePower:
+    """lam * sum_l ||W_l||_p^p / N (p = 1: L1, p = 2: L2)."""
+
     layout: CrossbarLayout
     lam: float = 1e-4
     warmup: float = 0.0
+    power: int = 1
 
     def __call__(self, model: nn.Module, progress: float = 1.0) -> Tensor:
         ws = _weights(model, self.layout)
         n = sum(w.numel() for w in ws.values())
-        return ramp(self.lam, progress, self.warmup) * sum(w.abs().sum() for w in ws.values()) / n
+        total = sum(w.abs().pow(self.power).sum() for w in ws.values())
+        return ramp(self.lam, progress, self.warmup) * total / n
 
 
-@dataclass
-class L2:
-    layout: CrossbarLayout
-    lam: float = 1e-4
-    warmup: float = 0.0
+def L1(layout: CrossbarLayout, lam: float = 1e-4, warmup: float = 0.0) -> _ElementwisePower:
+    return _ElementwisePower(layout, lam, warmup, power=1)
 
-    def __call__(self, model: nn.Module, progress: float = 1.0) -> Tensor:
-        ws = _weights(model, self.layout)
-        n = sum(w.numel() for w in ws.values())
-        return ramp(self.lam, progress, self.warmup) * sum(w.pow(2).sum() for w in ws.values()) / n
+
+def L2(layout: CrossbarLayout, lam: float = 1e-4, warmup: float = 0.0) -> _ElementwisePower:
+    return _ElementwisePower(layout, lam, warmup, power=2)
 
 
 @dataclass

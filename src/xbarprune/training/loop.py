@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from xbarprune.errors import SpecError, check_range
 from xbarprune.io import load_checkpoint, load_state_into, save_checkpoint
+from xbarprune.metrics import accuracy
 from xbarprune.training.masks import MaskSet
 
 Regularizer = Callable[[nn.Module, float], Tensor]
@@ -88,15 +89,7 @@ def _lr_factor(cfg: TrainConfig, epoch: int, n_epochs: int) -> float:
     return 1.0
 
 
-@torch.no_grad()
-def evaluate_accuracy(model: nn.Module, data, device) -> float:
-    model.eval()
-    correct = total = 0
-    for x, y in data:
-        x, y = x.to(device), y.to(device)
-        correct += int((model(x).argmax(1) == y).sum())
-        total += int(y.numel())
-    return correct / max(total, 1)
+evaluate_accuracy = accuracy  # the training-side name of the shared metric
 
 
 def _loader(data: Dataset | DataLoader, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
