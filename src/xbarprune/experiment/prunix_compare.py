@@ -415,7 +415,68 @@ def _markdown(summary: dict[str, Any]) -> str:
             f"{100 * r['crossbar_saving']:.1f} | {100 * r['acc_ideal']:.2f} | {cells} |"
         )
     lines += ["", "![non-ideal accuracy per arm](accuracy.png)", ""]
+    lines += _headline(rows, times)
     return "\n".join(lines)
+
+
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean and standard error of per-trial differences a_i - b_i.
+
+    Arms of one model share the Monte Carlo devices of trial i (same seed, same cell-tensor
+    shape, so the same random draws), so the per-trial difference is a paired comparison.
+    """
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(d)
+    m = sum(d) / n
+    if n < 2:
+        return m, 0.0
+    sd = (sum((x - m) ** 2 for x in d) / (n - 1)) ** 0.5
+    return m, sd / n**0.5
+
+
+def _headline(rows: list[dict], times: list[float]) -> list[str]:
+    """PRUNIX (group_sawtooth + apa) against the standard arms, paired per trial."""
+    out = ["## PRUNIX against the standard methods (paired per trial, mean ± s.e., pp)", ""]
+    out += [
+        "| model | dataset | baseline | "
+        + " | ".join(f"Δ non-ideal @ {format_time(t)}" for t in times)
+        + " | Δ ideal |",
+        "|---|---|---|" + "---|" * (len(times) + 1),
+    ]
+    by = {}
+    for r in rows:
+        by[(r["model"], r["dataset"], r["regularizer"], r["pruner"], r["drift_time_s"])] = r
+    for mo, ds in sorted({(r["model"], r["dataset"]) for r in rows}):
+        key = (mo, ds, "group_sawtooth", "apa")
+        if (*key, times[0]) not in by:
+            continue
+        others = sorted(
+            {
+                (r["regularizer"], r["pruner"])
+                for r in rows
+                if (r["model"], r["dataset"]) == (mo, ds)
+                and (r["regularizer"], r["pruner"]) != ("group_sawtooth", "apa")
+                and r["pruner"] != "none (dense)"
+            }
+        )
+        last = times[-1]
+        best = max(others, key=lambda o: by[(mo, ds, *o, last)]["acc_nonideal_mean"])
+        for reg, pr in [("none", "uniform"), ("none", "global"), ("none", "apa"), best]:
+            if (mo, ds, reg, pr, last) not in by:
+                continue
+            cells = []
+            for t in times:
+                a = by[(*key, t)]["acc_nonideal_trials"]
+                b = by[(mo, ds, reg, pr, t)]["acc_nonideal_trials"]
+                m, se = paired_difference(a, b)
+                cells.append(f"{100 * m:+.1f} ± {100 * se:.1f}")
+            di = 100 * (by[(*key, last)]["acc_ideal"] - by[(mo, ds, reg, pr, last)]["acc_ideal"])
+            tag = " (best other arm at " + format_time(last) + ")" if (reg, pr) == best else ""
+            out.append(
+                f"| {mo} | {ds} | {reg} + {pr}{tag} | " + " | ".join(cells) + f" | {di:+.1f} |"
+            )
+    out.append("")
+    return out
 
 
 def _plot(rows: list[dict], path: Path) -> None:
