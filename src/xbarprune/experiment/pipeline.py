@@ -385,10 +385,11 @@ class Run:
 
 
 def _describe_nonideal(cfg: ExperimentConfig) -> Any:
+    """The non-ideality settings that are on (disabled sections omitted), with the preset name."""
     from xbarprune.config import to_dict
 
-    ni = cfg.nonideal
-    return {"preset": ni} | to_dict(cfg.nonideal_config()) if isinstance(ni, str) else to_dict(ni)
+    on = {k: v for k, v in to_dict(cfg.nonideal_config()).items() if v not in (None, False)}
+    return {"preset": cfg.nonideal, **on} if isinstance(cfg.nonideal, str) else on
 
 
 def versions() -> dict[str, str]:
