@@ -401,43 +401,25 @@ def _mlp(
     return MLP(num_classes, in_channels, image_size, width, hidden=hidden)
 
 
-@register_model("vgg11", "VGG-11 for 32x32 inputs (CIFAR), BatchNorm by default, 1 fc")
-def _vgg11(
-    *,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    width: float,
-    batch_norm: bool = True,
-    classifier_hidden: Sequence[int] = (),
-) -> nn.Module:
-    return VGG("vgg11", num_classes, in_channels, image_size, width, batch_norm, classifier_hidden)
+def _vgg_builder(arch: str):
+    def build(
+        *,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        width: float,
+        batch_norm: bool = True,
+        classifier_hidden: Sequence[int] = (),
+    ) -> nn.Module:
+        return VGG(arch, num_classes, in_channels, image_size, width, batch_norm, classifier_hidden)
+
+    return build
 
 
-@register_model("vgg13", "VGG-13 for 32x32 inputs (CIFAR), BatchNorm by default, 1 fc")
-def _vgg13(
-    *,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    width: float,
-    batch_norm: bool = True,
-    classifier_hidden: Sequence[int] = (),
-) -> nn.Module:
-    return VGG("vgg13", num_classes, in_channels, image_size, width, batch_norm, classifier_hidden)
-
-
-@register_model("vgg16", "VGG-16 for 32x32 inputs (CIFAR), BatchNorm by default, 1 fc")
-def _vgg16(
-    *,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    width: float,
-    batch_norm: bool = True,
-    classifier_hidden: Sequence[int] = (),
-) -> nn.Module:
-    return VGG("vgg16", num_classes, in_channels, image_size, width, batch_norm, classifier_hidden)
+for _arch in ("vgg11", "vgg13", "vgg16"):
+    register_model(_arch, f"VGG-{_arch[3:]} for 32x32 inputs (CIFAR), BatchNorm by default, 1 fc")(
+        _vgg_builder(_arch)
+    )
 
 
 @register_model("vgg-small", "small VGG for 28x28: conv 32-32-pool-64-64-pool, fc 128")
