@@ -81,6 +81,7 @@ class AnalogLayer(nn.Module):
         self.x_fs: float | None = None
         self.x_signed = True
         self.adc_fs: float | None = adc_full_scale_or_none(cfg.adc_full_scale)
+        self._conv_w: tuple | None = None
         self._init_conv_bands()
         self._cell_mode = layout.crossbar.encoding == "differential" and all(
             e.elementwise for e in nonideal.effects
@@ -172,6 +173,7 @@ class AnalogLayer(nn.Module):
 
     def _set_weights(self, cells: Tensor, ref: Tensor | None, placed: Tensor) -> None:
         xbar, dev = self.layout.crossbar, self.device_spec
+        self._conv_w = None
         if self.tile_mode:
             self._slices = decode_slices(cells, xbar, dev, ref) * placed
             self._w_eff = None
@@ -289,18 +291,19 @@ class AnalogLayer(nn.Module):
             "width": width,
         }
 
-    def _tile_conv(self, x: Tensor) -> Tensor:
+    def _conv_group_weights(self, dtype, dev) -> tuple:
+        """Grouped-conv weights of the current programmed slices, one group per row band:
+        (weights (nb*k*c_b, width, kh, kw), c_b, same_cols, cols, colmap). Cached until the
+        layer is reprogrammed or a new read-noise draw changes the slices."""
         m = self.inner
         lay = self.layout
-        xbar = lay.crossbar
-        k = xbar.cells_per_weight
+        k = lay.crossbar.cells_per_weight
         R, C = lay.matrix_shape
         cb = self._conv_bands
-        dev = x.device
         nb, width = cb["rows"].shape[0], cb["width"]
         kk = lay.kernel_numel
-        slices = self._slices.to(x.dtype)  # (k, R, C)
-        x_fs = self.x_fs if (self.dac_bits is not None and self.x_fs) else 1.0
+        cols = colmap = None
+        slices = self._slices.to(dtype)  # (k, R, C)
         padded = torch.cat([slices, slices.new_zeros(k, 1, C)], 1)  # zero row R
         w = padded[:, cb["rows"].to(dev)]  # (k, nb, width*kk, C)
         # one group per band: its columns (block columns) x slices
@@ -325,6 +328,21 @@ class AnalogLayer(nn.Module):
             idx = colmap.view(1, nb, 1, c_b).expand(k, nb, width * kk, c_b)
             wg = torch.gather(wz, 3, idx).permute(1, 0, 3, 2)
             wg = wg.reshape(nb * k * c_b, width, *m.kernel_size)
+        return wg, c_b, same_cols, cols, colmap
+
+    def _tile_conv(self, x: Tensor) -> Tensor:
+        m = self.inner
+        lay = self.layout
+        xbar = lay.crossbar
+        k = xbar.cells_per_weight
+        R, C = lay.matrix_shape
+        cb = self._conv_bands
+        dev = x.device
+        nb = cb["rows"].shape[0]
+        x_fs = self.x_fs if (self.dac_bits is not None and self.x_fs) else 1.0
+        if self._conv_w is None or self._conv_w[0].dtype != x.dtype:
+            self._conv_w = self._conv_group_weights(x.dtype, dev)
+        wg, c_b, same_cols, cols, colmap = self._conv_w
         wg = wg / x_fs
         sig = slice_significance(xbar, self.device_spec, dev).to(x.dtype)
         xz = torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], 1)

@@ -87,6 +87,8 @@ def plain_info(o: Any) -> Any:
         return {str(k): plain_info(v) for k, v in o.items()}
     if isinstance(o, list | tuple):
         return [plain_info(v) for v in o]
+    if isinstance(o, torch.Tensor):
+        return plain_info(o.tolist())
     if isinstance(o, float | int | str | bool) or o is None:
         return o
     return float(o)

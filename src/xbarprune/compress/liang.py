@@ -58,7 +58,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from xbarprune.compress.base import CompressContext, CompressResult, Method, register
+from xbarprune.compress.base import (
+    CompressContext,
+    CompressResult,
+    Method,
+    plain_info,
+    register,
+)
 from xbarprune.compress.lgd import lgd_gram, top_r
 from xbarprune.errors import CompressionError, SpecError, check_range
 from xbarprune.mapping.layout import CrossbarLayout, LayerLayout
@@ -729,18 +735,6 @@ def _gen(seed: int, *salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(s % (2**63 - 1))
 
 
-def _plain(o):
-    if isinstance(o, dict):
-        return {str(k): _plain(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_plain(v) for v in o]
-    if isinstance(o, Tensor):
-        return _plain(o.tolist())
-    if isinstance(o, bool | int | float | str) or o is None:
-        return o
-    return float(o)
-
-
 def run_liang(ctx: CompressContext, p: LiangParams) -> CompressResult:
     """The whole method on ``ctx.model`` (in place); see the module docstring."""
     seed = ctx.seed if p.seed is None else int(p.seed)
@@ -895,7 +889,7 @@ def run_liang(ctx: CompressContext, p: LiangParams) -> CompressResult:
         "prunable_dense": pruned_dense,
         "prunable_compressed": pruned_after,
     }
-    return CompressResult(masks=masks, layout=new_layout, info=_plain(info))
+    return CompressResult(masks=masks, layout=new_layout, info=plain_info(info))
 
 
 @register

@@ -22,18 +22,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from torch import Tensor
-
-from xbarprune.hardware.nonideal._checks import check_choice, check_nonneg
-from xbarprune.hardware.nonideal.base import ConductanceEffect, EffectContext, Stage, randn
-from xbarprune.hardware.nonideal.variation import only_used, perturb
+from xbarprune.hardware.nonideal.base import Stage
+from xbarprune.hardware.nonideal.variation import _Perturbation
 
 ReadNoiseMode = Literal["relative", "absolute"]
 READ_NOISE_MODES: tuple[str, ...] = ("relative", "absolute")
 
 
 @dataclass(frozen=True)
-class ReadNoise(ConductanceEffect):
+class ReadNoise(_Perturbation):
     """Gaussian read noise, new draw at every inference (stage "read").
 
     Attributes:
@@ -42,17 +39,6 @@ class ReadNoise(ConductanceEffect):
         mode: ``"relative"`` or ``"absolute"``.
     """
 
-    sigma: float
     mode: ReadNoiseMode = "relative"
     stage: ClassVar[Stage] = "read"
-
-    def __post_init__(self) -> None:
-        check_nonneg("ReadNoise.sigma", self.sigma)
-        check_choice("ReadNoise.mode", self.mode, READ_NOISE_MODES)
-
-    def apply(self, g: Tensor, ctx: EffectContext) -> Tensor:
-        if self.sigma == 0:
-            return g
-        noise = randn(g.shape, ctx, g)
-        new = perturb(g, noise, self.sigma, self.mode, ctx.device.g_range)
-        return only_used(new, g, ctx.used)
+    _modes: ClassVar[tuple[str, ...]] = READ_NOISE_MODES

@@ -55,21 +55,17 @@ def only_used(new: Tensor, old: Tensor, used: Tensor | None) -> Tensor:
 
 
 @dataclass(frozen=True)
-class ProgrammingVariation(ConductanceEffect):
-    """Gaussian/lognormal programming error, once per Monte Carlo trial (stage "program").
-
-    Attributes:
-        sigma: spread (fraction of the window, of G, or log-std, depending on ``mode``); >= 0.
-        mode: ``"absolute"``, ``"relative"`` or ``"lognormal"``.
-    """
+class _Perturbation(ConductanceEffect):
+    """Gaussian/log-normal perturbation of used cells (see :func:`perturb`)."""
 
     sigma: float
-    mode: VariationMode = "relative"
-    stage: ClassVar[Stage] = "program"
+    mode: str = "relative"
+    _modes: ClassVar[tuple[str, ...]] = VARIATION_MODES
 
     def __post_init__(self) -> None:
-        check_nonneg("ProgrammingVariation.sigma", self.sigma)
-        check_choice("ProgrammingVariation.mode", self.mode, VARIATION_MODES)
+        name = type(self).__name__
+        check_nonneg(f"{name}.sigma", self.sigma)
+        check_choice(f"{name}.mode", self.mode, self._modes)
 
     def apply(self, g: Tensor, ctx: EffectContext) -> Tensor:
         if self.sigma == 0:
@@ -77,3 +73,16 @@ class ProgrammingVariation(ConductanceEffect):
         noise = randn(g.shape, ctx, g)
         new = perturb(g, noise, self.sigma, self.mode, ctx.device.g_range)
         return only_used(new, g, ctx.used)
+
+
+@dataclass(frozen=True)
+class ProgrammingVariation(_Perturbation):
+    """Gaussian/lognormal programming error, once per Monte Carlo trial (stage "program").
+
+    Attributes:
+        sigma: spread (fraction of the window, of G, or log-std, depending on ``mode``); >= 0.
+        mode: ``"absolute"``, ``"relative"`` or ``"lognormal"``.
+    """
+
+    mode: VariationMode = "relative"
+    stage: ClassVar[Stage] = "program"
