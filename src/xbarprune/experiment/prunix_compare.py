@@ -18,31 +18,29 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
-
-from xbarprune.analog.simulate import evaluate
-from xbarprune.compress.base import CompressContext
 from xbarprune.compress.prunix import PrunixParams, build_regularizer, run_prunix
 from xbarprune.config import from_dict, to_dict
 from xbarprune.errors import ConfigError
 from xbarprune.experiment.compare import header, study
 from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
-from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel, preset
-from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
-from xbarprune.io import (
-    atomic_write_json,
-    atomic_write_text,
-    ensure_dir,
-    load_checkpoint,
-    load_state_into,
-    save_checkpoint,
+from xbarprune.experiment.studykit import (
+    Bench,
+    apply_quick,
+    expand,
+    mean_std,
+    nonideal_model,
+    save_figure,
+    section,
+    select_device,
+    set_threads,
 )
+from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
+from xbarprune.io import atomic_write_json, atomic_write_text, ensure_dir
 from xbarprune.mapping.layout import map_model
-from xbarprune.training.loop import TrainConfig, evaluate_accuracy, train
-from xbarprune.training.masks import MaskSet
+from xbarprune.training.loop import TrainConfig, train
 from xbarprune.units import format_time
 
+_QUICK_PARAMS = ("reg_epochs", "rounds", "ft_epochs", "sens_samples", "sens_trials", "grid")
 _KEYS = {
     "name",
     "out",
@@ -62,10 +60,6 @@ _KEYS = {
 }
 
 
-def _section(data: dict, key: str, cls, default=None):
-    return from_dict(cls, data.get(key) or {}, key) if key in data else (default or cls())
-
-
 @study("prunix")
 def prunix_study(data: dict, *, out: str | None, quick: bool, command: str, t0: float) -> dict:
     unknown = sorted(set(data) - _KEYS)
@@ -75,30 +69,29 @@ def prunix_study(data: dict, *, out: str | None, quick: bool, command: str, t0: 
             f"allowed: {', '.join(sorted(_KEYS))}"
         )
     if quick:
-        q = data.get("quick") or {}
-        data = _apply_quick(data, q)
+        data = apply_quick(data, param_keys=_QUICK_PARAMS)
+        q = data.pop("_quick")
+        if "regularizers" in q:
+            data["regularizers"] = {
+                k: v for k, v in data["regularizers"].items() if k in q["regularizers"]
+            }
+        if "pruners" in q:
+            data["pruners"] = q["pruners"]
     out_dir = ensure_dir(out or data.get("out", "results/prunix"))
     work = ensure_dir(out_dir / "work")
     seed = int(data.get("seed", 0))
-    train_cfg = _section(data, "train", TrainConfig)
-    ft_cfg = _section(data, "finetune", TrainConfig, TrainConfig(epochs=1))
-    xbar = _section(data, "crossbar", CrossbarSpec)
-    dev = _section(data, "device", DeviceSpec)
-    ev = _section(data, "evaluate", EvaluateConfig)
+    train_cfg = section(data, "train", TrainConfig)
+    ft_cfg = section(data, "finetune", TrainConfig, TrainConfig(epochs=1))
+    xbar = section(data, "crossbar", CrossbarSpec)
+    dev = section(data, "device", DeviceSpec)
+    ev = section(data, "evaluate", EvaluateConfig)
     ni_raw = data.get("nonideal", "prunix")
-    ni_cfg = (
-        preset(ni_raw)
-        if isinstance(ni_raw, str)
-        else from_dict(NonIdealityConfig, ni_raw, "nonideal")
-    )
-    ni = NonIdealityModel.from_config(ni_cfg)
+    ni = nonideal_model(ni_raw)
     regs: dict[str, dict] = data.get("regularizers") or {"none": {}, "group_sawtooth": {}}
     pruners: list[str] = list(data.get("pruners") or ["apa", "uniform"])
     common = dict(data.get("params") or {})
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    threads = (data.get("runtime") or {}).get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
+    device = select_device()
+    set_threads(data)
     exps = data.get("experiments") or [{"model": {"name": "lenet5"}, "data": {}}]
     rows: list[dict] = []
 
@@ -127,8 +120,6 @@ def prunix_study(data: dict, *, out: str | None, quick: bool, command: str, t0: 
     for e in exps:
         mc = from_dict(ModelConfig, e.get("model") or {}, "experiments[].model")
         dc = from_dict(DataConfig, e.get("data") or {}, "experiments[].data")
-        if quick:
-            dc = replace(dc, **{k: v for k, v in (data.get("_quick_data") or {}).items()})
         rows += _one_experiment(
             mc,
             dc,
@@ -144,37 +135,10 @@ def prunix_study(data: dict, *, out: str | None, quick: bool, command: str, t0: 
             common,
             work / f"{mc.name}_{dc.name}",
             device,
-            flush_rows=rows,
-            flush=flush,
         )
         flush()
     flush()
     return json.loads((out_dir / "summary.json").read_text())
-
-
-def _apply_quick(data: dict, q: dict) -> dict:
-    d = copy.deepcopy(data)
-    d["_quick_data"] = {k: q[k] for k in ("train_subset", "test_subset") if k in q}
-    for sec in ("train", "finetune"):
-        if "epochs" in q:
-            d.setdefault(sec, {})["epochs"] = q["epochs"]
-    d.setdefault("evaluate", {})
-    if "trials" in q:
-        d["evaluate"]["trials"] = q["trials"]
-    if "times" in q:
-        d["evaluate"]["times"] = q["times"]
-    p = d.setdefault("params", {})
-    for k in ("reg_epochs", "rounds", "ft_epochs", "sens_samples", "sens_trials", "grid"):
-        if k in q:
-            p[k] = q[k]
-    if "experiments" in q:
-        d["experiments"] = d["experiments"][: int(q["experiments"])]
-    if "regularizers" in q:
-        d["regularizers"] = {k: v for k, v in d["regularizers"].items() if k in q["regularizers"]}
-    if "pruners" in q:
-        d["pruners"] = q["pruners"]
-    d.pop("quick", None)
-    return d
 
 
 def _one_experiment(
@@ -192,119 +156,18 @@ def _one_experiment(
     common,
     work: Path,
     device,
-    flush_rows,
-    flush,
 ) -> list[dict]:
-    from xbarprune.data import load_splits
-    from xbarprune.models import build_model
-
-    work = ensure_dir(work)
-    splits = load_splits(
-        dc.name,
-        dc.root,
-        val_size=dc.val,
-        train_subset=dc.train_subset,
-        test_subset=dc.test_subset,
-        pad_to=dc.pad_to,
-        seed=seed,
-    )
-    test = DataLoader(splits.test, batch_size=dc.batch_size_eval)
-
-    def fresh():
-        return build_model(
-            mc.name,
-            num_classes=splits.num_classes,
-            in_channels=splits.in_channels,
-            image_size=splits.image_size,
-            width=mc.width,
-            seed=seed,
-            **mc.kwargs,
-        ).to(device)
-
-    def load(path: Path):
-        m = fresh()
-        load_state_into(m, load_checkpoint(path, device)["model"], str(path))
-        return m
-
-    log = print
-    dense_path = work / "dense.pt"
-    if not dense_path.is_file():
-        log(f"[{mc.name}/{dc.name}] dense training")
-        m = fresh()
-        train(
-            m,
-            splits.train,
-            train_cfg,
-            device=device,
-            checkpoint=work / "dense_ckpt.pt",
-            seed=seed,
-            desc="dense",
-            log=log,
-        )
-        save_checkpoint(dense_path, {"model": m.state_dict()})
-    dense = load(dense_path)
+    bench = Bench.open(mc, dc, seed, work, device)
+    dense = bench.dense(train_cfg)
     layout = map_model(dense, xbar)
     rows: list[dict] = []
 
-    def evaluate_arm(model, reg: str, pruner: str, extra: dict, lay=None) -> dict:
-        lay = lay or layout
-        t = time.perf_counter()
-        acc = evaluate_accuracy(model, test, device)
-        res = evaluate(
-            model,
-            test,
-            lay,
-            dev,
-            ni,
-            trials=ev.trials,
-            seed=ev.seed,
-            times=ev.times_s,
-            device=device,
-        )
-        mats = {n: (dict(model.named_modules())[n].weight.detach() != 0) for n in layout.layers}
-        from xbarprune.mapping.layout import layer_matrices
+    def measure(model, reg: str, pruner: str, extra: dict, lay=None) -> dict:
+        rec = bench.measure(model, lay or layout, dev, ni, ev, reference=layout, extra=extra)
+        rec["base"] = {**rec["base"], "regularizer": reg, "pruner": pruner}
+        return rec
 
-        lm = layer_matrices(model, lay)
-        needed = sum(lay[n].tiles_needed(lm[n]) for n in lay.layers)
-        nnz = sum(int(v.sum()) for v in mats.values())
-        tot = sum(v.numel() for v in mats.values())
-        base = {
-            "model": mc.name,
-            "dataset": splits.name,
-            "regularizer": reg,
-            "pruner": pruner,
-            "sparsity_weight": 1 - nnz / tot,
-            "crossbars_dense": layout.dense_tiles,
-            "crossbars": needed,
-            "crossbar_saving": 1 - needed / layout.dense_tiles,
-            "acc_ideal": acc,
-            "trials": ev.trials,
-            **extra,
-            "eval_seconds": round(time.perf_counter() - t, 1),
-        }
-        return {"base": base, "nonideal": [r.to_dict() for r in res]}
-
-    def expand(rec: dict) -> list[dict]:
-        out = []
-        for r in rec["nonideal"]:
-            out.append(
-                {
-                    **rec["base"],
-                    "drift_time_s": r["time_s"],
-                    "drift_time": format_time(r["time_s"]),
-                    "acc_nonideal_mean": r["mean"],
-                    "acc_nonideal_std": r["std"],
-                    "acc_nonideal_trials": r["per_trial"],
-                }
-            )
-        return out
-
-    arm = work / "arm_dense.json"
-    if not arm.is_file():
-        atomic_write_json(arm, evaluate_arm(dense, "none", "none (dense)", {}))
-    rows += expand(json.loads(arm.read_text()))
-    flush_rows_snapshot = list(flush_rows) + rows
-    del flush_rows_snapshot
+    rows += expand(bench.arm("dense", lambda: measure(dense, "none", "none (dense)", {})))
 
     base_params = {k: v for k, v in common.items() if k not in ("regularizer", "pruner")}
     for reg, rp in regs.items():
@@ -313,14 +176,13 @@ def _one_experiment(
         )
         reg_path = work / f"reg_{reg}.pt"
         if not reg_path.is_file():
-            log(f"[{mc.name}/{dc.name}] regulariser {reg} (lam={params.lam})")
+            bench.log(f"[{bench.tag}] regulariser {reg} (lam={params.lam})")
             m = copy.deepcopy(dense)
-            ctx = _ctx(m, layout, dev, splits, ft_cfg, device, seed, ni, log)
-            r = build_regularizer(params, ctx)
+            r = build_regularizer(params, bench.context(m, layout, dev, ft_cfg, ni))
             if r is not None and params.reg_epochs > 0:
                 train(
                     m,
-                    splits.train,
+                    bench.splits.train,
                     ft_cfg,
                     device=device,
                     regularizer=r,
@@ -328,31 +190,18 @@ def _one_experiment(
                     checkpoint=work / f"reg_{reg}_ckpt.pt",
                     desc=f"reg {reg}",
                     epochs=params.reg_epochs,
-                    log=log,
+                    log=bench.log,
                 )
-            save_checkpoint(reg_path, {"model": m.state_dict()})
+            bench.save(m, reg_path)
         for pruner in pruners:
-            arm = work / f"arm_{reg}_{pruner}.json"
-            if not arm.is_file():
-                log(f"[{mc.name}/{dc.name}] {reg} + {pruner}")
+
+            def build(reg=reg, pruner=pruner, params=params, reg_path=reg_path) -> dict:
                 t = time.perf_counter()
-                m = load(reg_path)
+                m = bench.load(reg_path)
                 p = replace(params, pruner=pruner, reg_epochs=0)
-                ctx = _ctx(m, layout, dev, splits, ft_cfg, device, seed, ni, log)
-                res = run_prunix(ctx, p)
-                reg_obj = build_regularizer(params, ctx) if p.keep_regularizer else None
-                del reg_obj  # the final fine-tune runs without the regulariser, for all arms
-                train(
-                    m,
-                    splits.train,
-                    ft_cfg,
-                    device=device,
-                    masks=res.masks,
-                    seed=seed + 5,
-                    desc="finetune",
-                    log=log,
-                )
-                MaskSet(res.masks.masks).apply(m)
+                res = run_prunix(bench.context(m, layout, dev, ft_cfg, ni), p)
+                # the final fine-tune runs without the regulariser, for all arms
+                bench.finetune(m, res.masks, ft_cfg)
                 extra = {
                     "compress_seconds": round(time.perf_counter() - t, 1),
                     "lam": params.lam,
@@ -361,30 +210,10 @@ def _one_experiment(
                     else None,
                 }
                 packed = layout.packed(m, p.kind) if p.pack else layout
-                rec = evaluate_arm(m, reg, pruner, extra, packed)
-                atomic_write_json(arm, rec)
-            rows += expand(json.loads(arm.read_text()))
+                return measure(m, reg, pruner, extra, packed)
+
+            rows += expand(bench.arm(f"{reg}_{pruner}", build))
     return rows
-
-
-def _ctx(model, layout, dev, splits, ft_cfg, device, seed, ni, log) -> CompressContext:
-    return CompressContext(
-        model=model,
-        layout=layout,
-        device_spec=dev,
-        train_data=splits.train,
-        val_data=splits.val if splits.val is not None and len(splits.val) else splits.test,
-        finetune_cfg=ft_cfg,
-        device=device,
-        seed=seed,
-        run_dir=None,
-        nonideal=ni,
-        log=log,
-    )
-
-
-def _pm(row: dict) -> str:
-    return f"{100 * row['acc_nonideal_mean']:.2f} ± {100 * row['acc_nonideal_std']:.2f}"
 
 
 def _markdown(summary: dict[str, Any]) -> str:
@@ -409,7 +238,7 @@ def _markdown(summary: dict[str, Any]) -> str:
         seen.setdefault(key, {"r": r, "t": {}})["t"][r["drift_time_s"]] = r
     for (mo, ds, reg, pr), v in seen.items():
         r = v["r"]
-        cells = " | ".join(_pm(v["t"][t]) if t in v["t"] else "–" for t in times)
+        cells = " | ".join(mean_std(v["t"][t]) if t in v["t"] else "–" for t in times)
         lines.append(
             f"| {mo} | {ds} | {reg} | {pr} | {100 * r['sparsity_weight']:.1f} | "
             f"{100 * r['crossbar_saving']:.1f} | {100 * r['acc_ideal']:.2f} | {cells} |"
@@ -482,14 +311,10 @@ def _headline(rows: list[dict], times: list[float]) -> list[str]:
 def _plot(rows: list[dict], path: Path) -> None:
     if not rows:
         return
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from xbarprune.io import atomic_write_bytes
 
     groups = sorted({(r["model"], r["dataset"]) for r in rows})
     times = sorted({r["drift_time_s"] for r in rows})
@@ -533,7 +358,4 @@ def _plot(rows: list[dict], path: Path) -> None:
         ax.set_title(f"{mo} / {ds}", fontsize=9)
         ax.legend(fontsize=7, title="drift time", title_fontsize=7)
         ax.grid(axis="y", alpha=0.3)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
