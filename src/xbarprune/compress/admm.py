@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -409,8 +410,23 @@ def level_sets_for(
 
 
 # ----------------------------------------------------------------------------- the method
-def run_admm(ctx: CompressContext, p: ADMMParams) -> CompressResult:
+def run_admm(
+    ctx: CompressContext,
+    p: ADMMParams,
+    on_stage: Callable[[str, nn.Module, MaskSet], None] | None = None,
+) -> CompressResult:
+    """The whole method on ``ctx.model`` (in place).
+
+    ``on_stage(tag, model, masks)`` is called after each step's result is final
+    (``"admm"``, ``"admm+prm"``, ``"admm+prm+quant"`` or ``"admm+quant"``), e.g. to
+    evaluate or save the intermediate models (the reproduction does).
+    """
     model, layout = ctx.model, ctx.layout
+
+    def stage(tag: str) -> None:
+        if on_stage is not None:
+            on_stage(tag, model, masks)
+
     names = prunable_layers(layout, p)
     if not names:
         raise CompressionError("no prunable layer (method.params.layers / exclude leave none)")
@@ -471,6 +487,7 @@ def run_admm(ctx: CompressContext, p: ADMMParams) -> CompressResult:
         f"  ADMM pruned: acc {acc['admm']:.4f}, conv compression "
         f"{stats['admm']['compression_conv']:.2f}x"
     )
+    stage("admm")
 
     # ---- Network Purification + unused path removal (masked, eval-exact)
     example = example_batch(ctx.train_data, 2, ctx.device)
@@ -496,6 +513,7 @@ def run_admm(ctx: CompressContext, p: ADMMParams) -> CompressResult:
             f"  P-RM: acc {acc['admm+prm']:.4f}, conv compression "
             f"{stats['admm+prm']['compression_conv']:.2f}x"
         )
+        stage("admm+prm")
 
     # ---- distillation quantisation (Algorithm 2)
     if p.quantize:
@@ -518,6 +536,7 @@ def run_admm(ctx: CompressContext, p: ADMMParams) -> CompressResult:
         stats[tag] = compression_stats(model, layout)
         info["scales"] = {n: layer_scale(mods[n].weight) for n in level_sets}
         ctx.log(f"  quantised ({next(iter(level_sets.values())).codes} codes): acc {acc[tag]:.4f}")
+        stage(tag)
 
     info["val_accuracy"] = acc
     info["compression"] = stats

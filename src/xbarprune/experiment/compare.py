@@ -61,8 +61,10 @@ def run_compare(
 
 
 def _load() -> dict[str, Callable[..., dict]]:
+    import xbarprune.experiment.admm_compare  # noqa: F401
     import xbarprune.experiment.liang_compare  # noqa: F401
     import xbarprune.experiment.prunix_compare  # noqa: F401
+    import xbarprune.experiment.trannsformer_compare  # noqa: F401
 
     return _STUDIES
 
