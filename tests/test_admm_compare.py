@@ -104,3 +104,16 @@ def test_full_reproduction(tmp_path):  # ~40 min on 2 CPU cores; needs ../shared
         and r["acc_ideal"] >= 0.98
     ]
     assert ok
+
+
+def test_hardware_preset_expands_into_crossbar_and_device():
+    from xbarprune.experiment.config import load_config
+    from xbarprune.hardware.presets import resolve_hardware
+
+    cfg = load_config({"hardware": "ma2020", "crossbar": {"rows": 64}})
+    assert (cfg.crossbar.rows, cfg.crossbar.cols, cfg.crossbar.cells_per_weight) == (64, 64, 2)
+    assert cfg.device.g_max == pytest.approx(1e-6) and cfg.device.g_min == pytest.approx(1e-7)
+    assert cfg.device.levels == 16
+    assert resolve_hardware({"x": 1}) == {"x": 1}
+    with pytest.raises(ConfigError, match="unknown hardware preset 'isaac'"):
+        load_config({"hardware": "isaac"})

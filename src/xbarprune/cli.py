@@ -123,10 +123,16 @@ def _cmd_methods(a: argparse.Namespace) -> int:
 def _cmd_presets(a: argparse.Namespace) -> int:
     from xbarprune.config import to_dict
     from xbarprune.hardware.nonideal.model import PRESETS
+    from xbarprune.hardware.presets import HARDWARE_PRESETS
 
+    print("non-ideality presets (nonideal: <name>):")
     for name, cfg in PRESETS.items():
         on = {k: v for k, v in to_dict(cfg).items() if v not in (None, False)}
-        print(f"{name:<10} {json.dumps(on)}")
+        print(f"  {name:<14} {json.dumps(on)}")
+    print("hardware presets (hardware: <name>; sets crossbar and device):")
+    for name, hw in HARDWARE_PRESETS.items():
+        print(f"  {name:<14} {json.dumps(to_dict(hw.crossbar))} {json.dumps(to_dict(hw.device))}")
+        print(f"  {'':<14} source: {hw.source}")
     return 0
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -48,6 +48,7 @@ from xbarprune.compress.quantize import (
     project_levels,
 )
 from xbarprune.errors import CompressionError, SpecError, check_range
+from xbarprune.hardware.presets import hardware_preset
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
 from xbarprune.mapping.layout import CrossbarLayout, Groups, LayerLayout
 from xbarprune.mapping.matrix import matrix_to_weight, weight_to_matrix
@@ -65,19 +66,16 @@ ADMM_KINDS: tuple[str, ...] = (
 )
 
 #: The paper's device: passive 1R cells, R_on = 1 MΩ, R_off = 10 MΩ, 4-bit (16 levels).
-MA2020_DEVICE = DeviceSpec.from_resistance(r_on=1e6, r_off=1e7, levels=16)
+MA2020_DEVICE = hardware_preset("ma2020").device
 
 
 def ma2020_crossbar(lenet: bool = False, cells_per_weight: int = 2) -> CrossbarSpec:
     """The paper's crossbar: 128 x 64 (32 x 32 for LeNet-5/ConvNet in ISLPED 2019), 8-bit
     weights as two 4-bit cells, signs on separate (positive/negative) arrays — our differential
-    encoding, which counts the positive and negative cells of a weight in one tile."""
-    return CrossbarSpec(
-        rows=32 if lenet else 128,
-        cols=32 if lenet else 64,
-        cells_per_weight=cells_per_weight,
-        encoding="differential",
-    )
+    encoding, which counts the positive and negative cells of a weight in one tile.
+    The hardware presets ``ma2020`` / ``ma2020-lenet`` (``hardware: ...`` in a config)."""
+    x = hardware_preset("ma2020-lenet" if lenet else "ma2020").crossbar
+    return replace(x, cells_per_weight=cells_per_weight)
 
 
 # ----------------------------------------------------------------------------- projections

@@ -46,6 +46,7 @@ from xbarprune.experiment.studykit import (
     set_threads,
 )
 from xbarprune.hardware.nonideal.model import NonIdealityModel
+from xbarprune.hardware.presets import resolve_hardware
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
 from xbarprune.io import atomic_write_json, atomic_write_text, ensure_dir
 from xbarprune.mapping.layout import CrossbarLayout, layer_matrices, map_model
@@ -82,6 +83,7 @@ PAPER_ISLPED = [(0.9915, 0.9434, 17.69), (0.9902, 0.9730, 37.06), (0.9833, 0.990
 
 @study("admm")
 def admm_study(data: dict, *, out: str | None, quick: bool, command: str, t0: float) -> dict:
+    data = resolve_hardware(data)
     unknown = sorted(set(data) - _KEYS)
     if unknown:
         raise ConfigError(

@@ -18,6 +18,7 @@ from typing import Any
 from xbarprune.config import load_yaml
 from xbarprune.errors import ConfigError
 from xbarprune.experiment.config import apply_overrides
+from xbarprune.hardware.presets import resolve_hardware
 
 _STUDIES: dict[str, Callable[..., dict]] = {}
 
@@ -46,6 +47,7 @@ def run_compare(
             f"(one of: {', '.join(sorted(_load()))})"
         )
     kind = data.pop("kind")
+    data = resolve_hardware(data)
     studies = _load()
     if kind not in studies:
         raise ConfigError(

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from xbarprune.config import from_dict, load_yaml, to_dict
 from xbarprune.errors import ConfigError, SpecError, check_range
 from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel, preset
+from xbarprune.hardware.presets import resolve_hardware
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
 from xbarprune.training.loop import TrainConfig
 from xbarprune.units import parse_time
@@ -127,7 +128,7 @@ def load_config(source: str | Path | dict) -> ExperimentConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level of a config must be a mapping")
-    return from_dict(ExperimentConfig, data)
+    return from_dict(ExperimentConfig, resolve_hardware(data))
 
 
 def apply_overrides(data: dict, sets: list[str]) -> dict:
