@@ -22,7 +22,8 @@ analog layer applies. Effects whose settings make them a no-op (zero rates, zero
 resistances) are left out, so :attr:`NonIdealityModel.is_ideal` is exact.
 
 Named presets (:data:`PRESETS`, :func:`preset`): ``ideal``, ``prunix``, ``reram``,
-``reram_faulty``, ``pcm``, ``ir_drop`` (see :func:`preset` for their sources).
+``reram_faulty``, ``pcm``, ``ir_drop``, ``sparse_nonideal`` (see :func:`preset` for their
+sources).
 """
 
 from __future__ import annotations
@@ -313,6 +314,12 @@ PRESETS: dict[str, NonIdealityConfig] = {
         quantization=QuantizationConfig(levels=16),
         ir_drop=IRDropConfig(r_row=5.0, r_col=10.0, r_source=1000.0, r_sink=1000.0),
     ),
+    "sparse_nonideal": NonIdealityConfig(
+        quantization=QuantizationConfig(levels=16),
+        variation=VariationConfig(sigma=0.1, mode="relative"),
+        ir_drop=IRDropConfig(r_row=5.0, r_col=10.0, r_source=1000.0, r_sink=1000.0, tol=1e-9),
+        adc_bits=8,
+    ),
 }
 
 
@@ -336,6 +343,10 @@ def preset(name: str) -> NonIdealityConfig:
       compensation on, no converters (isolates the device model).
     * ``ir_drop``: the Bhattacharjee et al. / RxNN parasitics (driver and sense 1 kOhm, row
       segment 5 ohm, column segment 10 ohm) with 4-bit (16-level) cells.
+    * ``sparse_nonideal``: ``ir_drop`` plus 10 % relative programming variation (RxNN's
+      sigma/mu) and 8-bit per-tile column ADCs, solver tolerance 1e-9 V (the study of issue
+      #8, docs/methods/sparse_nonideal.md; use it with the RRAM cell of
+      :data:`xbarprune.analog.parasitics.RRAM_DATE22`: R_ON 50 kOhm, ON/OFF 10, 16 levels).
 
     Unknown names raise :class:`SpecError` listing the known ones.
     """
