@@ -134,6 +134,8 @@ _BUILTIN_MODULES = (
     "xbarprune.compress.prunix",
     "xbarprune.compress.liang",
     "xbarprune.compress.admm",
+    "xbarprune.compress.structured",
+    "xbarprune.compress.wct",
 )
 
 
