@@ -264,7 +264,7 @@ class AnalogLayer(nn.Module):
         bands = []  # (block index, first row, end row)
         for bi, b in enumerate(lay.blocks):
             r = b.rows
-            if not bool((r[1:] - r[:-1] == 1).all()):
+            if b.mask is not None or not bool((r[1:] - r[:-1] == 1).all()):
                 return
             start, end = int(r[0]), int(r[-1]) + 1
             for a in range(start, end, xbar.rows):
@@ -400,6 +400,8 @@ class AnalogLayer(nn.Module):
             nb = -(-len(rows) // xbar.rows)
             pad = nb * xbar.rows - len(rows)
             w = slices[:, rows][:, :, cols]  # (k, r_b, c_b)
+            if b.mask is not None:  # holes: weights held by another block
+                w = w * b.mask.to(w.device, w.dtype)
             xb = x[:, rows]
             if pad:
                 w = torch.cat([w, w.new_zeros(k, pad, len(cols))], 1)
@@ -435,6 +437,8 @@ class AnalogLayer(nn.Module):
             nat_c = len(cols) == C and bool((cols == torch.arange(C, device=cols.device)).all())
             w = slices if nat_r else slices[:, rows]
             w = w if nat_c else w[:, :, cols]  # (k, r_b, c_b)
+            if b.mask is not None:  # holes: weights held by another block
+                w = w * b.mask.to(w.device, w.dtype)
             w = w.permute(0, 2, 1).reshape(k * len(cols), len(rows))  # (k*c_b, r_b)
             nf, rem = divmod(len(rows), xbar.rows)
             wf = w[:, : nf * xbar.rows].reshape(k * len(cols), nf, xbar.rows).transpose(0, 1)

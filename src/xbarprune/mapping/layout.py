@@ -47,10 +47,20 @@ GROUP_KINDS: tuple[str, ...] = ("tile", "tile_column", "tile_row", "filter", "ch
 
 @dataclass(frozen=True)
 class Block:
-    """A sub-matrix (rows x cols of the mapped matrix) tiled on its own crossbars."""
+    """A sub-matrix (rows x cols of the mapped matrix) tiled on its own crossbars.
+
+    ``mask`` (optional, bool ``(len(rows), len(cols))``): the cells of the rectangle this block
+    holds; the others are unused cross-points of its tiles (holes), e.g. weights held by an
+    overlapping block (TraNNsformer clusters, windows of unclustered synapses). None = all.
+    """
 
     rows: Tensor
     cols: Tensor
+    mask: Tensor | None = None
+
+    def _flat(self, C: int) -> Tensor:
+        flat = self.rows.view(-1, 1) * C + self.cols.view(1, -1)
+        return flat.reshape(-1) if self.mask is None else flat[self.mask]
 
     def tiles(self, xbar: CrossbarSpec) -> int:
         return math.ceil(len(self.rows) / xbar.rows) * math.ceil(
@@ -145,9 +155,14 @@ class LayerLayout:
                 raise MappingError(f"layer '{self.name}': block row index outside [0, {R})")
             if int(b.cols.min()) < 0 or int(b.cols.max()) >= C:
                 raise MappingError(f"layer '{self.name}': block column index outside [0, {C})")
-            flat = (b.rows.view(-1, 1) * C + b.cols.view(1, -1)).reshape(-1)
+            if b.mask is not None and tuple(b.mask.shape) != (len(b.rows), len(b.cols)):
+                raise MappingError(
+                    f"layer '{self.name}': block mask of shape {tuple(b.mask.shape)} for "
+                    f"{len(b.rows)} rows x {len(b.cols)} columns"
+                )
+            flat = b._flat(C)
             seen.index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
-        if int(seen.max()) > 1:
+        if seen.numel() and int(seen.max()) > 1:
             raise MappingError(
                 f"layer '{self.name}': blocks overlap; a weight would be placed twice"
             )
@@ -220,7 +235,21 @@ class LayerLayout:
         C = self.matrix_shape[1]
         tr, tc = self.tile_rows, self.tile_cols
         idx = tr.unsqueeze(2) * C + tc.unsqueeze(1)
-        return torch.where((tr.unsqueeze(2) >= 0) & (tc.unsqueeze(1) >= 0), idx, -1)
+        idx = torch.where((tr.unsqueeze(2) >= 0) & (tc.unsqueeze(1) >= 0), idx, -1)
+        if any(b.mask is not None for b in self.blocks):  # holes of masked blocks
+            x = self.crossbar
+            t = 0
+            for b in self.blocks:
+                nr = math.ceil(len(b.rows) / x.rows)
+                nc = math.ceil(len(b.cols) / x.weights_per_row)
+                if b.mask is not None:
+                    m = torch.zeros(nr * x.rows, nc * x.weights_per_row, dtype=torch.bool)
+                    m[: len(b.rows), : len(b.cols)] = b.mask
+                    m = m.view(nr, x.rows, nc, x.weights_per_row).permute(0, 2, 1, 3)
+                    hole = ~m.reshape(nr * nc, x.rows, x.weights_per_row)
+                    idx[t : t + nr * nc][hole] = -1
+                t += nr * nc
+        return idx
 
     @cached_property
     def placed(self) -> Tensor:
@@ -453,14 +482,20 @@ class LayerLayout:
             "name": self.name,
             "kind": self.kind,
             "weight_shape": list(self.weight_shape),
-            "blocks": [{"rows": b.rows.tolist(), "cols": b.cols.tolist()} for b in self.blocks],
+            "blocks": [
+                {"rows": b.rows.tolist(), "cols": b.cols.tolist()}
+                | ({} if b.mask is None else {"mask": b.mask.tolist()})
+                for b in self.blocks
+            ],
         }
 
     @classmethod
     def from_dict(cls, d: dict, crossbar: CrossbarSpec) -> LayerLayout:
         blocks = [
             Block(
-                torch.tensor(b["rows"], dtype=torch.long), torch.tensor(b["cols"], dtype=torch.long)
+                torch.tensor(b["rows"], dtype=torch.long),
+                torch.tensor(b["cols"], dtype=torch.long),
+                None if b.get("mask") is None else torch.tensor(b["mask"], dtype=torch.bool),
             )
             for b in d["blocks"]
         ]
