@@ -136,6 +136,7 @@ _BUILTIN_MODULES = (
     "xbarprune.compress.admm",
     "xbarprune.compress.structured",
     "xbarprune.compress.wct",
+    "xbarprune.compress.trannsformer",
 )
 
 

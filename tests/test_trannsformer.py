@@ -1,0 +1,440 @@
+"""TraNNsformer (Ankit et al. 2017): SCIC, the epoch-end steps, counting, the clustered layout
+on the simulator and cost model, errors, determinism and a quick comparison run (seeded,
+single-thread friendly). Hand-computed cases follow ../shared/papers/trannsformer.md section 8."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from xbarprune.analog import convert, trial_generator
+from xbarprune.compress.base import get_method, list_methods
+from xbarprune.compress.scic import (
+    Cluster,
+    cluster_map,
+    compact_count,
+    dense_count,
+    fits,
+    greedy_windows,
+    kmeans,
+    sc_pass,
+    scic,
+    spectral_embedding,
+)
+from xbarprune.compress.trannsformer import (
+    LayerState,
+    TraNNsformerParams,
+    TraNNsformerRun,
+    cdp,
+    cluster_prune,
+    code_counts,
+    layer_blocks,
+    run_trannsformer,
+    trannsformer_layout,
+)
+from xbarprune.config import from_dict
+from xbarprune.errors import CompressionError, ConfigError, UnsupportedLayerError
+from xbarprune.hardware import CrossbarSpec, DeviceSpec
+from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel
+from xbarprune.mapping import map_model
+from xbarprune.mapping.layout import Block, LayerLayout
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def spec(x: int) -> CrossbarSpec:
+    return CrossbarSpec(rows=x, cols=2 * x, encoding="differential")  # x x x weights
+
+
+def block_diag(n_blocks: int, size: int, seed: int = 0) -> tuple[torch.Tensor, list]:
+    n = n_blocks * size
+    C = torch.zeros(n, n, dtype=torch.bool)
+    for b in range(n_blocks):
+        C[b * size : (b + 1) * size, b * size : (b + 1) * size] = True
+    po, pi = torch.randperm(n, generator=gen(seed)), torch.randperm(n, generator=gen(seed + 1))
+    Cp = C[po][:, pi]
+    truth = []  # (outputs, inputs) sets of each block in the permuted matrix
+    inv_o, inv_i = torch.argsort(po), torch.argsort(pi)
+    for b in range(n_blocks):
+        r = torch.arange(b * size, (b + 1) * size)
+        truth.append((set(inv_o[r].tolist()), set(inv_i[r].tolist())))
+    return Cp, truth
+
+
+# ------------------------------------------------------------------------------ SCIC
+def test_scic_recovers_permuted_block_diagonal():
+    C, truth = block_diag(5, 8)
+    clusters, status = sc_pass(C, 0.7, 5, gen())
+    assert status == 1 and len(clusters) == 5
+    got = sorted((set(c.outputs.tolist()), set(c.inputs.tolist())) for c in clusters)
+    assert got == sorted(truth, key=lambda t: sorted(t[0])) or all(g in truth for g in got)
+    assert all(c.quality == 1.0 and c.shape == (8, 8) for c in clusters)
+    assert torch.equal(cluster_map(C.shape, clusters), C)  # union = the support
+    # the same through scic with a size rule the blocks meet
+    assert len(scic(C, 0.7, 8, rule="dims", generator=gen())) == 5
+
+
+def test_embedding_is_rw_laplacian_eigenvectors():
+    B = torch.rand(6, 7, generator=gen(3)) < 0.5
+    B[0, :] = True
+    B[:, 0] = True
+    Z = spectral_embedding(B, 5)
+    n_in = 7
+    S = torch.zeros(13, 13, dtype=torch.float64)
+    S[n_in:, :n_in] = B.double()
+    S[:n_in, n_in:] = B.double().t()
+    L = torch.eye(13, dtype=torch.float64) - S / S.sum(1, keepdim=True)
+    lam = torch.sort(torch.linalg.eigvals(L).real).values[:5]
+    for j in range(5):
+        z = Z[:, j]
+        lj = float(z @ (L @ z) / (z @ z))
+        assert torch.allclose(L @ z, lj * z, atol=1e-9)
+        assert abs(lj - float(lam[j])) < 1e-9
+    assert abs(float(lam[0])) < 1e-12
+    assert torch.allclose(Z[:, 0].abs(), torch.full((13,), 1 / math.sqrt(13), dtype=torch.float64))
+
+
+def test_kmeans_needs_k_distinct_points():
+    Z = torch.zeros(6, 2, dtype=torch.float64)
+    Z[3:] = 1.0
+    assert kmeans(Z, 3, gen()) is None
+    lab = kmeans(Z, 2, gen())
+    assert lab is not None and len(set(lab[:3].tolist())) == 1 and lab[0] != lab[3]
+
+
+def test_quality_is_strict_and_index_bug_fixed():
+    # 10x10 block with 70 ones: Q = 0.70 exactly, rejected at q = 0.7 (strict)
+    C = torch.zeros(10, 10, dtype=torch.bool)
+    C.view(-1)[:70] = True
+    assert all(c.quality > 0.7 for c in sc_pass(C, 0.7, 2, gen())[0])
+    # T8: input 0 unconnected; outputs 0-2 fully connected to inputs 1-3
+    M = torch.zeros(3, 4, dtype=torch.bool)
+    M[:, 1:] = True
+    clusters, _ = sc_pass(M, 0.7, 2, gen())
+    assert clusters and all(0 not in c.inputs.tolist() for c in clusters)
+
+
+@pytest.mark.parametrize("rule", ["sum", "dims"])
+def test_no_kept_cluster_exceeds_size_rule(rule):
+    # 4 noisy 24x24 blocks in a 96x96 layer, X = 8: clusters must be split
+    C, _ = block_diag(4, 24, seed=5)
+    noise = torch.rand(C.shape, generator=gen(9))
+    C = (C & (noise > 0.08)) | (noise < 0.03)
+    clusters = scic(C, 0.7, 8, rule=rule, generator=gen(1))
+    assert clusters
+    for c in clusters:
+        if c.status == 1:
+            assert fits(c, 8, rule)
+        assert c.quality > 0.7
+    a = Cluster(torch.arange(100), torch.arange(20), 1.0, torch.ones(20, 100, dtype=torch.bool))
+    assert fits(a, 64, "sum") and not fits(a, 64, "dims")  # T9
+    assert a.crossbars(64) == 2
+
+
+def test_scic_terminates_on_unsplittable_block():
+    clusters = scic(torch.ones(8, 8, dtype=torch.bool), 0.7, 2, rule="dims", generator=gen())
+    assert all(c.status == 0 for c in clusters if not fits(c, 2, "dims"))
+
+
+# ------------------------------------------------------------------------------ counting
+def test_counts_by_hand():
+    assert dense_count((500, 784), 64) == 104 and dense_count((10, 500), 64) == 8  # T1
+    eye8 = torch.eye(8, dtype=torch.bool)
+    top = torch.zeros(8, 8, dtype=torch.bool)
+    top[:4, :4] = torch.eye(4, dtype=torch.bool)
+    assert compact_count(top, 4) == 1 and compact_count(eye8, 4) == 4  # T3
+    assert len(greedy_windows(eye8, 4)) == 2  # T4
+    assert len(greedy_windows(eye8.flip(1), 4)) == 8
+    assert len(greedy_windows(torch.ones(8, 8, dtype=torch.bool), 4)) == 4
+    assert len(greedy_windows(torch.ones(5, 5, dtype=torch.bool), 4)) == 4
+
+
+def test_granularity_decides_the_count():
+    # T19: one valid 64x64 cluster + one isolated unclustered synapse in a 128x128 layer
+    W = torch.zeros(128, 128)
+    W[:64, :64] = 1.0
+    W[100, 100] = 1.0
+    c = Cluster(torch.arange(64), torch.arange(64), 1.0, torch.ones(64, 64, dtype=torch.bool))
+    for g, expect in ((64, 2), (4, 257)):
+        blocks, info = layer_blocks(W, [c], spec(g), "greedy")
+        assert sum(b.tiles(spec(g)) for b in blocks) == expect
+        assert info["cluster_crossbars"] == c.crossbars(g)
+    assert dense_count((128, 128), 64) == 4 and dense_count((128, 128), 4) == 1024
+
+
+# ------------------------------------------------------------------------------ epoch steps
+def _state(W: torch.Tensor, theta: float, cmap: torch.Tensor) -> LayerState:
+    lin = nn.Linear(W.shape[1], W.shape[0], bias=False)
+    lin.weight.data.copy_(W)
+    return LayerState("fc", lin, theta=theta, pmap=torch.ones_like(cmap), cmap=cmap.clone())
+
+
+def test_cdp_step():
+    L = _state(
+        torch.tensor([[0.5, 0.001], [0.002, 0.3]]),
+        0.01,
+        torch.tensor([[False, True], [False, False]]),
+    )
+    cdp(L)
+    assert torch.equal(L.pmap, torch.tensor([[True, False], [False, True]]))
+    assert torch.equal(L.weight, torch.tensor([[0.5, 0.001], [0.0, 0.3]]))
+    assert L.unc_curr == 0.5
+
+
+def test_cluster_prune_scores():
+    W = torch.ones(30, 30)
+    mk = lambda i0, i1, o0, o1, q: Cluster(  # noqa: E731
+        torch.arange(i0, i1),
+        torch.arange(o0, o1),
+        q,
+        torch.ones(o1 - o0, i1 - i0, dtype=torch.bool),
+    )
+    cl = [mk(0, 10, 0, 10, 1.0), mk(10, 20, 10, 20, 0.8), mk(20, 22, 20, 21, 0.75)]
+    cm = cluster_map((30, 30), cl)
+    for f, pruned in ((0.02, 1), (0.005, 0)):
+        W2 = W.clone()
+        W2[10:20, 10:20] = 0
+        W2[10:15, 10:20] = 1  # survivors 50
+        L = _state(W2, 0.5, cm)
+        L.pmap = L.weight.abs() >= 0.5
+        L.clusters = [Cluster(c.inputs, c.outputs, c.quality, c.block) for c in cl]
+        L.cp_factor = f
+        cluster_prune(L, TraNNsformerParams())  # scores 100, 40, 1.5; th = f * 100
+        assert sum(1 for c in L.clusters if not c.valid) == pruned
+        if pruned:
+            assert not L.clusters[2].valid and float(L.weight[20, 20:22].abs().sum()) == 0
+
+
+def test_epoch_schedule():
+    assert (
+        TraNNsformerParams(epochs=45).cluster_epoch,
+        TraNNsformerParams(epochs=45).cluster_prune_epoch,
+    ) == (9, 36)
+    assert (
+        TraNNsformerParams(epochs=60).cluster_epoch,
+        TraNNsformerParams(epochs=60).cluster_prune_epoch,
+    ) == (12, 48)
+    assert TraNNsformerParams(epochs=27).cluster_epoch == 5  # the code would never cluster
+
+
+# ------------------------------------------------------------------------------ errors
+def test_bad_input_errors():
+    with pytest.raises(CompressionError, match="crossbar size"):
+        TraNNsformerParams(xbar=1)
+    with pytest.raises(CompressionError, match="crossbar size"):
+        scic(torch.ones(4, 4, dtype=torch.bool), 0.7, 1, generator=gen())
+    tiny = nn.Sequential(nn.Flatten(), nn.Linear(8, 3))
+    data = TensorDataset(torch.rand(8, 8), torch.randint(0, 3, (8,)))
+    with pytest.raises(CompressionError, match="k = 5 is larger than layer"):
+        run_trannsformer(tiny, data, TraNNsformerParams(epochs=1), xbar=4)
+    conv = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(12, 10))
+    with pytest.raises(UnsupportedLayerError, match="cannot be transformed"):
+        run_trannsformer(conv, data, TraNNsformerParams(epochs=1, layers=("0",)), xbar=4)
+    with pytest.raises(UnsupportedLayerError, match="no layer to transform"):
+        run_trannsformer(nn.Sequential(nn.ReLU()), data, TraNNsformerParams(epochs=1), xbar=4)
+    with pytest.raises(ConfigError, match="unclustered"):
+        from_dict(TraNNsformerParams, {"unclustered": "scatter"}, "params")
+    assert "trannsformer" in list_methods()
+
+
+# ------------------------------------------------------------------------------ layout
+def _toy_run(seed: int = 0, **kw) -> tuple[nn.Module, TraNNsformerRun, TensorDataset]:
+    torch.manual_seed(seed)
+    # inputs with block structure so that clusters form: 4 groups of 6 pixels -> 4 classes
+    n = 400
+    y = torch.randint(0, 4, (n,), generator=gen(seed))
+    x = 0.1 * torch.rand(n, 24, generator=gen(seed + 1))
+    for c in range(4):
+        x[y == c, 6 * c : 6 * c + 6] += 1.0
+    data = TensorDataset(x, y)
+    model = nn.Sequential(
+        nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)
+    )
+    p = TraNNsformerParams(
+        epochs=10, batch_size=40, k=3, reinit=True, prune_rate=(2e-4,), q_first=0.5, **kw
+    )
+    run = run_trannsformer(model, data, p, xbar=4, seed=seed, log=lambda s: None)
+    return model, run, data
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return _toy_run()
+
+
+@pytest.mark.parametrize(
+    "mapping,pack", [("greedy", False), ("compact", False), ("pack", False), ("pack", True)]
+)
+def test_clustered_layout_is_exact_when_ideal(toy, mapping, pack):
+    model, run, data = toy
+    assert sum(len(L.valid) for L in run.states) > 0
+    layout, info = trannsformer_layout(model, run, spec(4), unclustered=mapping, pack=pack)
+    x = data.tensors[0][:64]
+    ideal = NonIdealityModel.from_config(NonIdealityConfig())
+    tile = NonIdealityModel.from_config(NonIdealityConfig(adc_bits=24, dac_bits=24))
+    for ni, tol in ((ideal, 1e-5), (tile, 1e-4)):
+        am = convert(model, layout, DeviceSpec(), ni)
+        am.program(trial_generator(0, 0))
+        with torch.no_grad():
+            assert torch.allclose(am(x), model(x), atol=tol, rtol=tol)
+    # every non-zero weight is placed once; clusters cost ceil(in/X) ceil(out/X) unpacked
+    for L in run.states:
+        lay = layout[L.name]
+        W = L.weight.t()
+        assert bool(((W != 0) <= lay.placed).all())
+        if not pack:
+            n_cl = info[L.name]["cluster_blocks"]
+            assert (
+                sum(b.tiles(spec(4)) for b in lay.blocks[:n_cl])
+                == info[L.name]["cluster_crossbars_unpacked"]
+            )
+
+
+def test_cluster_block_crossbars_and_holes():
+    # two overlapping clusters (T15): the later one gets a hole, each is counted separately
+    W = torch.ones(3, 3)
+    W[0, 2] = W[2, 0] = 0
+    a = Cluster(torch.tensor([0, 1]), torch.tensor([0, 1]), 1.0, torch.ones(2, 2, dtype=torch.bool))
+    b = Cluster(
+        torch.tensor([1, 2]), torch.tensor([1, 2]), 0.75, torch.ones(2, 2, dtype=torch.bool)
+    )
+    assert int(cluster_map((3, 3), [a, b]).sum()) == 7
+    blocks, info = layer_blocks(W, [a, b], spec(2), "greedy")
+    assert info["cluster_crossbars"] == 2 and len(blocks) == 2
+    assert blocks[0].mask is None and blocks[1].mask is not None and not bool(blocks[1].mask[0, 0])
+    lay = LayerLayout("fc", "linear", (3, 3), spec(2), blocks)
+    assert lay.n_tiles == 2 and int(lay.placed.sum()) == 7
+    back = LayerLayout.from_dict(lay.to_dict(), spec(2))
+    assert torch.equal(back.placed, lay.placed)
+    assert Block(torch.arange(3), torch.arange(3)).tiles(spec(2)) == 4
+
+
+def test_pruned_baseline_compacts_and_code_counts(toy):
+    model, run, _ = toy
+    cc = code_counts(run, 4)
+    assert cc["dense"] == sum(dense_count(L.shape, 4) for L in run.states)
+    assert cc["greedy"] >= 0 and cc["clusters"] == sum(
+        c.crossbars(4) for L in run.states for c in L.valid
+    )
+
+
+def test_seeded_runs_are_deterministic(toy):
+    model, run, _ = toy
+    model2, run2, _ = _toy_run()
+    for a, b in zip(model.parameters(), model2.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for L1, L2 in zip(run.states, run2.states, strict=True):
+        assert [c.to_dict() for c in L1.valid] == [c.to_dict() for c in L2.valid]
+
+
+def test_method_in_pipeline_context(toy):
+    from xbarprune.compress.base import CompressContext
+    from xbarprune.training.loop import TrainConfig
+
+    _, _, data = toy
+    model = nn.Sequential(nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 4))
+    cls = get_method("trannsformer")
+    params = from_dict(
+        cls.Params, {"epochs": 4, "xbar": 4, "k": 3, "batch_size": 40, "unclustered": "drop"}, "p"
+    )
+    ctx = CompressContext(
+        model,
+        map_model(model, spec(4)),
+        DeviceSpec(),
+        data,
+        data,
+        TrainConfig(epochs=0),
+        log=lambda s: None,
+    )
+    res = cls(params).compress(ctx)
+    assert set(res.masks.masks) == {"0", "2"}
+    assert res.layout is not None and res.layout.n_tiles >= 1
+    json.dumps(res.info)
+
+
+# ------------------------------------------------------------------------------ comparison
+def _compare_cfg(tmp_path: Path, quick_epochs: dict) -> dict:
+    return {
+        "kind": "trannsformer",
+        "out": str(tmp_path / "res"),
+        "epochs": quick_epochs,
+        "params": {"k": 3},
+        "variants": {"best": {"unclustered": "drop", "drop_epochs": 1, "pack": True}},
+        "experiments": [
+            {
+                "model": {"name": "mlp", "kwargs": {"hidden": [32, 24]}},
+                "data": {"name": "mnist-embedded", "train_subset": 400, "test_subset": 200},
+                "crossbars": [16],
+            }
+        ],
+        "evaluate": {"trials": 2, "times": ["1s"]},
+        "picture": {"experiment": 0, "arm": "trannsformer_16_faithful"},
+    }
+
+
+def test_quick_comparison_run(tmp_path):
+    import yaml
+
+    from xbarprune.experiment.compare import run_compare
+
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(
+        yaml.safe_dump(_compare_cfg(tmp_path, {"dense": 2, "prune_only": 2, "trannsformer": 5}))
+    )
+    s = run_compare(cfg)
+    rows = s["rows"]
+    assert {(r["method"], r["variant"], r["counting"]) for r in rows} == {
+        (m, v, c)
+        for m, v in (
+            ("dense", "-"),
+            ("pruning", "-"),
+            ("trannsformer", "faithful"),
+            ("trannsformer", "best"),
+        )
+        for c in ("crossbar", "code-4x4")
+    }
+    for r in rows:
+        for k in (
+            "model",
+            "dataset",
+            "crossbar",
+            "acc_ideal",
+            "acc_nonideal_mean",
+            "acc_nonideal_std",
+            "trials",
+            "sparsity_weight",
+            "crossbars",
+            "area_saving",
+            "energy_saving",
+        ):
+            assert k in r
+        if r["method"] == "dense":
+            assert r["crossbars"] == r["crossbars_dense"] and abs(r["area_saving"]) < 1e-9
+    out = tmp_path / "res"
+    assert (out / "summary.md").read_text().startswith("# TraNNsformer")
+    assert (out / "connectivity.png").is_file()
+    # resumable: a second run reuses every arm
+    s2 = run_compare(cfg)
+    assert [r["crossbars"] for r in s2["rows"]] == [r["crossbars"] for r in rows]
+
+
+@pytest.mark.slow
+def test_full_reproduction(tmp_path):  # pragma: no cover - long
+    from xbarprune.experiment.compare import run_compare
+
+    root = Path(__file__).resolve().parents[1]
+    s = run_compare(root / "examples" / "trannsformer.yaml", out=str(tmp_path / "full"))
+    faithful = [
+        r
+        for r in s["rows"]
+        if r["variant"] == "faithful" and r["counting"] == "code-4x4" and r["crossbar"] == 64
+    ]
+    assert faithful
