@@ -161,10 +161,10 @@ def _experiment(
     # bits of a quantised weight: the level set's codes (device levels ** cells per weight)
     bits = round(math.log2(dev.levels**xbar.cells_per_weight))
 
-    def measure(model, lay: CrossbarLayout, extra: dict) -> dict:
+    def measure(model, lay: CrossbarLayout, extra: dict, simulate: bool = True) -> dict:
         base = None
         nonideal = {}
-        for name, ni in nis.items():
+        for name, ni in (nis if simulate else {}).items():
             rec = bench.measure(model, lay, dev, ni, ev, reference=layout, extra=extra)
             base = base or rec["base"]
             nonideal[name] = rec["nonideal"]
@@ -228,7 +228,9 @@ def _experiment(
                     "alpha": res.info["alpha"],
                     "kinds": res.info["kinds"],
                 }
-                stages.append(measure(sm, best_packed_layout(sm, layout), extra))
+                # Monte Carlo on what goes on the crossbar: the final model of the arm
+                final = tag == snaps[-1][0]
+                stages.append(measure(sm, best_packed_layout(sm, layout), extra, simulate=final))
             # physical Unused Path Removal of the final model: outputs and crossbars
             example = example_batch(bench.splits.train, 16, device)
             small, upr = remove_unused_paths(m, example, crossbar=layout.crossbar)

@@ -178,15 +178,21 @@ def liang_study(data: dict, *, out: str | None, quick: bool, command: str, t0: f
         plot_robustness(rob_rows, out_dir / "robustness.png")
 
     for i, e in enumerate(exps):
-        unknown = sorted(set(e) - {"model", "data", "crossbar", "params"})
+        unknown = sorted(set(e) - {"model", "data", "crossbar", "params", "nonideal"})
         if unknown:
             raise ConfigError(f"unknown key(s) in experiments[{i}]: {', '.join(unknown)}")
         mc = from_dict(ModelConfig, e.get("model") or {}, f"experiments[{i}].model")
         dc = from_dict(DataConfig, e.get("data") or {}, f"experiments[{i}].data")
         xbar = from_dict(CrossbarSpec, e.get("crossbar") or {}, f"experiments[{i}].crossbar")
         exp_params = {**common, **(e.get("params") or {})}
+        # experiments[].nonideal: a subset of the named models (e.g. leave out a slow one)
+        names = e.get("nonideal", list(nis))
+        bad = [n for n in names if n not in nis]
+        if bad:
+            raise ConfigError(f"experiments[{i}].nonideal: unknown name(s) {bad}; have {list(nis)}")
+        exp_nis = {n: nis[n] for n in names}
         r, rr = _experiment(
-            mc, dc, xbar, seed, train_cfg, ft_cfg, dev, nis, ev, exp_params, arms, rob,
+            mc, dc, xbar, seed, train_cfg, ft_cfg, dev, exp_nis, ev, exp_params, arms, rob,
             work / f"{mc.name}_{dc.name}_{xbar.rows}x{xbar.cols}", device,
         )  # fmt: skip
         rows += r
@@ -261,7 +267,7 @@ def _experiment(
 
         recs[key] = bench.arm(key, build)
 
-    rows = [r for rec in recs.values() for r in _rows(rec)]
+    rows = [r for rec in recs.values() for r in _rows(rec, list(nis))]
     rob_rows: list[dict] = []
     if rob:
         rob_ev = EvaluateConfig(
@@ -313,9 +319,11 @@ def _experiment(
     return rows, rob_rows
 
 
-def _rows(rec: dict) -> list[dict]:
+def _rows(rec: dict, names: list[str]) -> list[dict]:
     out = []
     for name, res in rec["nonideal"].items():
+        if name not in names:  # a cached arm evaluated under a model this run leaves out
+            continue
         for r in res:
             out.append(
                 {
