@@ -66,6 +66,7 @@ def _load() -> dict[str, Callable[..., dict]]:
     import xbarprune.experiment.admm_compare  # noqa: F401
     import xbarprune.experiment.liang_compare  # noqa: F401
     import xbarprune.experiment.prunix_compare  # noqa: F401
+    import xbarprune.experiment.sparse_nonideal_compare  # noqa: F401
     import xbarprune.experiment.trannsformer_compare  # noqa: F401
 
     return _STUDIES
