@@ -23,8 +23,8 @@ report the crossbar compression rate ``CCR = crossbars(dense) / crossbars(packed
   packed per column band (:func:`xbarprune.mapping.permute.pack_rows`).
 
 XCS/XRS thresholds are per layer (``uniform``: every prunable layer loses the target
-fraction) or model-wide (``global``); by default the first and the last mapped layer are not
-pruned (``exclude_first_last``).
+fraction) or model-wide (``global``); by default the first mapped layer and the classifier
+(the last mapped layer when it is a Linear) are not pruned (``exclude_first_last``).
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def prunable_layers(layout: CrossbarLayout, p: StructuredParams) -> list[str]:
     names = [n for n in layout.layers if n not in p.exclude]
     if p.exclude_first_last and len(layout) > 2:
         first, last = next(iter(layout.layers)), list(layout.layers)[-1]
-        names = [n for n in names if n not in (first, last)]
+        skip = {first} | ({last} if layout[last].kind == "linear" else set())
+        names = [n for n in names if n not in skip]
     return names
 
 
