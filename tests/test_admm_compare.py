@@ -35,9 +35,9 @@ def test_quick_study_end_to_end(tmp_path):
     methods = {(r["arm"], r["method"]) for r in rows}
     assert methods == {
         ("dense", "dense"),
-        ("admm-50x", "admm"),
-        ("admm-50x", "admm+prm"),
-        ("admm-50x", "admm+prm+quant"),
+        ("admm-25x", "admm"),
+        ("admm-25x", "admm+prm"),
+        ("admm-25x", "admm+prm+quant"),
         ("magnitude-100x", "magnitude"),
         ("magnitude-100x", "magnitude+prm"),
         ("magnitude-100x", "magnitude+prm+quant"),
@@ -50,7 +50,7 @@ def test_quick_study_end_to_end(tmp_path):
         # Caffe LeNet: 20*25 + 50*500 = 25,500 conv weights; fc 800*500 + 500*10
         assert r["conv_weights"] == 25_500 and r["weights"] == 25_500 + 405_000
     # alpha: conv1 filters of 25 weights + conv2 filter shapes of 50 weights
-    for arm, kept in (("admm-50x", 6 * 25 + 7 * 50), ("magnitude-100x", 4 * 25 + 3 * 50)):
+    for arm, kept in (("admm-25x", 10 * 25 + 15 * 50), ("magnitude-100x", 4 * 25 + 3 * 50)):
         label = arm.split("-")[0]
         # intermediate steps: ideal only (no Monte Carlo rows)
         pruned = by[(arm, label, None)]
@@ -74,7 +74,7 @@ def test_quick_study_end_to_end(tmp_path):
         upr = quant["upr"]
         assert upr["max_output_difference"] < 1e-4
         assert upr["weights_after"] < upr["weights_before"]
-    dense = by[("dense", "dense", "reram")]
+    dense = by[("dense", "dense", "reram-cells")]
     assert dense["compression_conv"] == 1.0 and dense["crossbars_compressed"] == 1722
     md = (tmp_path / "summary.md").read_text()
     assert "231.82×" in md and "## Target" in md

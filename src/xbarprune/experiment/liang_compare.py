@@ -159,6 +159,16 @@ def liang_study(data: dict, *, out: str | None, quick: bool, command: str, t0: f
 
     def flush() -> None:
         summary = header(command, t0, {"quick": quick, "trials": ev.trials})
+        # compute time of every arm, including arms reused from an interrupted invocation
+        summary["arm_seconds_total"] = round(
+            sum(
+                {
+                    (r["model"], r["dataset"], r["arm"]): r.get("arm_seconds", 0) for r in rows
+                }.values()
+            )
+            + sum({(r["model"], r["arm"]): r.get("arm_seconds", 0) for r in rob_rows}.values()),
+            1,
+        )
         summary["config"] = {
             "device": to_dict(dev),
             "nonideal": ni_raw,
@@ -314,6 +324,7 @@ def _experiment(
                         "acc_mean": pt["mean"],
                         "acc_std": pt["std"],
                         "trials": rob_ev.trials,
+                        "arm_seconds": rec["base"].get("arm_seconds", 0),
                     }
                 )
     return rows, rob_rows
@@ -359,7 +370,9 @@ def markdown(summary: dict[str, Any]) -> str:
         "# Crossbar-aware pruning (Liang et al. 2018) — reproduction",
         "",
         f"Command: `{summary['command']}`  ",
-        f"Wall time: {summary['wall_time_s']:.0f} s ({summary['machine']})  ",
+        f"Wall time: {summary['wall_time_s']:.0f} s ({summary['machine']}); compute time of "
+        f"all arms, including arms reused from earlier interrupted invocations: "
+        f"{summary.get('arm_seconds_total', 0):.0f} s (+ dense training)  ",
         f"Non-ideal columns: {summary['trials']} Monte Carlo trials each "
         + ", ".join(f"`{n}` = {summary['config']['nonideal'][n]}" for n in names)
         + f", read at {summary['config']['evaluate']['times'][0]} after programming.",
