@@ -171,3 +171,18 @@ def test_irdrop_validation_and_non_convergence():
         effective_conductance(rand_g(1, 8, 8), 5.0, 10.0, 1000.0, 1000.0, max_iter=2)
     with pytest.raises(SpecError, match="v must be"):
         nodal_solve(rand_g(2, 4, 4), torch.ones(3, 3, 4), 1.0, 1.0)
+
+
+def test_nodal_solve_is_right_with_several_threads():
+    """Regression: torch 2.13's batched LU solve is broken on CPU with > 1 thread (MKL); the
+    nodal solve uses a batched Cholesky and must agree with the iterative one at 2 threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(12)
+        g = 2e-6 + 1.8e-5 * torch.rand(3, 12, 12, generator=gen, dtype=torch.float64)
+        exact = effective_conductance(g, 5.0, 10.0, 1000.0, 1000.0, method="nodal")
+        fast = effective_conductance(g, 5.0, 10.0, 1000.0, 1000.0, method="iterative", tol=1e-12)
+        assert ((fast - exact).abs() <= 1e-9 * exact.abs()).all()
+    finally:
+        torch.set_num_threads(threads)

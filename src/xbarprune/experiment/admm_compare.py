@@ -279,7 +279,9 @@ def _rows(rec: dict) -> list[dict]:
                     "acc_nonideal_trials": r["per_trial"],
                 }
             )
-    return out or [{**rec["base"], "nonideal": None, "acc_nonideal_mean": None}]
+    return out or [
+        {**rec["base"], "nonideal": None, "acc_nonideal_mean": None, "acc_nonideal_std": None}
+    ]
 
 
 def markdown(summary: dict[str, Any]) -> str:

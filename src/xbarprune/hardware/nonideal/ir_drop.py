@@ -170,6 +170,20 @@ def _build_netlist(R: int, C: int, r_row, r_col, r_source, r_sink):
     return find, fixed, unknown, resistors, A, B, Sense
 
 
+def _spd_solve(K: Tensor, rhs: Tensor) -> Tensor:
+    """Batched solve of symmetric positive definite systems (the nodal matrices are).
+
+    Batched Cholesky, not ``torch.linalg.solve``: the CPU build of torch 2.13 (MKL) returns
+    garbage or raises "Pivots given to lu_solve must all be >= 1" for a batched LU solve when
+    more than one thread is used (found by tests/test_sparse_nonideal.py once another test had
+    set 2 threads). A matrix that is not positive definite falls back to one LU solve per matrix.
+    """
+    L, info = torch.linalg.cholesky_ex(K)
+    if not bool((info != 0).any()):
+        return torch.cholesky_solve(rhs, L)
+    return torch.stack([torch.linalg.solve(K[t], rhs[t]) for t in range(K.shape[0])])
+
+
 def nodal_solve(
     g: Tensor,
     v: Tensor,
@@ -256,7 +270,7 @@ def nodal_solve(
     if rhs_node:
         contrib = cond[:, rhs_edge].unsqueeze(-1) * v_ext[:, :, rhs_fix].transpose(1, 2)
         rhs.index_add_(1, torch.tensor(rhs_node, device=dev), contrib)
-    x = torch.linalg.solve(K.view(T, n, n), rhs) if n else rhs  # (T, n, B)
+    x = _spd_solve(K.view(T, n, n), rhs) if n else rhs  # (T, n, B)
 
     def volt(cls):  # (T, B)
         if cls in unknown:
