@@ -49,8 +49,11 @@ def main(argv=None):
     ap.add_argument("--experiment", type=int, default=0, help="index into experiments")
     ap.add_argument("--val-images", type=int, default=2000)
     ap.add_argument("--trials", type=int, default=5)
-    ap.add_argument("--grid", help='JSON mapping regulariser -> lambdas, replacing the default '
-                    'grids (e.g. to extend a grid whose best value lies on its boundary)')
+    ap.add_argument(
+        "--grid",
+        help="JSON mapping regulariser -> lambdas, replacing the default "
+        "grids (e.g. to extend a grid whose best value lies on its boundary)",
+    )
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     grids = json.loads(a.grid) if a.grid else GRIDS
@@ -69,10 +72,12 @@ def main(argv=None):
     # tuning data: the first half of the validation split drives APA, the second half scores
     half = len(s.val) // 2
     apa_val = Subset(s.val, range(half))
-    score_val = DataLoader(Subset(s.val, range(half, min(len(s.val), half + a.val_images))),
-                           batch_size=1000)
-    dense = build_model(mc.name, in_channels=s.in_channels, image_size=s.image_size,
-                        width=mc.width, seed=0)
+    score_val = DataLoader(
+        Subset(s.val, range(half, min(len(s.val), half + a.val_images))), batch_size=1000
+    )
+    dense = build_model(
+        mc.name, in_channels=s.in_channels, image_size=s.image_size, width=mc.width, seed=0
+    )
     train(dense, s.train, tcfg, seed=0)
     layout = map_model(dense, xbar)
     rows = []
@@ -81,21 +86,44 @@ def main(argv=None):
             t0 = time.perf_counter()
             m = copy.deepcopy(dense)
             p = from_dict(PrunixParams, {**common, "regularizer": reg, "lam": lam}, "params")
-            ctx = CompressContext(model=m, layout=layout, device_spec=dev, train_data=s.train,
-                                  val_data=apa_val, finetune_cfg=ft, nonideal=ni,
-                                  log=lambda _: None)
+            ctx = CompressContext(
+                model=m,
+                layout=layout,
+                device_spec=dev,
+                train_data=s.train,
+                val_data=apa_val,
+                finetune_cfg=ft,
+                nonideal=ni,
+                log=lambda _: None,
+            )
             r = build_regularizer(p, ctx)
             if r is not None:
                 train(m, s.train, ft, regularizer=r, seed=3, epochs=p.reg_epochs)
             res = run_prunix(ctx, replace(p, reg_epochs=0, pruner="apa"))
             train(m, s.train, ft, masks=res.masks, seed=5)
-            out = evaluate(m, score_val, layout.packed(m, p.kind), dev, ni, trials=a.trials,
-                           seed=11, times=(86400.0,))
-            row = {"regularizer": reg, "lam": lam, "val_nonideal_1d": out[0].mean,
-                   "val_nonideal_std": out[0].std, "seconds": time.perf_counter() - t0}
+            out = evaluate(
+                m,
+                score_val,
+                layout.packed(m, p.kind),
+                dev,
+                ni,
+                trials=a.trials,
+                seed=11,
+                times=(86400.0,),
+            )
+            row = {
+                "regularizer": reg,
+                "lam": lam,
+                "val_nonideal_1d": out[0].mean,
+                "val_nonideal_std": out[0].std,
+                "seconds": time.perf_counter() - t0,
+            }
             rows.append(row)
-            print(f"{reg:>15} lam={lam:<7g} non-ideal val @1d {out[0].mean:.4f} ± "
-                  f"{out[0].std:.4f} ({row['seconds']:.0f} s)", flush=True)
+            print(
+                f"{reg:>15} lam={lam:<7g} non-ideal val @1d {out[0].mean:.4f} ± "
+                f"{out[0].std:.4f} ({row['seconds']:.0f} s)",
+                flush=True,
+            )
     best = {}
     for reg in grids:
         cand = [r for r in rows if r["regularizer"] == reg]
@@ -103,8 +131,17 @@ def main(argv=None):
     print("best:", best)
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump({"experiment": e, "rows": rows, "best": best,
-                       "trials": a.trials, "val_images": a.val_images}, fh, indent=2)
+            json.dump(
+                {
+                    "experiment": e,
+                    "rows": rows,
+                    "best": best,
+                    "trials": a.trials,
+                    "val_images": a.val_images,
+                },
+                fh,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":
