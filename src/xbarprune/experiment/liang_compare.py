@@ -452,7 +452,7 @@ def _targets(arms: dict[tuple, dict[str, dict]]) -> list[str]:
             out.append(f"- {mo} / {ds} ({xb}): **not met** (no LGD+RPP arm at ≥ 44 % and ≤ 2 pp)")
         by_budget: dict[Any, dict[str, dict]] = {}
         for r in cands:
-            if r["grain"] == "column":
+            if r["grain"] == "column" and not (r["method"] == "liang" and not r["reorder"]):
                 by_budget.setdefault(r["budget"], {})[r["method"]] = r
         for b, ms in by_budget.items():
             if "liang" in ms and "group-magnitude" in ms:
