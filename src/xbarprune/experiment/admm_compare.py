@@ -38,20 +38,21 @@ from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
 from xbarprune.experiment.studykit import (
     Bench,
     apply_quick,
+    check_keys,
     mean_std,
+    measure_all,
+    named_rows,
     nonideal_model,
     percent,
     section,
     select_device,
     set_threads,
 )
-from xbarprune.hardware.nonideal.model import NonIdealityModel
 from xbarprune.hardware.presets import resolve_hardware
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
 from xbarprune.io import atomic_write_json, atomic_write_text, ensure_dir
 from xbarprune.mapping.layout import CrossbarLayout, layer_matrices, map_model
 from xbarprune.training.loop import TrainConfig, evaluate_accuracy
-from xbarprune.units import format_time
 
 _KEYS = {
     "name",
@@ -84,12 +85,7 @@ PAPER_ISLPED = [(0.9915, 0.9434, 17.69), (0.9902, 0.9730, 37.06), (0.9833, 0.990
 @study("admm")
 def admm_study(data: dict, *, out: str | None, quick: bool, command: str, t0: float) -> dict:
     data = resolve_hardware(data)
-    unknown = sorted(set(data) - _KEYS)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in the admm comparison: {', '.join(unknown)}; "
-            f"allowed: {', '.join(sorted(_KEYS))}"
-        )
+    check_keys(data, _KEYS, "admm")
     if quick:
         data = apply_quick(data)
         q = data.pop("_quick")
@@ -166,14 +162,10 @@ def _experiment(
     bits = round(math.log2(dev.levels**xbar.cells_per_weight))
 
     def measure(model, lay: CrossbarLayout, extra: dict, simulate: bool = True) -> dict:
-        base = None
-        nonideal = {}
-        for name, ni in (nis if simulate else {}).items():
-            rec = bench.measure(model, lay, dev, ni, ev, reference=layout, extra=extra)
-            base = base or rec["base"]
-            nonideal[name] = rec["nonideal"]
-        if base is None:
-            base = bench.measure(model, lay, dev, NonIdealityModel(), ev, extra=extra)["base"]
+        rec = measure_all(
+            bench, model, lay, dev, nis if simulate else {}, ev, reference=layout, extra=extra
+        )
+        base, nonideal = rec["base"], rec["nonideal"]
         cost = estimate_model_cost(model, lay, shape, device=dev)
         mats = layer_matrices(model, lay)
         conv = [c for c in cost.layers if c.kind == "conv"]
@@ -261,27 +253,8 @@ def _experiment(
     for rec in recs:
         for st in rec["stages"]:
             st["base"]["arm_seconds"] = rec.get("base", {}).get("arm_seconds", 0)
-            rows += _rows(st)
+            rows += named_rows(st)
     return rows
-
-
-def _rows(rec: dict) -> list[dict]:
-    out = []
-    for name, res in rec["nonideal"].items():
-        for r in res:
-            out.append(
-                {
-                    **rec["base"],
-                    "nonideal": name,
-                    "drift_time": format_time(r["time_s"]),
-                    "acc_nonideal_mean": r["mean"],
-                    "acc_nonideal_std": r["std"],
-                    "acc_nonideal_trials": r["per_trial"],
-                }
-            )
-    return out or [
-        {**rec["base"], "nonideal": None, "acc_nonideal_mean": None, "acc_nonideal_std": None}
-    ]
 
 
 def markdown(summary: dict[str, Any]) -> str:

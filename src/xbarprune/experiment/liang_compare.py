@@ -36,7 +36,10 @@ from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
 from xbarprune.experiment.studykit import (
     Bench,
     apply_quick,
+    check_keys,
     mean_std,
+    measure_all,
+    named_rows,
     nonideal_model,
     percent,
     save_figure,
@@ -49,7 +52,6 @@ from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
 from xbarprune.io import atomic_write_json, atomic_write_text, ensure_dir
 from xbarprune.mapping.layout import CrossbarLayout, map_model
 from xbarprune.training.loop import TrainConfig, evaluate_accuracy
-from xbarprune.units import format_time
 
 _KEYS = {
     "name",
@@ -110,12 +112,7 @@ def _method_label(p: LiangParams) -> str:
 
 @study("liang")
 def liang_study(data: dict, *, out: str | None, quick: bool, command: str, t0: float) -> dict:
-    unknown = sorted(set(data) - _KEYS)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in the liang comparison: {', '.join(unknown)}; "
-            f"allowed: {', '.join(sorted(_KEYS))}"
-        )
+    check_keys(data, _KEYS, "liang")
     if quick:
         data = apply_quick(data)
         q = data.pop("_quick")
@@ -223,14 +220,8 @@ def _experiment(
     xb = f"{xbar.rows}x{xbar.cols}"
 
     def record(model, lay: CrossbarLayout, extra: dict) -> dict:
-        base = None
-        nonideal = {}
-        for name, ni in nis.items():
-            rec = bench.measure(model, lay, dev, ni, ev, reference=layout, extra=extra)
-            base = base or rec["base"]
-            nonideal[name] = rec["nonideal"]
-        if base is None:  # no non-ideality models: ideal only
-            base = bench.measure(model, lay, dev, NonIdealityModel(), ev, extra=extra)["base"]
+        rec = measure_all(bench, model, lay, dev, nis, ev, reference=layout, extra=extra)
+        base, nonideal = rec["base"], rec["nonideal"]
         total_dense = layout.dense_tiles + periph
         total = base["crossbars"] + periph
         base.update(
@@ -277,7 +268,7 @@ def _experiment(
 
         recs[key] = bench.arm(key, build)
 
-    rows = [r for rec in recs.values() for r in _rows(rec, list(nis))]
+    rows = [r for rec in recs.values() for r in named_rows(rec, list(nis))]
     rob_rows: list[dict] = []
     if rob:
         rob_ev = EvaluateConfig(
@@ -328,27 +319,6 @@ def _experiment(
                     }
                 )
     return rows, rob_rows
-
-
-def _rows(rec: dict, names: list[str]) -> list[dict]:
-    out = []
-    for name, res in rec["nonideal"].items():
-        if name not in names:  # a cached arm evaluated under a model this run leaves out
-            continue
-        for r in res:
-            out.append(
-                {
-                    **rec["base"],
-                    "nonideal": name,
-                    "drift_time": format_time(r["time_s"]),
-                    "acc_nonideal_mean": r["mean"],
-                    "acc_nonideal_std": r["std"],
-                    "acc_nonideal_trials": r["per_trial"],
-                }
-            )
-    return out or [
-        {**rec["base"], "nonideal": None, "acc_nonideal_mean": None, "acc_nonideal_std": None}
-    ]
 
 
 # ------------------------------------------------------------------------------ report

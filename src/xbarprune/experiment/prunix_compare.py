@@ -20,12 +20,12 @@ from typing import Any
 
 from xbarprune.compress.prunix import PrunixParams, build_regularizer, run_prunix
 from xbarprune.config import from_dict, to_dict
-from xbarprune.errors import ConfigError
 from xbarprune.experiment.compare import header, study
 from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
 from xbarprune.experiment.studykit import (
     Bench,
     apply_quick,
+    check_keys,
     expand,
     mean_std,
     nonideal_model,
@@ -62,12 +62,7 @@ _KEYS = {
 
 @study("prunix")
 def prunix_study(data: dict, *, out: str | None, quick: bool, command: str, t0: float) -> dict:
-    unknown = sorted(set(data) - _KEYS)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in the prunix comparison: {', '.join(unknown)}; "
-            f"allowed: {', '.join(sorted(_KEYS))}"
-        )
+    check_keys(data, _KEYS, "prunix")
     if quick:
         data = apply_quick(data, param_keys=_QUICK_PARAMS)
         q = data.pop("_quick")

@@ -46,6 +46,7 @@ from xbarprune.config import from_dict, to_dict
 from xbarprune.errors import ConfigError, check_range
 from xbarprune.experiment.compare import header, study
 from xbarprune.experiment.config import DataConfig, ModelConfig
+from xbarprune.experiment.studykit import check_keys
 from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel, preset
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
 from xbarprune.io import (
@@ -81,12 +82,7 @@ def _section(data: dict, key: str, cls, default=None):
 def sparse_nonideal_study(
     data: dict, *, out: str | None, quick: bool, command: str, t0: float
 ) -> dict:
-    unknown = sorted(set(data) - _KEYS)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in the sparse_nonideal comparison: {', '.join(unknown)}; "
-            f"allowed: {', '.join(sorted(_KEYS))}"
-        )
+    check_keys(data, _KEYS, "sparse_nonideal")
     if quick:
         data = _apply_quick(data, data.get("quick") or {})
     out_dir = ensure_dir(out or data.get("out", "results/sparse_nonideal"))

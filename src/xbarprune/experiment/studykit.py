@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from xbarprune.analog.simulate import evaluate
 from xbarprune.compress.base import CompressContext
 from xbarprune.config import from_dict
+from xbarprune.errors import ConfigError
 from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
 from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel, preset
 from xbarprune.hardware.spec import DeviceSpec
@@ -39,6 +40,16 @@ from xbarprune.mapping.layout import CrossbarLayout, layer_matrices
 from xbarprune.training.loop import TrainConfig, evaluate_accuracy, train
 from xbarprune.training.masks import MaskSet
 from xbarprune.units import format_time
+
+
+def check_keys(data: dict, allowed: set[str], what: str) -> None:
+    """Reject unknown top-level keys of a comparison config, naming them and the allowed ones."""
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in the {what} comparison: {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
 
 
 def section(data: dict, key: str, cls, default=None):
@@ -297,6 +308,58 @@ class Bench:
             "eval_seconds": round(time.perf_counter() - t, 1),
         }
         return {"base": base, "nonideal": [r.to_dict() for r in res]}
+
+
+def measure_all(
+    bench: Bench,
+    model: nn.Module,
+    layout: CrossbarLayout,
+    dev: DeviceSpec,
+    nis: dict[str, NonIdealityModel],
+    ev: EvaluateConfig,
+    *,
+    reference: CrossbarLayout | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """:meth:`Bench.measure` under several named non-ideality models (ideal part once).
+
+    Returns ``{"base": {...}, "nonideal": {name: [EvalResult dict per time]}}``; with no models
+    only the ideal part is measured.
+    """
+    base = None
+    nonideal = {}
+    for name, ni in nis.items():
+        rec = bench.measure(model, layout, dev, ni, ev, reference=reference, extra=extra)
+        base = base or rec["base"]
+        nonideal[name] = rec["nonideal"]
+    if base is None:
+        ideal = NonIdealityModel()
+        base = bench.measure(model, layout, dev, ideal, ev, reference=reference, extra=extra)
+        base = base["base"]
+    return {"base": base, "nonideal": nonideal}
+
+
+def named_rows(rec: dict, names: list[str] | None = None) -> list[dict]:
+    """Summary rows of a :func:`measure_all` record: one per (model name, drift time); models
+    not in ``names`` (a cached record measured under more models) are left out."""
+    out = []
+    for name, res in rec["nonideal"].items():
+        if names is not None and name not in names:
+            continue
+        for r in res:
+            out.append(
+                {
+                    **rec["base"],
+                    "nonideal": name,
+                    "drift_time": format_time(r["time_s"]),
+                    "acc_nonideal_mean": r["mean"],
+                    "acc_nonideal_std": r["std"],
+                    "acc_nonideal_trials": r["per_trial"],
+                }
+            )
+    return out or [
+        {**rec["base"], "nonideal": None, "acc_nonideal_mean": None, "acc_nonideal_std": None}
+    ]
 
 
 def expand(rec: dict) -> list[dict]:

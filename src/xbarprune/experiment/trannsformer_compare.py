@@ -41,6 +41,7 @@ from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
 from xbarprune.experiment.studykit import (
     Bench,
     apply_quick,
+    check_keys,
     nonideal_model,
     save_figure,
     section,
@@ -85,12 +86,7 @@ RERAM_CELLS = {
 def trannsformer_study(
     data: dict, *, out: str | None, quick: bool, command: str, t0: float
 ) -> dict:
-    unknown = sorted(set(data) - _KEYS)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in the trannsformer comparison: {', '.join(unknown)}; "
-            f"allowed: {', '.join(sorted(_KEYS))}"
-        )
+    check_keys(data, _KEYS, "trannsformer")
     data = copy.deepcopy(data)
     if quick:
         q = data.get("quick") or {}
