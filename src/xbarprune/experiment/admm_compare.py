@@ -38,11 +38,12 @@ from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
 from xbarprune.experiment.studykit import (
     Bench,
     apply_quick,
+    arm_overrides,
     check_keys,
     mean_std,
     measure_all,
+    named_nonideal,
     named_rows,
-    nonideal_model,
     percent,
     section,
     select_device,
@@ -102,14 +103,8 @@ def admm_study(data: dict, *, out: str | None, quick: bool, command: str, t0: fl
     xbar = section(data, "crossbar", CrossbarSpec)
     dev = section(data, "device", DeviceSpec)
     ev = section(data, "evaluate", EvaluateConfig)
-    ni_raw = data.get("nonideal") or {"reram": "reram"}
-    if not isinstance(ni_raw, dict):
-        raise ConfigError("admm comparison: 'nonideal' maps a name to a preset or a config")
-    nis = {k: nonideal_model(v, f"nonideal.{k}") for k, v in ni_raw.items()}
-    common = dict(data.get("params") or {})
-    arms: dict[str, dict] = data.get("arms") or {"admm": {}}
-    for k, v in arms.items():  # validate every arm before any training
-        from_dict(ADMMParams, {**common, **(v or {})}, f"arms.{k}")
+    ni_raw, nis = named_nonideal(data, {"reram": "reram"}, "admm")
+    common, arms = arm_overrides(data, ADMMParams, {"admm": {}})
     set_threads(data)
     device = select_device()
     exps = data.get("experiments") or [{"model": {"name": "lenet5-caffe"}, "data": {}}]

@@ -36,11 +36,12 @@ from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
 from xbarprune.experiment.studykit import (
     Bench,
     apply_quick,
+    arm_overrides,
     check_keys,
     mean_std,
     measure_all,
+    named_nonideal,
     named_rows,
-    nonideal_model,
     percent,
     save_figure,
     section,
@@ -131,14 +132,8 @@ def liang_study(data: dict, *, out: str | None, quick: bool, command: str, t0: f
     ft_cfg = section(data, "finetune", TrainConfig, TrainConfig(epochs=1))
     dev = section(data, "device", DeviceSpec)
     ev = section(data, "evaluate", EvaluateConfig)
-    ni_raw = data.get("nonideal") or {"pcm": "pcm"}
-    if not isinstance(ni_raw, dict):
-        raise ConfigError("liang comparison: 'nonideal' maps a name to a preset or a config")
-    nis = {k: nonideal_model(v, f"nonideal.{k}") for k, v in ni_raw.items()}
-    common = dict(data.get("params") or {})
-    arms: dict[str, dict] = data.get("arms") or {"optimized": {}}
-    for k, v in arms.items():  # validate every arm before any training
-        from_dict(LiangParams, {**common, **(v or {})}, f"arms.{k}")
+    ni_raw, nis = named_nonideal(data, {"pcm": "pcm"}, "liang")
+    common, arms = arm_overrides(data, LiangParams, {"optimized": {}})
     rob = dict(data.get("robustness") or {})
     unknown = sorted(set(rob) - {"arms", "bits", "sigma", "trials"})
     if unknown:

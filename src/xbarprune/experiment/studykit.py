@@ -63,6 +63,29 @@ def nonideal_model(raw: str | dict, where: str = "nonideal") -> NonIdealityModel
     return NonIdealityModel.from_config(cfg)
 
 
+def named_nonideal(
+    data: dict, default: dict[str, str], what: str
+) -> tuple[dict, dict[str, NonIdealityModel]]:
+    """``data["nonideal"]`` of a comparison: a mapping name -> preset name or config.
+
+    Returns the raw mapping (for the summary) and the built models.
+    """
+    raw = data.get("nonideal") or default
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} comparison: 'nonideal' maps a name to a preset or a config")
+    return raw, {k: nonideal_model(v, f"nonideal.{k}") for k, v in raw.items()}
+
+
+def arm_overrides(data: dict, params_cls, default: dict[str, dict]) -> tuple[dict, dict]:
+    """``params`` (shared) and ``arms`` (name -> override) of a comparison, every arm validated
+    as ``params_cls`` before any training, so a bad arm fails at once."""
+    common = dict(data.get("params") or {})
+    arms: dict[str, dict] = data.get("arms") or default
+    for k, v in arms.items():
+        from_dict(params_cls, {**common, **(v or {})}, f"arms.{k}")
+    return common, arms
+
+
 def apply_quick(data: dict, *, param_keys: tuple[str, ...] = ()) -> dict:
     """The config with its ``quick:`` section applied (``--quick``: a smoke run on a subset).
 
