@@ -68,6 +68,7 @@ _KEYS = {
     "name", "out", "seed", "experiments", "train", "finetune", "crossbars", "device",
     "nonideal", "trials", "eval_seed", "schemes", "params", "wct", "mitigations",
     "rearrange", "nf", "layers", "reference", "quick", "runtime", "data_root",
+    "uncalibrated_trials",
 }  # fmt: skip
 #: the only published number we have for the DATE 2022 study (secondary source, unverified):
 #: 64x64 crossbars, VGG on CIFAR-10, accuracy drop of the dense and the C/F-pruned network.
@@ -103,6 +104,14 @@ def sparse_nonideal_study(
     ni = NonIdealityModel.from_config(ni_cfg)
     trials = int(data.get("trials", 10))
     check_range("trials", trials, low=1)
+    unc_trials = int(data.get("uncalibrated_trials", 2))
+    check_range("uncalibrated_trials", unc_trials, low=0)
+    # the same hardware without column gain calibration, for the rows without mitigation
+    ni_unc = (
+        NonIdealityModel.from_config(replace(ni_cfg, column_calibration=False))
+        if ni_cfg.column_calibration and unc_trials > 0
+        else None
+    )
     schemes: dict[str, list[float]] = data.get("schemes") or {
         "cf": [0.5, 0.75],
         "xcs": [0.5, 0.75],
@@ -136,6 +145,8 @@ def sparse_nonideal_study(
         "finetune": to_dict(ft_cfg), "params": to_dict(params), "wct": to_dict(wct_p),
         "schemes": schemes, "mitigations": mitigations, "rearrange_variants": list(variants),
         "nf": nf_cfg, "layers": layers, "seed": seed, "trials": trials,
+        "column_calibration": ni_cfg.column_calibration,
+        "uncalibrated_trials": unc_trials if ni_unc is not None else 0,
     }  # fmt: skip
 
     def flush(plots: bool = True) -> None:
@@ -158,6 +169,7 @@ def sparse_nonideal_study(
         run = _Experiment(
             mc, dc, seed, train_cfg, ft_cfg, dev, ni, trials, int(data.get("eval_seed", 0)),
             params, wct_p, variants, nf_cfg, layers, work / f"{mc.name}_{dc.name}", device,
+            ni_unc, unc_trials,
         )  # fmt: skip
         for size in sizes:
             for arm in run.arms(size, schemes, mitigations):
@@ -192,13 +204,15 @@ class _Experiment:
     """One (model, dataset): cached models under ``work`` and the evaluation of every arm."""
 
     def __init__(self, mc, dc, seed, train_cfg, ft_cfg, dev, ni, trials, eval_seed, params,
-                 wct_p, variants, nf_cfg, layers, work: Path, device):  # fmt: skip
+                 wct_p, variants, nf_cfg, layers, work: Path, device, ni_unc=None,
+                 unc_trials=0):  # fmt: skip
         from xbarprune.data import load_splits
 
         self.mc, self.seed, self.train_cfg, self.ft_cfg = mc, seed, train_cfg, ft_cfg
         self.dev, self.ni, self.trials, self.eval_seed = dev, ni, trials, eval_seed
         self.params, self.wct_p, self.variants, self.nf_cfg = params, wct_p, variants, nf_cfg
         self.layers, self.device = layers, device
+        self.ni_unc, self.unc_trials = ni_unc, unc_trials
         self.work = ensure_dir(work)
         self.splits = load_splits(
             dc.name, dc.root, val_size=dc.val, train_subset=dc.train_subset,
@@ -363,6 +377,11 @@ class _Experiment:
         acc = evaluate_accuracy(model, self.test, self.device)
         res = evaluate(model, self.test, layout, self.dev, self.ni, trials=self.trials,
                        seed=self.eval_seed, device=self.device, weight_clip=clip)[0]  # fmt: skip
+        unc = None
+        if self.ni_unc is not None and mit == "none":
+            unc = evaluate(model, self.test, layout, self.dev, self.ni_unc,
+                           trials=self.unc_trials, seed=self.eval_seed, device=self.device,
+                           weight_clip=clip)[0]  # fmt: skip
         chosen: dict[str, int] = {}
         for v in (report or {}).values():
             chosen[v["chosen"]] = chosen.get(v["chosen"], 0) + 1
@@ -373,7 +392,10 @@ class _Experiment:
             "crossbars": counts["crossbars"], "ccr": dense_tiles / max(counts["crossbars"], 1),
             "mitigation": mit, "acc_ideal": acc, "acc_nonideal_mean": res.mean,
             "acc_nonideal_std": res.std, "acc_nonideal_trials": res.per_trial,
-            "trials": len(res.per_trial), "nf_mean": nf["nf_mean"], "nf_median": nf["nf_median"],
+            "trials": len(res.per_trial),
+            "acc_uncalibrated_mean": unc.mean if unc else None,
+            "acc_uncalibrated_trials": unc.per_trial if unc else None,
+            "nf_mean": nf["nf_mean"], "nf_median": nf["nf_median"],
             "nf_p95": nf["nf_p95"], "nf_quantiles": nf_cols,
             "low_g_fraction": nf["low_g_fraction"], "low_g_min": nf["low_g_min"],
             "kappa": self.wct_p.kappa if wct else None, "rearrangement": chosen or None,
@@ -424,17 +446,23 @@ def _markdown(summary: dict[str, Any]) -> str:
         f"g_max {c['device']['g_max']:.3g} S, {c['device']['levels']} levels; "
         f"{summary['trials']} Monte Carlo trials per point; layers on crossbars: {c['layers']}",
         "",
+        f"Column gain calibration: {'on' if c.get('column_calibration') else 'off'}; "
+        "'uncalibrated %' is the mitigation-free model on the same hardware without it "
+        f"({c.get('uncalibrated_trials', 0)} trials).",
+        "",
         "| model | dataset | crossbar | scheme | target | weight sparsity % | CCR | mitigation | "
-        "ideal % | non-ideal % | drop pp | NF mean | low-G share |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "ideal % | non-ideal % | drop pp | uncalibrated % | NF mean | low-G share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        unc = r.get("acc_uncalibrated_mean")
+        unc_s = "–" if unc is None else f"{100 * unc:.1f}"
         lines.append(
             f"| {r['model']} | {r['dataset']} | {r['crossbar']} | {r['scheme']} | "
             f"{r['sparsity_target']:g} | {100 * r['sparsity_weight']:.1f} | {r['ccr']:.2f} | "
             f"{r['mitigation']} | {100 * r['acc_ideal']:.2f} | {100 * r['acc_nonideal_mean']:.2f}"
-            f" ± {100 * r['acc_nonideal_std']:.2f} | {_drop(r):.1f} | {r['nf_mean']:.4f} | "
-            f"{r['low_g_fraction']:.3f} |"
+            f" ± {100 * r['acc_nonideal_std']:.2f} | {_drop(r):.1f} | {unc_s} | "
+            f"{r['nf_mean']:.4f} | {r['low_g_fraction']:.3f} |"
         )
     lines += ["", "![accuracy drop vs CCR](drop_vs_ccr.png)", "", "![NF distribution](nf.png)", ""]
     ref = summary["reference"]
