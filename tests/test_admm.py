@@ -16,6 +16,7 @@ from xbarprune.compress.admm import (
     allocate_alpha,
     layer_groups,
     ma2020_crossbar,
+    project_all,
     project_structure,
 )
 from xbarprune.compress.quantize import (
@@ -179,7 +180,7 @@ def test_admm_regularizer_value_and_dual_update():
     ls = memristor_levels(DeviceSpec(levels=4), 1)
     reg = ADMMRegularizer(model, {"0": (groups, 1)}, {"0": ls}, rho=0.5, rho_growth=2.0)
     Y = torch.tensor([[3.0, 4.0], [0.0, 0.0], [0.0, 0.0]])
-    assert torch.equal(reg.Y["0"], Y)
+    assert torch.equal(reg.Y[("0", 0)], Y)
     Z = torch.tensor([[8 / 3, 4.0], [0.0, 0.0], [0.0, 0.0]])  # on Y's support, scale 4
     assert torch.allclose(reg.Z["0"], Z)
     expected = 0.25 * ((w - Y).pow(2).sum() + (w - Z).pow(2).sum())
@@ -188,8 +189,38 @@ def test_admm_regularizer_value_and_dual_update():
     assert torch.allclose(model[0].weight.grad, 0.5 * ((w - Y) + (w - Z)))
     rec = reg.update()
     # U = (W - Y) rescaled by rho_old / rho_new = 1/2
-    assert torch.allclose(reg.U["0"], 0.5 * (w - Y)) and reg.rho == 1.0
+    assert torch.allclose(reg.U[("0", 0)], 0.5 * (w - Y)) and reg.rho == 1.0
     assert rec["structure_residual"]["0"] == pytest.approx(float((w - Y).norm() / w.norm()))
+
+
+def test_two_constraints_keep_a_submatrix():
+    # mapped matrix 3 inputs x 4 filters; at most 2 shapes (rows) and 2 filters (columns)
+    mat = torch.tensor([[5.0, 0.1, 4.0, 0.0], [0.2, 9.0, 0.1, 0.0], [4.0, 0.0, 5.0, 0.3]])
+    model, lay = _linear_layout(mat.t())
+    rows, cols = layer_groups(lay["0"], "shape"), layer_groups(lay["0"], "filter")
+    m = project_all(mat, [(rows, 2), (cols, 2)], layer="0")
+    # independent choices keep rows {1, 2} x cols {1, 0} (energy 97.04); alternating moves to
+    # rows {0, 1} x cols {0, 1} (106.05), the best 2 x 2 submatrix (brute force below)
+    assert int(m.sum()) == 4 and m.bool().any(1).tolist() == [True, True, False]
+    assert m.bool().any(0).tolist() == [True, True, False, False]
+    import itertools
+
+    best = max(
+        float(mat[list(r)][:, list(c)].pow(2).sum())
+        for r in itertools.combinations(range(3), 2)
+        for c in itertools.combinations(range(4), 2)
+    )
+    assert float((mat * m).pow(2).sum()) == pytest.approx(best)
+    # the regulariser: one auxiliary per constraint, Z on the intersection of their supports
+    ls = memristor_levels(DeviceSpec(levels=4), 1)
+    reg = ADMMRegularizer(model, {"0": [(rows, 2), (cols, 2)]}, {"0": ls}, rho=0.5)
+    y0, y1 = reg.Y[("0", 0)], reg.Y[("0", 1)]
+    assert set(reg.U) == {("0", 0), ("0", 1)}
+    support = (y0 != 0) & (y1 != 0)
+    assert torch.equal(reg.Z["0"] != 0, support)
+    w = model[0].weight.detach()
+    want = 0.25 * ((w - y0).pow(2).sum() + (w - y1).pow(2).sum() + (w - reg.Z["0"]).pow(2).sum())
+    assert torch.allclose(reg(model, 0.0), want)
 
 
 def test_alpha_allocation_and_bad_budgets():

@@ -438,3 +438,26 @@ def test_full_reproduction(tmp_path):  # pragma: no cover - long
         if r["variant"] == "faithful" and r["counting"] == "code-4x4" and r["crossbar"] == 64
     ]
     assert faithful
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_layer_fallback_takes_the_cheaper_mapping(fallback):
+    # a dense 4x4 layer split into four 1-input clusters: 4 crossbars of 4x4 by clusters,
+    # 1 compacted; with layer_fallback the layer is mapped compacted, and stays exact
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4)).eval()
+    clusters = [
+        Cluster(torch.tensor([i]), torch.arange(4), 1.0, torch.ones(4, 1, dtype=torch.bool))
+        for i in range(4)
+    ]
+    state = LayerState("0", model[0], clusters=clusters)
+    p = TraNNsformerParams(layer_fallback=fallback)
+    run = TraNNsformerRun(states=[state], history=[], xbar=4, params=p)
+    layout, info = trannsformer_layout(model, run, spec(4))
+    assert layout["0"].n_tiles == (1 if fallback else 4)
+    assert info["0"].get("fallback", False) is fallback
+    am = convert(model, layout, DeviceSpec(), NonIdealityModel.from_config(NonIdealityConfig()))
+    am.program(trial_generator(0, 0))
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(am(x), model(x), atol=1e-5, rtol=1e-5)

@@ -112,6 +112,37 @@ def project_structure(
     return mat * mask, mask
 
 
+def project_all(
+    mat: Tensor, constraints: list[tuple[Groups, int]], *, layer: str = "?", rounds: int = 3
+) -> Tensor:
+    """Keep mask (R, C) of the hard projection onto the intersection of ``constraints``.
+
+    One constraint: :func:`project_structure`. Several: alternating projections (each chooses
+    its groups on the weights the others keep), ``rounds`` passes or until stable: a heuristic,
+    since the exact projection onto e.g. "α rows and β columns" is a maximum-weight
+    biclique-type problem.
+    """
+    masks = [project_structure(mat, g, a, layer=layer)[1] for g, a in constraints]
+    if len(masks) == 1:
+        return masks[0]
+    for _ in range(rounds):
+        changed = False
+        for j, (g, a) in enumerate(constraints):
+            others = torch.ones_like(masks[j])
+            for i, m in enumerate(masks):
+                if i != j:
+                    others = others * m
+            new = project_structure(mat * others, g, a, layer=layer)[1]
+            changed |= not torch.equal(new, masks[j])
+            masks[j] = new
+        if not changed:
+            break
+    out = masks[0]
+    for m in masks[1:]:
+        out = out * m
+    return out
+
+
 # ----------------------------------------------------------------------------- ADMM state
 class ADMMRegularizer:
     """ADMM state of the constrained layers and the W-step penalty (a training-loop
@@ -119,15 +150,19 @@ class ADMMRegularizer:
 
         Σ_i ρ/2 ||W_i - Y_i + U_i||² + ρ/2 ||W_i - Z_i + V_i||²
 
-    ``structure``: layer -> (groups, α) for the P constraint; ``level_sets``: layer -> LevelSet
-    for the Q constraint (Z's support is Y's support where both apply). All tensors are kept in
-    weight shape, on the weights' device.
+    ``structure``: layer -> (groups, α) for the P constraint, or a list of them: several
+    structured constraints on one layer (e.g. at most α filter shapes *and* at most β filters,
+    StructADMM's combined sparsity, Zhang et al. 2018), each with its own auxiliary Y and dual
+    U, so that every projection stays exact and the layer converges to the intersection;
+    ``level_sets``: layer -> LevelSet for the Q constraint (Z's support is the intersection of
+    the Y supports where both apply). All tensors are kept in weight shape, on the weights'
+    device.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        structure: dict[str, tuple[Groups, int]],
+        structure: dict[str, tuple[Groups, int] | list[tuple[Groups, int]]],
         level_sets: dict[str, LevelSet],
         *,
         rho: float = 1e-3,
@@ -136,7 +171,9 @@ class ADMMRegularizer:
     ):
         check_range("rho", rho, low=0.0, low_open=True)
         check_range("rho_growth", rho_growth, low=1.0)
-        self.structure = dict(structure)
+        self.structure = {
+            n: [v] if isinstance(v, tuple) else list(v) for n, v in structure.items()
+        }
         self.level_sets = dict(level_sets)
         self.rho = float(rho)
         self.rho_growth = float(rho_growth)
@@ -147,14 +184,16 @@ class ADMMRegularizer:
         missing = [n for n in [*self.structure, *self.level_sets] if n not in self.mods]
         if missing:
             raise CompressionError(f"no layer(s) {', '.join(missing)} in the model")
-        self.Y: dict[str, Tensor] = {}
+        # Y[(n, j)], U[(n, j)]: auxiliary and dual of constraint j of layer n
+        self.Y: dict[tuple[str, int], Tensor] = {}
         self.Z: dict[str, Tensor] = {}
-        self.U: dict[str, Tensor] = {}
+        self.U: dict[tuple[str, int], Tensor] = {}
         self.V: dict[str, Tensor] = {}
         self.history: list[dict] = []
         with torch.no_grad():
-            for n in self.structure:
-                self.U[n] = torch.zeros_like(self.mods[n].weight)
+            for n, cons in self.structure.items():
+                for j in range(len(cons)):
+                    self.U[(n, j)] = torch.zeros_like(self.mods[n].weight)
             for n in self.level_sets:
                 self.V[n] = torch.zeros_like(self.mods[n].weight)
             self._project()
@@ -162,15 +201,18 @@ class ADMMRegularizer:
     @torch.no_grad()
     def _project(self) -> None:
         """Y, Z <- projections of W + U, W + V (eq. 6)."""
-        for n, (groups, alpha) in self.structure.items():
+        for n, cons in self.structure.items():
             w = self.mods[n].weight
-            a = w + self.U[n]
-            y, _ = project_structure(weight_to_matrix(a), groups, alpha, layer=n)
-            self.Y[n] = matrix_to_weight(y, tuple(w.shape)).contiguous()
+            for j, (groups, alpha) in enumerate(cons):
+                a = w + self.U[(n, j)]
+                y, _ = project_structure(weight_to_matrix(a), groups, alpha, layer=n)
+                self.Y[(n, j)] = matrix_to_weight(y, tuple(w.shape)).contiguous()
         for n, ls in self.level_sets.items():
             w = self.mods[n].weight
             a = w + self.V[n]
-            support = self.Y[n] != 0 if n in self.Y else torch.ones_like(w, dtype=torch.bool)
+            support = torch.ones_like(w, dtype=torch.bool)
+            for j in range(len(self.structure.get(n, ()))):
+                support &= self.Y[(n, j)] != 0
             self.Z[n] = project_levels(a, ls, support, layer=n)
 
     def _follow_device(self, device: torch.device) -> None:
@@ -185,8 +227,8 @@ class ADMMRegularizer:
             w = self.mods[n].weight
             self._follow_device(w.device)
             t = w.new_zeros(())
-            if n in self.Y:
-                t = t + (w - self.Y[n] + self.U[n]).pow(2).sum()
+            for j in range(len(self.structure.get(n, ()))):
+                t = t + (w - self.Y[(n, j)] + self.U[(n, j)]).pow(2).sum()
             if n in self.Z:
                 t = t + (w - self.Z[n] + self.V[n]).pow(2).sum()
             total = t if total is None else total + t
@@ -202,10 +244,14 @@ class ADMMRegularizer:
             self._follow_device(w.device)
         self._project()
         rec: dict = {"rho": self.rho, "structure_residual": {}, "level_residual": {}}
-        for n in self.structure:
+        for n, cons in self.structure.items():
             w = self.mods[n].weight
-            self.U[n] += w - self.Y[n]
-            rec["structure_residual"][n] = float((w - self.Y[n]).norm() / w.norm().clamp_min(1e-12))
+            worst = 0.0
+            for j in range(len(cons)):
+                self.U[(n, j)] += w - self.Y[(n, j)]
+                r = float((w - self.Y[(n, j)]).norm() / w.norm().clamp_min(1e-12))
+                worst = max(worst, r)
+            rec["structure_residual"][n] = worst
         for n in self.level_sets:
             w = self.mods[n].weight
             self.V[n] += w - self.Z[n]
@@ -230,6 +276,10 @@ class ADMMParams:
     fraction of groups), else the global ``compression`` (prunable weights / kept weights)
     allocated ``uniform`` (every layer keeps 1/compression of its groups) or ``global`` (the
     largest-RMS groups of the dense model over all prunable layers, at least one per layer).
+
+    ``combine_kind`` / ``combine_alpha`` (same layer names): a second structured constraint
+    on a layer, e.g. ``{conv2: filter}`` / ``{conv2: 17}`` with ``layer_kinds: {conv2: shape}``
+    keeps a submatrix of α shapes x 17 filters (ours; the papers prune one kind per layer).
     """
 
     kind: str = "filter"
@@ -240,6 +290,8 @@ class ADMMParams:
     allocation: Literal["uniform", "global"] = "uniform"
     keep: dict[str, float] = field(default_factory=dict)
     alpha: dict[str, int] = field(default_factory=dict)
+    combine_kind: dict[str, str] = field(default_factory=dict)
+    combine_alpha: dict[str, int] = field(default_factory=dict)
     # ADMM schedule (the paper gives none; see docs/methods/admm.md)
     rho: float = 0.03
     rho_growth: float = 3.0
@@ -268,9 +320,16 @@ class ADMMParams:
 
     def __post_init__(self) -> None:
         p = "method.params"
-        for k in (self.kind, *self.layer_kinds.values()):
+        for k in (self.kind, *self.layer_kinds.values(), *self.combine_kind.values()):
             if k not in ADMM_KINDS:
                 raise SpecError(f"{p}.kind = {k!r}; allowed: {', '.join(ADMM_KINDS)}")
+        if set(self.combine_kind) != set(self.combine_alpha):
+            raise SpecError(
+                f"{p}.combine_kind and {p}.combine_alpha must name the same layers "
+                f"(got {sorted(self.combine_kind)} and {sorted(self.combine_alpha)})"
+            )
+        for n, a in self.combine_alpha.items():
+            check_range(f"{p}.combine_alpha.{n}", a, low=1)
         if self.layers not in ("conv", "all"):
             raise SpecError(f"{p}.layers = {self.layers!r}; allowed: 'conv', 'all'")
         if self.allocation not in ("uniform", "global"):
@@ -304,7 +363,8 @@ class ADMMParams:
 
 # ----------------------------------------------------------------------------- helpers
 def prunable_layers(layout: CrossbarLayout, p: ADMMParams) -> list[str]:
-    unknown = [n for n in (*p.exclude, *p.keep, *p.alpha, *p.layer_kinds) if n not in layout.layers]
+    named = (*p.exclude, *p.keep, *p.alpha, *p.layer_kinds, *p.combine_kind)
+    unknown = [n for n in named if n not in layout.layers]
     if unknown:
         raise CompressionError(
             f"method.params names unknown layer(s): {', '.join(sorted(set(unknown)))}; "
@@ -431,11 +491,24 @@ def run_admm(
     kinds = {n: p.layer_kinds.get(n, p.kind) for n in names}
     alpha = allocate_alpha(model, layout, names, kinds, p)
     groups = {n: layer_groups(layout[n], kinds[n]) for n in names}
+    # every structured constraint of each layer: (groups, α), the second from combine_*
+    cons: dict[str, list[tuple[Groups, int]]] = {n: [(groups[n], alpha[n])] for n in names}
+    for n, k in p.combine_kind.items():
+        if n not in cons:
+            raise CompressionError(f"method.params.combine_kind names '{n}', which is not pruned")
+        g2 = layer_groups(layout[n], k)
+        if p.combine_alpha[n] > len(g2):
+            raise CompressionError(
+                f"layer '{n}': combine_alpha = {p.combine_alpha[n]} is larger than its "
+                f"{len(g2)} '{k}' groups"
+            )
+        cons[n].append((g2, int(p.combine_alpha[n])))
     level_sets = level_sets_for(layout, ctx.device_spec, p) if p.quantize else {}
     teacher = copy.deepcopy(model).eval() if p.quantize and p.distill_sigma > 0 else None
     info: dict = {
         "kinds": kinds,
         "alpha": alpha,
+        "combine": {n: [k, p.combine_alpha[n]] for n, k in p.combine_kind.items()},
         "groups": {n: len(g) for n, g in groups.items()},
         "levels": {n: ls.to_dict() for n, ls in level_sets.items()},
         # True when the level set is exactly the grid the crossbar encoding represents
@@ -452,7 +525,7 @@ def run_admm(
     # ---- ADMM (eqs. 5-7)
     reg = ADMMRegularizer(
         model,
-        {n: (groups[n], alpha[n]) for n in names},
+        cons,
         level_sets if p.admm_quant else {},
         rho=p.rho,
         rho_growth=p.rho_growth,
@@ -474,7 +547,7 @@ def run_admm(
     with torch.no_grad():
         for n in names:
             w = mods[n].weight
-            _, m = project_structure(weight_to_matrix(w), groups[n], alpha[n], layer=n)
+            m = project_all(weight_to_matrix(w), cons[n], layer=n)
             masks[n] = matrix_to_weight(m, tuple(w.shape)).clone()
     masks.apply(model)
     acc["admm_hard"] = ctx.val_accuracy()

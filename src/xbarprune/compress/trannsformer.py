@@ -107,6 +107,10 @@ class TraNNsformerParams:
         unclustered: ``greedy`` | ``compact`` | ``pack`` | ``drop`` (see module docstring).
         drop_epochs: fine-tune epochs after ``drop`` (masks fixed).
         pack: bin-pack cluster pieces into shared crossbars.
+        layer_fallback: per transformed layer, map it compacted (non-empty rows x columns of
+            the pruned matrix, tiled densely) instead of by clusters when that takes fewer
+            crossbars (ours; the paper clusters every layer, which costs crossbars on narrow
+            layers such as a 10-output classifier).
     Layers and training:
         conv: also transform Conv2d layers (unrolled (out, in*kh*kw) matrix); default FC only.
         layers: transform only these (names); empty = every Linear (and Conv2d if conv).
@@ -141,6 +145,7 @@ class TraNNsformerParams:
     unclustered: Unclustered = "greedy"
     drop_epochs: int = 2
     pack: bool = False
+    layer_fallback: bool = False
     conv: bool = False
     layers: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -756,12 +761,20 @@ def trannsformer_layout(
             continue
         L = states[lay.name]
         W = L.weight
+        nz = (W != 0).cpu()
+        r, c = nz.any(1), nz.any(0)
+        compact = [Block(c.nonzero().flatten(), r.nonzero().flatten())] if bool(nz.any()) else []
         if p.mode == "trannsformer":
             blocks, inf = layer_blocks(W, L.clusters, crossbar, unclustered, pack)
+            if p.layer_fallback:
+                n_cl = sum(b.tiles(crossbar) for b in blocks)
+                n_co = sum(b.tiles(crossbar) for b in compact)
+                inf["fallback"] = n_co < n_cl
+                if n_co < n_cl:
+                    blocks = compact
+                    inf.update(compact_rows=int(c.sum()), compact_cols=int(r.sum()))
         else:
-            nz = (W != 0).cpu()
-            r, c = nz.any(1), nz.any(0)
-            blocks = [Block(c.nonzero().flatten(), r.nonzero().flatten())] if bool(nz.any()) else []
+            blocks = compact
             inf = {"compact_rows": int(c.sum()), "compact_cols": int(r.sum())}
         if not blocks:  # an all-zero layer keeps one 1x1 block (one tile)
             blocks = [Block(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))]
