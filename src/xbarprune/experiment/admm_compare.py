@@ -243,7 +243,7 @@ def _experiment(
             )
             return {"stages": stages}
 
-        recs.append(bench.arm(key, build))
+        recs.append(bench.arm(key, build, config=p))
     rows = []
     for rec in recs:
         for st in rec["stages"]:

@@ -261,7 +261,7 @@ def _experiment(
             }
             return record(m, res.layout, extra)
 
-        recs[key] = bench.arm(key, build)
+        recs[key] = bench.arm(key, build, config=p)
 
     rows = [r for rec in recs.values() for r in named_rows(rec, list(nis))]
     rob_rows: list[dict] = []

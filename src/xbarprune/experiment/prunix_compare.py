@@ -207,7 +207,7 @@ def _one_experiment(
                 packed = layout.packed(m, p.kind) if p.pack else layout
                 return measure(m, reg, pruner, extra, packed)
 
-            rows += expand(bench.arm(f"{reg}_{pruner}", build))
+            rows += expand(bench.arm(f"{reg}_{pruner}", build, config=[params, pruner]))
     return rows
 
 

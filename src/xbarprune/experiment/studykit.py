@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from xbarprune.analog.simulate import evaluate
 from xbarprune.compress.base import CompressContext
-from xbarprune.config import from_dict
+from xbarprune.config import from_dict, to_dict
 from xbarprune.errors import ConfigError
 from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
 from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel, preset
@@ -74,6 +74,22 @@ def named_nonideal(
     if not isinstance(raw, dict):
         raise ConfigError(f"{what} comparison: 'nonideal' maps a name to a preset or a config")
     return raw, {k: nonideal_model(v, f"nonideal.{k}") for k, v in raw.items()}
+
+
+def config_fingerprint(config: Any) -> str:
+    """A short stable hash of a JSON-able config (dataclasses go through ``to_dict``)."""
+    import hashlib
+    from dataclasses import is_dataclass
+
+    def plain(v: Any) -> Any:
+        if is_dataclass(v) and not isinstance(v, type):
+            return to_dict(v)
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    text = json.dumps(plain(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def arm_overrides(data: dict, params_cls, default: dict[str, dict]) -> tuple[dict, dict]:
@@ -269,14 +285,29 @@ class Bench:
             log=self.log,
         )
 
-    def arm(self, key: str, build: Callable[[], dict]) -> dict:
-        """The record of arm ``key``: read from ``work/arm_<key>.json`` or built and stored."""
+    def arm(self, key: str, build: Callable[[], dict], config: Any = None) -> dict:
+        """The record of arm ``key``: read from ``work/arm_<key>.json`` or built and stored.
+
+        ``config`` (the arm's parameters, JSON-able) is fingerprinted into the record; a stored
+        record with another fingerprint is stale (the config changed since) and is rebuilt, so
+        a resumed run never mixes results of two configurations under one name. Records
+        without a fingerprint (older runs) are reused.
+        """
         path = self.work / f"arm_{key}.json"
+        fp = config_fingerprint(config) if config is not None else None
+        if path.is_file() and fp is not None:
+            stored = (json.loads(path.read_text()).get("base") or {}).get("arm_config")
+            if stored is not None and stored != fp:
+                self.log(f"[{self.tag}] arm {key}: config changed since it was stored, rebuilding")
+                path.unlink()
         if not path.is_file():
             self.log(f"[{self.tag}] arm {key}")
             t = time.perf_counter()
             rec = build()
-            rec.setdefault("base", {})["arm_seconds"] = round(time.perf_counter() - t, 1)
+            base = rec.setdefault("base", {})
+            base["arm_seconds"] = round(time.perf_counter() - t, 1)
+            if fp is not None:
+                base["arm_config"] = fp
             atomic_write_json(path, rec)
         return json.loads(path.read_text())
 

@@ -225,7 +225,7 @@ def _one_experiment(
                 "code_counts": {"g=X": code_counts(run, xs[0]), "g=4": code_counts(run, 4)},
             }
 
-        rec = bench.arm(key, build)
+        rec = bench.arm(key, build, config=[p, xs, method, variant])
         rows.extend(rec["rows"])
         path = bench.work / f"connectivity_{key}.png"
         if path.is_file():
