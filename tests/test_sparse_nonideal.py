@@ -345,7 +345,7 @@ def test_quick_study_runs_end_to_end(tmp_path):
     # XRS is left out here (its pruning and packing are tested above) to keep this < ~20 s
     data_cfg["quick"] = {
         "epochs": 1, "trials": 2, "crossbars": [16], "reg_epochs": 1, "ft_epochs": 1,
-        "rounds": 1, "schemes": {"cf": [0.5], "xcs": [0.5]},
+        "rounds": 1, "schemes": {"cf": [0.5], "xcs": [0.5]}, "ablation_trials": 1,
     }  # fmt: skip
     data_cfg["nf"] = {"calib": 8, "max_vectors": 32}
     data_cfg["rearrange"] = {"variants": ["within_desc", "across"]}
@@ -368,6 +368,18 @@ def test_quick_study_runs_end_to_end(tmp_path):
             assert r["nf_mean"] < plain["nf_mean"]
     assert (tmp_path / "summary.md").is_file() and (tmp_path / "drop_vs_ccr.png").is_file()
     assert (tmp_path / "nf.png").is_file()
+    # the effect ablation: every effect subset for dense and each scheme, and trial 0 of its
+    # "all" / "all, uncalibrated" is trial 0 of the study's own rows (same seeds, same model)
+    abl = summary["ablation"]
+    effects = ["quantization", "quantization+variation", "quantization+parasitics",
+               "quantization+adc", "all", "all, uncalibrated"]  # fmt: skip
+    assert [a["effects"] for a in abl if a["scheme"] == "dense"] == effects
+    assert {a["scheme"] for a in abl} == {"dense", "cf", "xcs"}
+    for scheme in ("dense", "cf", "xcs"):
+        row = next(r for r in rows if (r["scheme"], r["mitigation"]) == (scheme, "none"))
+        got = {a["effects"]: a["acc_mean"] for a in abl if a["scheme"] == scheme}
+        assert got["all"] == row["acc_nonideal_trials"][0]
+        assert got["all, uncalibrated"] == row["acc_uncalibrated_trials"][0]
     again = sparse_nonideal_study(data_cfg, out=str(tmp_path), quick=True, command="t", t0=0.0)
     assert [r["acc_nonideal_mean"] for r in again["rows"]] == [r["acc_nonideal_mean"] for r in rows]
 

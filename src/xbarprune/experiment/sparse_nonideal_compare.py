@@ -68,7 +68,7 @@ _KEYS = {
     "name", "out", "seed", "experiments", "train", "finetune", "crossbars", "device",
     "nonideal", "trials", "eval_seed", "schemes", "params", "wct", "mitigations",
     "rearrange", "nf", "layers", "reference", "quick", "runtime", "data_root",
-    "uncalibrated_trials",
+    "uncalibrated_trials", "ablation_trials",
 }  # fmt: skip
 #: the only published number we have for the DATE 2022 study (secondary source, unverified):
 #: 64x64 crossbars, VGG on CIFAR-10, accuracy drop of the dense and the C/F-pruned network.
@@ -112,6 +112,9 @@ def sparse_nonideal_study(
         if ni_cfg.column_calibration and unc_trials > 0
         else None
     )
+    abl_trials = int(data.get("ablation_trials", 3))
+    check_range("ablation_trials", abl_trials, low=0)
+    ablations = _ablations(ni_cfg) if abl_trials > 0 else {}
     schemes: dict[str, list[float]] = data.get("schemes") or {
         "cf": [0.5, 0.75],
         "xcs": [0.5, 0.75],
@@ -147,13 +150,16 @@ def sparse_nonideal_study(
         "nf": nf_cfg, "layers": layers, "seed": seed, "trials": trials,
         "column_calibration": ni_cfg.column_calibration,
         "uncalibrated_trials": unc_trials if ni_unc is not None else 0,
+        "ablation_trials": abl_trials,
     }  # fmt: skip
+    ablation: list[dict] = []
 
     def flush(plots: bool = True) -> None:
         summary = header(command, t0, {"quick": quick, "trials": trials})
         summary["config"] = cfg
         summary["reference"] = REFERENCE
         summary["rows"] = rows
+        summary["ablation"] = ablation
         atomic_write_json(out_dir / "summary.json", summary)
         atomic_write_text(out_dir / "summary.md", _markdown(summary))
         if plots:
@@ -175,8 +181,28 @@ def sparse_nonideal_study(
             for arm in run.arms(size, schemes, mitigations):
                 rows.append(arm)
                 flush(plots=False)
+            if ablations:
+                ablation.extend(run.ablation(size, schemes, ablations, abl_trials))
+                flush(plots=False)
     flush()
     return json.loads((out_dir / "summary.json").read_text())
+
+
+def _ablations(cfg: NonIdealityConfig) -> dict[str, NonIdealityModel]:
+    """Effect subsets of ``cfg`` (calibration as in ``cfg`` unless named): what each costs."""
+    cal = cfg.column_calibration
+    base = NonIdealityConfig(quantization=cfg.quantization, column_calibration=cal)
+    subsets = {"quantization": base}
+    if cfg.variation is not None:
+        subsets["quantization+variation"] = replace(base, variation=cfg.variation)
+    if cfg.ir_drop is not None:
+        subsets["quantization+parasitics"] = replace(base, ir_drop=cfg.ir_drop)
+    if cfg.adc_bits is not None:
+        subsets["quantization+adc"] = replace(base, adc_bits=cfg.adc_bits)
+    subsets["all"] = cfg
+    if cal:
+        subsets["all, uncalibrated"] = replace(cfg, column_calibration=False)
+    return {k: NonIdealityModel.from_config(v) for k, v in subsets.items()}
 
 
 def _apply_quick(data: dict, q: dict) -> dict:
@@ -185,7 +211,8 @@ def _apply_quick(data: dict, q: dict) -> dict:
     for sec in ("train", "finetune"):
         if "epochs" in q:
             d.setdefault(sec, {})["epochs"] = q["epochs"]
-    for k in ("trials", "crossbars", "schemes", "mitigations"):
+    for k in ("trials", "crossbars", "schemes", "mitigations", "ablation_trials",
+              "uncalibrated_trials"):
         if k in q:
             d[k] = q[k]
     for k in ("reg_epochs", "ft_epochs"):
@@ -337,9 +364,9 @@ class _Experiment:
                     atomic_write_json(f, self._arm(size, scheme, s, mit, dense_tiles))
                 yield json.loads(f.read_text())
 
-    def _arm(self, size: int, scheme: str, s: float, mit: str, dense_tiles: int) -> dict:
-        t = time.perf_counter()
-        wct = mit in ("wct", "both")
+    def prepared(self, size: int, scheme: str, s: float, wct: bool):
+        """(model, layout, weight clip or None) of one arm as it goes on the crossbars: C/F
+        physically pruned, XCS/XRS on their packed layouts, WCT with its fixed w_max."""
         w_max = None
         if scheme == "dense":
             path = self.dense_wct() if wct else None
@@ -357,10 +384,39 @@ class _Experiment:
         layout = self.layout(model, size)
         if scheme in ("xcs", "xrs"):
             layout = layout.packed(model, PACK_KIND[scheme])
+        clip = {n: w_max[n] for n in layout.layers} if w_max else None
+        return model, layout, clip
+
+    def ablation(self, size: int, schemes: dict, ablations: dict, trials: int) -> list[dict]:
+        """Which effect costs what: the dense model and each scheme at its highest sparsity
+        (no mitigation) under each effect subset of ``ablations`` (cached per size)."""
+        f = self.work / f"ablation_{size}.json"
+        if not f.is_file():
+            cases = [("dense", 0.0)] + [(k, float(max(v))) for k, v in schemes.items() if v]
+            out = []
+            for scheme, s in cases:
+                model, layout, clip = self.prepared(size, scheme, s, wct=False)
+                acc = evaluate_accuracy(model, self.test, self.device)
+                for name, ni in ablations.items():
+                    res = evaluate(model, self.test, layout, self.dev, ni, trials=trials,
+                                   seed=self.eval_seed, device=self.device,
+                                   weight_clip=clip)[0]  # fmt: skip
+                    out.append({
+                        "model": self.mc.name, "dataset": self.splits.name,
+                        "crossbar": f"{size}x{size}", "scheme": scheme, "sparsity_target": s,
+                        "effects": name, "acc_ideal": acc, "acc_mean": res.mean,
+                        "acc_std": res.std, "trials": len(res.per_trial),
+                    })  # fmt: skip
+            atomic_write_json(f, out)
+        return json.loads(f.read_text())
+
+    def _arm(self, size: int, scheme: str, s: float, mit: str, dense_tiles: int) -> dict:
+        t = time.perf_counter()
+        wct = mit in ("wct", "both")
+        model, layout, clip = self.prepared(size, scheme, s, wct)
         counts = crossbar_counts(model, layout, layout)
         base_w = sum(dict(self.dense.named_modules())[n].weight.numel() for n in layout.layers)
         nz = sum(int((dict(model.named_modules())[n].weight != 0).sum()) for n in layout.layers)
-        clip = {n: w_max[n] for n in layout.layers} if w_max else None
         report = None
         if mit in ("rearrange", "both"):
             layout, report = choose_rearrangement(
@@ -465,6 +521,7 @@ def _markdown(summary: dict[str, Any]) -> str:
             f"{r['nf_mean']:.4f} | {r['low_g_fraction']:.3f} |"
         )
     lines += ["", "![accuracy drop vs CCR](drop_vs_ccr.png)", "", "![NF distribution](nf.png)", ""]
+    lines += _ablation_markdown(summary.get("ablation") or [])
     ref = summary["reference"]
     lines += [
         f"## Against the only published number ({ref['crossbar']}, secondary source, unverified)",
@@ -486,6 +543,34 @@ def _markdown(summary: dict[str, Any]) -> str:
             )
     lines.append("")
     return "\n".join(lines)
+
+
+def _ablation_markdown(abl: list[dict]) -> list[str]:
+    """Accuracy (%) under each effect subset, one line per (model, crossbar, scheme)."""
+    if not abl:
+        return []
+    effects = list(dict.fromkeys(a["effects"] for a in abl))
+    keys = list(dict.fromkeys((a["model"], a["crossbar"], a["scheme"]) for a in abl))
+    lines = [
+        f"## Which effect costs what (no mitigation; {abl[0]['trials']} trials; highest "
+        "sparsity of each scheme)",
+        "",
+        "| model | crossbar | scheme | ideal % | " + " | ".join(effects) + " |",
+        "|---|---|---|---|" + "---|" * len(effects),
+    ]
+    for mo, xb, sc in keys:
+        sel = {
+            a["effects"]: a for a in abl if (a["model"], a["crossbar"], a["scheme"]) == (mo, xb, sc)
+        }
+        first = next(iter(sel.values()))
+        cells = [
+            f"{100 * sel[e]['acc_mean']:.1f} ± {100 * sel[e]['acc_std']:.1f}" if e in sel else "–"
+            for e in effects
+        ]
+        head = f"| {mo} | {xb} | {sc} | {100 * first['acc_ideal']:.1f} | "
+        lines.append(head + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def _plots(rows: list[dict], out_dir: Path) -> None:
