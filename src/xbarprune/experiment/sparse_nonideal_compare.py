@@ -188,6 +188,13 @@ def sparse_nonideal_study(
     return json.loads((out_dir / "summary.json").read_text())
 
 
+def _random(cfg: NonIdealityConfig) -> bool:
+    """Whether a trial draws anything at random (else every trial gives the same numbers)."""
+    return any(
+        getattr(cfg, k) is not None for k in ("variation", "faults", "read_noise", "pcm", "drift")
+    )
+
+
 def _ablations(cfg: NonIdealityConfig) -> dict[str, NonIdealityModel]:
     """Effect subsets of ``cfg`` (calibration as in ``cfg`` unless named): what each costs."""
     cal = cfg.column_calibration
@@ -398,7 +405,8 @@ class _Experiment:
                 model, layout, clip = self.prepared(size, scheme, s, wct=False)
                 acc = evaluate_accuracy(model, self.test, self.device)
                 for name, ni in ablations.items():
-                    res = evaluate(model, self.test, layout, self.dev, ni, trials=trials,
+                    n = trials if _random(ni.config) else 1  # deterministic: one trial
+                    res = evaluate(model, self.test, layout, self.dev, ni, trials=n,
                                    seed=self.eval_seed, device=self.device,
                                    weight_clip=clip)[0]  # fmt: skip
                     out.append({
