@@ -176,3 +176,24 @@ def test_methods_cli_lists_registry(capsys):
     out = capsys.readouterr().out
     for name in ("magnitude", "group-magnitude", "prunix", "none"):
         assert name in out
+
+
+def test_wct_run_simulates_with_its_fixed_mapping_scale(tmp_path):
+    import copy
+
+    from xbarprune.experiment.pipeline import mapping_clip
+
+    cfg = copy.deepcopy(TINY)
+    cfg["method"] = {"name": "wct", "params": {"kappa": 0.5, "rounds": 1, "epochs_per_round": 1}}
+    cfg["finetune"]["epochs"] = 0  # keep |w| <= kappa w_max as WCT left it
+    cfg["evaluate"] = {"times": ["1s"], "trials": 1, "seed": 1}
+    run = Run(load_config(cfg), tmp_path, log=lambda s: None)
+    run.run()
+    sim = json.loads((tmp_path / "stages" / "simulate.json").read_text())
+    dense, comp, dl, cl, ck = run.models()
+    clip = mapping_clip(ck["info"], cl)
+    assert clip is not None and sim["weight_clip"] == pytest.approx(clip)
+    mods = dict(comp.named_modules())
+    for n, w_max in clip.items():  # the clip is the pre-WCT scale: weights use half of it
+        assert float(mods[n].weight.detach().abs().max()) <= 0.5 * w_max + 1e-6
+    assert mapping_clip({}, cl) is None and mapping_clip({"w_max": {"nope": 1.0}}, cl) is None

@@ -331,13 +331,16 @@ class Run:
         trials = ev.trials if trials is None else trials
         ni = self.cfg.nonideal_model(nonideal)
         ideal = NonIdealityModel.from_config(NonIdealityConfig())
-        dense, comp, dl, cl, _ = self.models()
+        dense, comp, dl, cl, ck = self.models()
         data = self.test_loader()
         out: dict[str, Any] = {"times_s": times, "trials": trials, "seed": ev.seed}
-        pairs = [("compressed", comp, cl)]
+        clip = mapping_clip(ck.get("info") or {}, cl)
+        if clip:
+            out["weight_clip"] = clip
+        pairs = [("compressed", comp, cl, clip)]
         if ev.dense:
-            pairs.insert(0, ("dense", dense, dl))
-        for tag, model, lay in pairs:
+            pairs.insert(0, ("dense", dense, dl, None))
+        for tag, model, lay, wc in pairs:
             t0 = time.perf_counter()
             digital = evaluate_accuracy(model, data, self.device)
             analog_ideal = evaluate(
@@ -349,6 +352,7 @@ class Run:
                 trials=1,
                 seed=ev.seed,
                 device=self.device,
+                weight_clip=wc,
             )[0].mean
             res = evaluate(
                 model,
@@ -360,6 +364,7 @@ class Run:
                 seed=ev.seed,
                 times=times,
                 device=self.device,
+                weight_clip=wc,
             )
             out[tag] = {
                 "digital": digital,
@@ -410,3 +415,14 @@ def versions() -> dict[str, str]:
     except ImportError:
         pass
     return v
+
+
+def mapping_clip(info: dict, layout: CrossbarLayout) -> dict[str, float] | None:
+    """The fixed mapping scale a method asks for (``info["w_max"]``: layer -> weight mapped to
+    g_max, e.g. weight-constrained training), restricted to the layout's layers; None if none."""
+    w_max = info.get("w_max")
+    if not isinstance(w_max, dict):
+        return None
+    clip = {n: float(v) for n, v in w_max.items() if n in layout.layers}
+    return clip or None
+
