@@ -115,7 +115,7 @@ class WCT(Method):
         masks = MaskSet.from_model(ctx.model, list(ctx.layout.layers))
         info = weight_constrained_training(ctx, self.params, masks=masks)
         ctx.log(
-            f"  wct: kappa {self.params.kappa}, {self.params.rounds} rounds; the pipeline simulates "
-            "with weight_clip = info['w_max'] (the fixed mapping scale)"
+            f"  wct: kappa {self.params.kappa}, {self.params.rounds} rounds; the pipeline "
+            "simulates with weight_clip = info['w_max'] (the fixed mapping scale)"
         )
         return CompressResult(masks=masks, info=plain_info(info))
