@@ -560,8 +560,8 @@ def _ablation_markdown(abl: list[dict]) -> list[str]:
     effects = list(dict.fromkeys(a["effects"] for a in abl))
     keys = list(dict.fromkeys((a["model"], a["crossbar"], a["scheme"]) for a in abl))
     lines = [
-        f"## Which effect costs what (no mitigation; {abl[0]['trials']} trials; highest "
-        "sparsity of each scheme)",
+        f"## Which effect costs what (no mitigation; {max(a['trials'] for a in abl)} trials, 1 "
+        "for the deterministic subsets; highest sparsity of each scheme)",
         "",
         "| model | crossbar | scheme | ideal % | " + " | ".join(effects) + " |",
         "|---|---|---|---|" + "---|" * len(effects),
