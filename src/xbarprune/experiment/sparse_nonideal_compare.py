@@ -505,7 +505,9 @@ def _markdown(summary: dict[str, Any]) -> str:
         "# Sparse DNNs on non-ideal crossbars (issue #8)",
         "",
         f"Command: `{summary['command']}`  ",
-        f"Wall time: {summary['wall_time_s']:.0f} s ({summary['machine']})  ",
+        f"Wall time: {summary['wall_time_s']:.0f} s ({summary['machine']}); compute time of all "
+        "arms, including arms reused from earlier invocations (pruning, WCT, evaluation; dense "
+        f"training excluded): {sum(r.get('eval_seconds', 0) for r in rows):.0f} s  ",
         f"Non-idealities: `{c['nonideal']}`; device g_min {c['device']['g_min']:.3g} S, "
         f"g_max {c['device']['g_max']:.3g} S, {c['device']['levels']} levels; "
         f"{summary['trials']} Monte Carlo trials per point; layers on crossbars: {c['layers']}",
