@@ -157,6 +157,7 @@ class AnalogLayer(nn.Module):
         self._phys = state
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         self._read_gen = torch.Generator(device=mat.device).manual_seed(seed)
+        wt = None
         if self.drift_compensation:
             # aihwkit's GlobalDriftCompensation: one-hot reads of the whole tile right after
             # programming and at time t; gain = sum|W_0| / sum|W_t|
@@ -165,10 +166,13 @@ class AnalogLayer(nn.Module):
             ref0, reft = float(w0.abs().sum()), float(wt.abs().sum())
             self._gain = ref0 / reft if reft > 0 else 1.0
         if self.column_calibration:
-            measured = self._state_weights(state, placed) * self._gain
+            if wt is None:
+                wt = self._state_weights(state, placed)
+            measured = wt * self._gain
             intended = mat.clamp(-self._w_max, self._w_max)
             self._col_gain = column_gains(intended, measured)
-        if self.drift_compensation and not self.nonideal.has_read_stage and not self.tile_mode:
+        if wt is not None and not self.nonideal.has_read_stage and not self.tile_mode:
+            # the read-back weights are the effective ones: no second decode
             self._w_eff = wt * self._gain
             if self._col_gain is not None:
                 self._w_eff = self._w_eff * self._col_gain
