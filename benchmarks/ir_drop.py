@@ -13,7 +13,13 @@ inputs when the data are not found) through VGG-11 (``--width``) with every conv
 Both are medians of ``--repeat`` runs. Target: ``ir_drop_s <= 5 x digital_s``. The last line
 (with ``--json``) is a JSON object with ``model, crossbar, digital_s, ir_drop_s`` and more.
 
+``--solvers N`` instead times the exact solvers against each other on ``N`` random RRAM tiles
+(G uniform in [2, 20] uS, the preset's resistances): ``direct`` (the default) and
+``iterative`` at tolerances 1e-12 / 1e-9 / 1e-6, ms per tile and the largest relative
+difference from ``direct``.
+
     python benchmarks/ir_drop.py [--width 1] [--test-subset 10000] [--repeat 3] [--json]
+    python benchmarks/ir_drop.py --solvers 32 [--size 64] [--threads 1] [--json]
 """
 
 from __future__ import annotations
@@ -59,6 +65,33 @@ def _median(fn, repeat: int) -> float:
     return statistics.median(ts)
 
 
+def solvers(n: int, size: int) -> dict:
+    """ms per tile of each exact solver on ``n`` random tiles, side by side."""
+    from xbarprune.hardware.nonideal.ir_drop import effective_conductance
+
+    g = torch.Generator().manual_seed(0)
+    tiles = 2e-6 + 1.8e-5 * torch.rand(n, size, size, generator=g, dtype=torch.float64)
+    r = (5.0, 10.0, 1000.0, 1000.0)
+    runs = {"direct": {"method": "direct"}}
+    for tol in (1e-12, 1e-9, 1e-6):
+        runs[f"iterative tol {tol:g}"] = {"method": "iterative", "tol": tol}
+    out: dict = {"tiles": n, "crossbar": f"{size}x{size}", "threads": torch.get_num_threads()}
+    ref = None
+    for name, kw in runs.items():
+        t = time.perf_counter()
+        geff = effective_conductance(tiles, *r, **kw)
+        ms = (time.perf_counter() - t) / n * 1e3
+        if ref is None:
+            ref = geff
+        err = float((geff - ref).abs().max() / ref.abs().max())
+        out[name] = {"ms_per_tile": round(ms, 2), "max_rel_diff": err}
+        print(f"  {name:22s} {ms:8.2f} ms/tile   max rel diff from direct {err:.1e}")
+    base = out["direct"]["ms_per_tile"]
+    out["speedup_vs_iterative_1e-12"] = round(out["iterative tol 1e-12"]["ms_per_tile"] / base, 2)
+    print(f"  direct is {out['speedup_vs_iterative_1e-12']:.1f}x faster than iterative at 1e-12")
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="vgg11")
@@ -71,8 +104,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--solvers", type=int, default=0, help="time the solvers on N tiles")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.solvers:
+        res = solvers(a.solvers, a.size)
+        if a.json:
+            print(json.dumps(res))
+        return res
     dev = torch.device(a.device)
     loader, dname, n = _data(a.data_root, a.test_subset, a.batch)
     model = build_model(a.model, in_channels=1, image_size=32, width=a.width, seed=0).to(dev)

@@ -1,7 +1,10 @@
-"""IR drop: dense nodal solve against hand-computed circuits, the iterative solver against the
-dense one, the closed-form approximation's stated error, and the effect's contract."""
+"""IR drop: dense nodal solve against hand-computed circuits, the direct (block elimination)
+and iterative solvers against the dense one, the closed-form approximation's stated error,
+and the effect's contract."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
@@ -13,7 +16,7 @@ from xbarprune.hardware.nonideal import (
     effective_conductance,
     nodal_solve,
 )
-from xbarprune.hardware.nonideal.ir_drop import _iterative
+from xbarprune.hardware.nonideal.ir_drop import _direct, _iterative
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
 
 F64 = torch.float64
@@ -47,7 +50,7 @@ def test_two_rows_one_column_by_hand():
     e10 = g1 / (g1 + 1 / rk + g0 / (1 + rc * g0)) / rk
     i = nodal_solve(g, torch.eye(2, dtype=F64), r_row=5.0, r_col=rc, r_source=0.0, r_sink=rk)
     assert i[:, 0].tolist() == pytest.approx([e00, e10], rel=1e-12)
-    for method in ("iterative", "nodal", "approx"):  # approx is exact with ideal rows
+    for method in ("direct", "iterative", "nodal", "approx"):  # approx: exact, ideal rows
         geff = effective_conductance(g, 5.0, rc, 0.0, rk, method=method)
         assert geff[:, 0].tolist() == pytest.approx([e00, e10], rel=1e-9), method
 
@@ -99,6 +102,37 @@ def test_iterative_matches_nodal(r):
     assert exact.sum() < g.sum()
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 4), (5, 1), (4, 6), (7, 3)], ids=str)
+def test_direct_matches_nodal_for_every_zero_pattern(shape):
+    """Each of r_row, r_col, r_source, r_sink zero (an ideal wire, merged or Dirichlet node)
+    or not: 16 circuits per shape, including single rows and columns."""
+    g = rand_g(3, *shape, seed=9, lo=1e-5, hi=1e-3)
+    for on in itertools.product((0, 1), repeat=4):
+        r = tuple(x * f for x, f in zip((5.0, 10.0, 1000.0, 500.0), on, strict=True))
+        exact = effective_conductance(g, *r, method="nodal")
+        direct = effective_conductance(g, *r, method="direct")
+        err = ((direct - exact).abs().max() / exact.abs().max()).item()
+        assert err < 1e-11, (r, err)
+
+
+def test_direct_matches_iterative_on_64x64_rram_tiles():
+    gen = torch.Generator().manual_seed(13)
+    g = 2e-6 + 1.8e-5 * torch.rand(3, 64, 64, generator=gen, dtype=F64)  # R_on 50 kOhm, 1:10
+    r = (5.0, 10.0, 1000.0, 1000.0)
+    direct = effective_conductance(g, *r)  # the default method
+    it = effective_conductance(g, *r, method="iterative", tol=1e-12)
+    assert ((direct - it).abs() <= 1e-9 * it.abs()).all()
+    chunked = _direct(g, *r, chunk=64 * 64 * 64)  # one tile per chunk
+    assert torch.allclose(chunked, direct, rtol=1e-13, atol=0)
+
+
+def test_direct_rejects_bad_conductances():
+    g = rand_g(1, 4, 4)
+    g[0, 1, 2] = float("nan")
+    with pytest.raises(SpecError, match="positive definite"):
+        effective_conductance(g, 5.0, 10.0, 1000.0, 1000.0)
+
+
 def test_iterative_rectangular_and_float32():
     g = rand_g(2, 6, 9, seed=5)
     r = (5.0, 10.0, 300.0, 200.0)
@@ -145,7 +179,7 @@ def test_zero_resistance_is_ideal_exactly():
     assert effective_conductance(g, 0.0, 0.0) is g
     ctx = EffectContext(DeviceSpec(), CrossbarSpec(8, 8), torch.Generator().manual_seed(0))
     assert torch.equal(IRDrop().apply(g, ctx), g)
-    for method in ("nodal", "approx", "iterative"):
+    for method in ("nodal", "approx", "iterative", "direct"):
         out = effective_conductance(g, 0.0, 0.0, method=method)
         assert torch.equal(out, g)
 
@@ -168,14 +202,17 @@ def test_irdrop_validation_and_non_convergence():
     with pytest.raises(SpecError, match="IRDrop.method"):
         IRDrop(method="spice")
     with pytest.raises(SpecError, match="max_iter"):
-        effective_conductance(rand_g(1, 8, 8), 5.0, 10.0, 1000.0, 1000.0, max_iter=2)
+        effective_conductance(
+            rand_g(1, 8, 8), 5.0, 10.0, 1000.0, 1000.0, method="iterative", max_iter=2
+        )
     with pytest.raises(SpecError, match="v must be"):
         nodal_solve(rand_g(2, 4, 4), torch.ones(3, 3, 4), 1.0, 1.0)
 
 
 def test_nodal_solve_is_right_with_several_threads():
     """Regression: torch 2.13's batched LU solve is broken on CPU with > 1 thread (MKL); the
-    nodal solve uses a batched Cholesky and must agree with the iterative one at 2 threads."""
+    nodal and direct solves use batched Cholesky and must agree with the iterative one at 2
+    threads."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -184,5 +221,7 @@ def test_nodal_solve_is_right_with_several_threads():
         exact = effective_conductance(g, 5.0, 10.0, 1000.0, 1000.0, method="nodal")
         fast = effective_conductance(g, 5.0, 10.0, 1000.0, 1000.0, method="iterative", tol=1e-12)
         assert ((fast - exact).abs() <= 1e-9 * exact.abs()).all()
+        direct = effective_conductance(g, 5.0, 10.0, 1000.0, 1000.0, method="direct")
+        assert ((direct - exact).abs() <= 1e-11 * exact.abs()).all()
     finally:
         torch.set_num_threads(threads)

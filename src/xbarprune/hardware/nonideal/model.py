@@ -180,7 +180,7 @@ class IRDropConfig:
     r_col: float = 0.0
     r_source: float = 0.0
     r_sink: float = 0.0
-    method: IRMethod = "iterative"
+    method: IRMethod = "direct"
     tol: float = 1e-12
     max_iter: int = 2000
 
