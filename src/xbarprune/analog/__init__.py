@@ -1,5 +1,6 @@
 """Simulated inference on non-ideal crossbars: analog layers, conversion, Monte Carlo."""
 
+from xbarprune.analog.batchnorm import BNCalibration, BNCalibrationConfig
 from xbarprune.analog.layers import AnalogLayer
 from xbarprune.analog.simulate import (
     AnalogModel,
@@ -13,6 +14,8 @@ from xbarprune.analog.simulate import (
 __all__ = [
     "AnalogLayer",
     "AnalogModel",
+    "BNCalibration",
+    "BNCalibrationConfig",
     "EvalResult",
     "accuracy",
     "convert",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from xbarprune.analog.batchnorm import BNCalibration, batchnorm_state, restore_batchnorm
 from xbarprune.analog.layers import AnalogLayer
 from xbarprune.hardware.nonideal.model import NonIdealityModel
 from xbarprune.hardware.spec import DeviceSpec
@@ -125,6 +126,7 @@ def evaluate(
     times: Sequence[float] = (1.0,),
     device: torch.device | str | None = None,
     weight_clip: dict[str, float] | None = None,
+    bn_calibration: BNCalibration | None = None,
 ) -> list[EvalResult]:
     """Monte Carlo accuracy of ``model`` on non-ideal crossbars, one result per time.
 
@@ -132,12 +134,15 @@ def evaluate(
     the same devices (same variation, faults, drift exponents) are seen at every t: results
     across times are paired, as for one chip observed over time. When no effect depends on
     time, one pass per trial serves every t (the numbers are identical by construction).
+    ``bn_calibration`` re-calibrates the BatchNorm layers on every programmed chip (trial and
+    time), each time from the pre-trained BatchNorm state (:mod:`xbarprune.analog.batchnorm`).
     """
     if device is None:
         device = next(model.parameters()).device
     am = convert(model, layout, device_spec, nonideal, weight_clip=weight_clip).to(device)
     n_trials = 1 if nonideal.is_ideal else trials
     timeless = not nonideal.stage("time")  # no effect depends on t: one pass serves every t
+    bn_state = batchnorm_state(am) if bn_calibration is not None else None
     out = [EvalResult(time_s=float(t)) for t in times]
     for i in range(n_trials):
         for j, t in enumerate(times):
@@ -145,5 +150,8 @@ def evaluate(
                 out[j].per_trial.append(out[0].per_trial[-1])
                 continue
             am.program(trial_generator(seed, i, device), time_s=float(t))
+            if bn_calibration is not None and bn_state is not None:
+                restore_batchnorm(am, bn_state)
+                bn_calibration.apply(am, i)
             out[j].per_trial.append(accuracy(am, data, device))
     return out

@@ -48,8 +48,18 @@ def quantize_uniform(
 ) -> Tensor:
     """Round ``x`` to the uniform ``bits``-bit grid over ``[-full_scale, full_scale]``.
 
-    (``[0, full_scale]`` when ``signed`` is False); values beyond the range clip.
+    (``[0, full_scale]`` when ``signed`` is False); values beyond the range clip. When ``x``
+    requires a gradient (e.g. BatchNorm fine-tuning through the analog model) the rounding
+    passes it straight through and the clipping stops it outside the range.
     """
+    if x.requires_grad and torch.is_grad_enabled():
+        with torch.no_grad():
+            q = quantize_uniform(x.detach(), bits, full_scale, signed)
+            lo = -full_scale if signed else 0.0
+        xc = torch.maximum(
+            torch.minimum(x, torch.as_tensor(full_scale).to(x)), torch.as_tensor(lo).to(x)
+        )
+        return xc + (q - xc).detach()
     n = levels_per_side(bits, signed)
     if isinstance(full_scale, int | float):  # fast path: scalar full scale, fused in place
         if not full_scale >= 0:
