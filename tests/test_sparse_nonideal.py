@@ -352,9 +352,14 @@ def test_quick_study_runs_end_to_end(tmp_path):
     data_cfg["runtime"] = {}
     summary = sparse_nonideal_study(data_cfg, out=str(tmp_path), quick=True, command="t", t0=0.0)
     rows = summary["rows"]
+    mits = ("none", "rearrange", "wct", "both", "bn_adapt", "bn_finetune")
     assert {(r["scheme"], r["mitigation"]) for r in rows} == {
-        (s, m) for s in ("dense", "cf", "xcs") for m in ("none", "rearrange", "wct", "both")
+        (s, m) for s in ("dense", "cf", "xcs") for m in mits
     }
+    for r in rows:  # LeNet-5 has no BatchNorm: its re-calibration arms are the plain chip
+        if r["mitigation"].startswith("bn_"):
+            plain = next(q for q in rows if (q["scheme"], q["mitigation"]) == (r["scheme"], "none"))
+            assert r["acc_nonideal_trials"] == plain["acc_nonideal_trials"]
     for r in rows:
         for f in FIELDS:
             assert f in r, f
@@ -382,6 +387,14 @@ def test_quick_study_runs_end_to_end(tmp_path):
         assert got["all, uncalibrated"] == row["acc_uncalibrated_trials"][0]
     again = sparse_nonideal_study(data_cfg, out=str(tmp_path), quick=True, command="t", t0=0.0)
     assert [r["acc_nonideal_mean"] for r in again["rows"]] == [r["acc_nonideal_mean"] for r in rows]
+    # a changed setting redoes exactly the arms that depend on it (cache fingerprints)
+    work = tmp_path / "work" / "lenet5_mnist-embedded"
+    before = {f.name: f.read_text() for f in work.glob("arm_*.json")}
+    data_cfg["bn_calibration"] = {"samples": 50}
+    sparse_nonideal_study(data_cfg, out=str(tmp_path), quick=True, command="t", t0=0.0)
+    after = {f.name: f.read_text() for f in work.glob("arm_*.json")}
+    redone = {k for k in before if after[k] != before[k]}
+    assert redone == {k for k in before if "_bn_" in k} and len(redone) == 6
 
 
 def test_study_rejects_bad_keys_and_values(tmp_path):
@@ -408,5 +421,6 @@ def test_full_study(tmp_path):  # about an hour on 2 CPU cores; writes to tmp_pa
         e["data"]["root"] = str(ROOT / e["data"]["root"])
     summary = sparse_nonideal_study(data_cfg, out=str(tmp_path), quick=False, command="t", t0=0.0)
     n_cases = 1 + sum(len(v) for v in data_cfg["schemes"].values())
-    assert len(summary["rows"]) == len(data_cfg["experiments"]) * 2 * n_cases * 4
+    n_mit = len(data_cfg["mitigations"])
+    assert len(summary["rows"]) == len(data_cfg["experiments"]) * 2 * n_cases * n_mit
     assert all(r["trials"] >= 10 for r in summary["rows"])

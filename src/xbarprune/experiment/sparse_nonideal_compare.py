@@ -6,10 +6,14 @@ size, since their groups are tiles) train with the group lasso once, then per sp
 threshold, fine-tune with masks fixed and pack; per pruned model run WCT once (masks kept,
 w_max fixed from the pruned model). Every (model, crossbar, scheme, sparsity) is evaluated
 with each mitigation: ``none``, ``rearrange`` (column rearrangement chosen by measured NF),
-``wct`` and ``both``: ideal accuracy, Monte Carlo non-ideal accuracy (``trials``), NF and the
-low-conductance share. C/F models are evaluated physically pruned (Torch-Pruning), XCS/XRS
-on their packed layouts. Rows go to ``<out>/summary.json`` (+ summary.md, plots); finished
-arms in ``<out>/work`` are skipped, so a killed run resumes.
+``wct``, ``both``, and the digital BatchNorm re-calibration of Bhattacharjee et al. (GLSVLSI
+2023) on every programmed chip, ``bn_adapt`` and ``bn_finetune`` (section ``bn_calibration``,
+:mod:`xbarprune.analog.batchnorm`): ideal accuracy, Monte Carlo non-ideal accuracy
+(``trials``), NF and the low-conductance share. C/F models are evaluated physically pruned
+(Torch-Pruning), XCS/XRS on their packed layouts. Rows go to ``<out>/summary.json``
+(+ summary.md, plots); finished arms in ``<out>/work`` are skipped, so a killed run resumes.
+Every cached arm and model carries a fingerprint of the settings it was made with; one made
+with other settings is rebuilt (records from before the fingerprints are reused).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from xbarprune.analog.batchnorm import BNCalibration, BNCalibrationConfig
 from xbarprune.analog.parasitics import RRAM_DATE22, nonideality_factor, summarize
 from xbarprune.analog.simulate import evaluate
 from xbarprune.compress.base import CompressContext
@@ -46,7 +51,7 @@ from xbarprune.config import from_dict, to_dict
 from xbarprune.errors import ConfigError, check_range
 from xbarprune.experiment.compare import header, study
 from xbarprune.experiment.config import DataConfig, ModelConfig
-from xbarprune.experiment.studykit import check_keys
+from xbarprune.experiment.studykit import check_keys, config_fingerprint
 from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel, preset
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
 from xbarprune.io import (
@@ -63,12 +68,12 @@ from xbarprune.mapping.rearrange import VARIANTS, choose_rearrangement
 from xbarprune.training.loop import TrainConfig, evaluate_accuracy, train
 from xbarprune.training.masks import MaskSet
 
-MITIGATIONS = ("none", "rearrange", "wct", "both")
+MITIGATIONS = ("none", "rearrange", "wct", "both", "bn_adapt", "bn_finetune")
 _KEYS = {
     "name", "out", "seed", "experiments", "train", "finetune", "crossbars", "device",
     "nonideal", "trials", "eval_seed", "schemes", "params", "wct", "mitigations",
     "rearrange", "nf", "layers", "reference", "quick", "runtime", "data_root",
-    "uncalibrated_trials", "ablation_trials",
+    "uncalibrated_trials", "ablation_trials", "bn_calibration",
 }  # fmt: skip
 #: the only published number we have for the DATE 2022 study (secondary source, unverified):
 #: 64x64 crossbars, VGG on CIFAR-10, accuracy drop of the dense and the C/F-pruned network.
@@ -131,6 +136,7 @@ def sparse_nonideal_study(
     for m in mitigations:
         if m not in MITIGATIONS:
             raise ConfigError(f"mitigations: {m!r}; allowed: {', '.join(MITIGATIONS)}")
+    bn_cfg = from_dict(BNCalibrationConfig, data.get("bn_calibration") or {}, "bn_calibration")
     rr = dict(data.get("rearrange") or {})
     variants = tuple(rr.get("variants", VARIANTS))
     nf_cfg = {"tau": 0.25, "calib": 32, "max_vectors": 128, **(data.get("nf") or {})}
@@ -150,7 +156,7 @@ def sparse_nonideal_study(
         "nf": nf_cfg, "layers": layers, "seed": seed, "trials": trials,
         "column_calibration": ni_cfg.column_calibration,
         "uncalibrated_trials": unc_trials if ni_unc is not None else 0,
-        "ablation_trials": abl_trials,
+        "ablation_trials": abl_trials, "bn_calibration": to_dict(bn_cfg),
     }  # fmt: skip
     ablation: list[dict] = []
 
@@ -175,7 +181,8 @@ def sparse_nonideal_study(
         run = _Experiment(
             mc, dc, seed, train_cfg, ft_cfg, dev, ni, trials, int(data.get("eval_seed", 0)),
             params, wct_p, variants, nf_cfg, layers, work / f"{mc.name}_{dc.name}", device,
-            ni_unc, unc_trials,
+            ni_unc, unc_trials, bn_cfg, {"model": to_dict(mc), "data": to_dict(dc),
+                                         "nonideal": to_dict(ni_cfg)},
         )  # fmt: skip
         for size in sizes:
             for arm in run.arms(size, schemes, mitigations):
@@ -239,7 +246,8 @@ class _Experiment:
 
     def __init__(self, mc, dc, seed, train_cfg, ft_cfg, dev, ni, trials, eval_seed, params,
                  wct_p, variants, nf_cfg, layers, work: Path, device, ni_unc=None,
-                 unc_trials=0):  # fmt: skip
+                 unc_trials=0, bn_cfg: BNCalibrationConfig | None = None,
+                 ident: dict | None = None):  # fmt: skip
         from xbarprune.data import load_splits
 
         self.mc, self.seed, self.train_cfg, self.ft_cfg = mc, seed, train_cfg, ft_cfg
@@ -247,6 +255,12 @@ class _Experiment:
         self.params, self.wct_p, self.variants, self.nf_cfg = params, wct_p, variants, nf_cfg
         self.layers, self.device = layers, device
         self.ni_unc, self.unc_trials = ni_unc, unc_trials
+        self.bn_cfg = bn_cfg or BNCalibrationConfig()
+        ident = dict(ident or {})
+        self.ni_ident = ident.pop("nonideal", None)
+        # what every cached model of this experiment depends on (see _cached)
+        self.fp_dense = {**ident, "seed": seed, "train": to_dict(train_cfg)}
+        self.fp_pruned = {**self.fp_dense, "finetune": to_dict(ft_cfg), "params": to_dict(params)}
         self.work = ensure_dir(work)
         self.splits = load_splits(
             dc.name, dc.root, val_size=dc.val, train_subset=dc.train_subset,
@@ -273,15 +287,32 @@ class _Experiment:
         load_state_into(m, load_checkpoint(path, self.device)["model"], str(path))
         return m
 
+    def _cached(self, path: Path, config: Any, *partials: Path) -> bool:
+        """Whether ``path`` holds a model made with ``config``. One made with another config
+        is deleted (with its resumable ``partials``) so it is rebuilt; one without a
+        fingerprint (made before fingerprints existed) is trusted."""
+        if not path.is_file():
+            return False
+        stored = load_checkpoint(path).get("fingerprint")
+        if stored is None or stored == config_fingerprint(config):
+            return True
+        self.log(f"[{self.mc.name}] {path.name}: made with other settings, rebuilding")
+        for p in (path, *partials):
+            p.unlink(missing_ok=True)
+        return False
+
+    def _save(self, path: Path, state: dict, config: Any) -> None:
+        save_checkpoint(path, {**state, "fingerprint": config_fingerprint(config)})
+
     def _dense(self) -> nn.Module:
         path = self.work / "dense.pt"
-        if not path.is_file():
+        if not self._cached(path, self.fp_dense, self.work / "dense_ckpt.pt"):
             self.log(f"[{self.mc.name}] dense training")
             m = self.fresh()
             train(m, self.splits.train, self.train_cfg, device=self.device,
                   checkpoint=self.work / "dense_ckpt.pt", seed=self.seed, desc="dense",
                   log=self.log)  # fmt: skip
-            save_checkpoint(path, {"model": m.state_dict()})
+            self._save(path, {"model": m.state_dict()}, self.fp_dense)
         return self.load(path)
 
     def layout(self, model: nn.Module, size: int) -> CrossbarLayout:
@@ -304,9 +335,12 @@ class _Experiment:
         p_path = self.work / f"{tag}_s{sparsity:g}.pt"
         w_path = self.work / f"{tag}_s{sparsity:g}_wct.pt"
         layout = self.layout(self.dense, size)
-        if not p_path.is_file():
+        fp_l = {**self.fp_pruned, "scheme": tag}
+        fp_p = {**fp_l, "sparsity": sparsity}
+        fp_w = {**fp_p, "wct": to_dict(self.wct_p)}
+        if not self._cached(p_path, fp_p):
             lasso = self.work / f"{tag}_lasso.pt"
-            if not lasso.is_file():
+            if not self._cached(lasso, fp_l, self.work / f"{tag}_lasso_ckpt.pt"):
                 m = copy.deepcopy(self.dense)
                 reg = regularizer(scheme, layout, self.params)
                 if reg is not None and self.params.reg_epochs > 0:
@@ -315,7 +349,7 @@ class _Experiment:
                           seed=self.seed + 3, checkpoint=self.work / f"{tag}_lasso_ckpt.pt",
                           desc=f"{tag} lasso", epochs=self.params.reg_epochs,
                           log=self.log)  # fmt: skip
-                save_checkpoint(lasso, {"model": m.state_dict()})
+                self._save(lasso, {"model": m.state_dict()}, fp_l)
             m = self.load(lasso)
             self.log(f"[{self.mc.name}] {tag}: prune to {sparsity:g} + fine-tune")
             post = None
@@ -334,8 +368,8 @@ class _Experiment:
                   epochs=max(self.params.ft_epochs, 1), log=self.log)  # fmt: skip
             if post is not None:
                 post(m)
-            save_checkpoint(p_path, {"model": m.state_dict(), "masks": masks.state_dict()})
-        if not w_path.is_file():
+            self._save(p_path, {"model": m.state_dict(), "masks": masks.state_dict()}, fp_p)
+        if not self._cached(w_path, fp_w):
             m = self.load(p_path)
             masks = MaskSet(load_checkpoint(p_path)["masks"])
             post = None
@@ -346,17 +380,18 @@ class _Experiment:
                                                post_step=post)  # fmt: skip
             if post is not None:
                 post(m)
-            save_checkpoint(w_path, {"model": m.state_dict(), "w_max": info["w_max"]})
+            self._save(w_path, {"model": m.state_dict(), "w_max": info["w_max"]}, fp_w)
         return p_path, w_path
 
     def dense_wct(self) -> Path:
         path = self.work / "dense_wct.pt"
-        if not path.is_file():
+        fp = {**self.fp_dense, "wct": to_dict(self.wct_p)}
+        if not self._cached(path, fp):
             m = copy.deepcopy(self.dense)
             lay = self.layout(m, 32)
             self.log(f"[{self.mc.name}] dense: WCT (kappa {self.wct_p.kappa})")
             info = weight_constrained_training(self.ctx(m, lay), self.wct_p)
-            save_checkpoint(path, {"model": m.state_dict(), "w_max": info["w_max"]})
+            self._save(path, {"model": m.state_dict(), "w_max": info["w_max"]}, fp)
         return path
 
     # ------------------------------------------------------------------ evaluation
@@ -367,9 +402,43 @@ class _Experiment:
         for scheme, s in cases:
             for mit in mitigations:
                 f = self.work / f"arm_{size}_{scheme}_{s:g}_{mit}.json"
+                fp = config_fingerprint(self._arm_config(scheme, s, mit))
+                if f.is_file():
+                    stored = json.loads(f.read_text()).get("config_fingerprint")
+                    if stored is not None and stored != fp:
+                        self.log(f"[{self.mc.name}] {f.name}: made with other settings, redoing")
+                        f.unlink()
                 if not f.is_file():
-                    atomic_write_json(f, self._arm(size, scheme, s, mit, dense_tiles))
+                    rec = self._arm(size, scheme, s, mit, dense_tiles)
+                    atomic_write_json(f, {**rec, "config_fingerprint": fp})
                 yield json.loads(f.read_text())
+
+    def _arm_config(self, scheme: str, s: float, mit: str) -> dict:
+        """Everything an arm's numbers depend on (its cache fingerprint)."""
+        wct = mit in ("wct", "both")
+        cfg: dict[str, Any] = {
+            "models": self.fp_pruned if scheme != "dense" else self.fp_dense,
+            "scheme": scheme, "sparsity": s, "mitigation": mit,
+            "nonideal": self.ni_ident, "device": to_dict(self.dev), "trials": self.trials,
+            "eval_seed": self.eval_seed, "nf": self.nf_cfg, "layers": self.layers,
+        }  # fmt: skip
+        if wct:
+            cfg["wct"] = to_dict(self.wct_p)
+        if mit in ("rearrange", "both"):
+            cfg["variants"] = list(self.variants)
+        if mit == "bn_adapt":  # adaptation uses only these settings
+            cfg["bn_calibration"] = {"samples": self.bn_cfg.samples,
+                                     "batch_size": self.bn_cfg.batch_size}  # fmt: skip
+        elif mit == "bn_finetune":
+            cfg["bn_calibration"] = to_dict(self._bn(mit).cfg)
+        if mit == "none" and self.ni_unc is not None:
+            cfg["uncalibrated_trials"] = self.unc_trials
+        return cfg
+
+    def _bn(self, mit: str) -> BNCalibration:
+        mode = {"bn_adapt": "adapt", "bn_finetune": "finetune"}[mit]
+        return BNCalibration(replace(self.bn_cfg, mode=mode), self.splits.train,
+                             seed=self.eval_seed, device=self.device)  # fmt: skip
 
     def prepared(self, size: int, scheme: str, s: float, wct: bool):
         """(model, layout, weight clip or None) of one arm as it goes on the crossbars: C/F
@@ -398,8 +467,18 @@ class _Experiment:
         """Which effect costs what: the dense model and each scheme at its highest sparsity
         (no mitigation) under each effect subset of ``ablations`` (cached per size)."""
         f = self.work / f"ablation_{size}.json"
+        cases = [("dense", 0.0)] + [(k, float(max(v))) for k, v in schemes.items() if v]
+        fp = config_fingerprint({
+            "models": self.fp_pruned, "cases": cases, "trials": trials,
+            "effects": {k: to_dict(v.config) for k, v in ablations.items()},
+            "device": to_dict(self.dev), "eval_seed": self.eval_seed, "layers": self.layers,
+        })  # fmt: skip
+        if f.is_file():
+            stored = json.loads(f.read_text())
+            if isinstance(stored, dict) and stored.get("config_fingerprint") != fp:
+                self.log(f"[{self.mc.name}] {f.name}: made with other settings, redoing")
+                f.unlink()
         if not f.is_file():
-            cases = [("dense", 0.0)] + [(k, float(max(v))) for k, v in schemes.items() if v]
             out = []
             for scheme, s in cases:
                 model, layout, clip = self.prepared(size, scheme, s, wct=False)
@@ -415,8 +494,9 @@ class _Experiment:
                         "effects": name, "acc_ideal": acc, "acc_mean": res.mean,
                         "acc_std": res.std, "trials": len(res.per_trial),
                     })  # fmt: skip
-            atomic_write_json(f, out)
-        return json.loads(f.read_text())
+            atomic_write_json(f, {"config_fingerprint": fp, "rows": out})
+        stored = json.loads(f.read_text())
+        return stored["rows"] if isinstance(stored, dict) else stored  # list: before fingerprints
 
     def _arm(self, size: int, scheme: str, s: float, mit: str, dense_tiles: int) -> dict:
         t = time.perf_counter()
@@ -439,8 +519,10 @@ class _Experiment:
         nf = summarize(per_layer)
         nf_cols = _nf_quantiles(per_layer)
         acc = evaluate_accuracy(model, self.test, self.device)
+        bn = self._bn(mit) if mit.startswith("bn_") else None
         res = evaluate(model, self.test, layout, self.dev, self.ni, trials=self.trials,
-                       seed=self.eval_seed, device=self.device, weight_clip=clip)[0]  # fmt: skip
+                       seed=self.eval_seed, device=self.device, weight_clip=clip,
+                       bn_calibration=bn)[0]  # fmt: skip
         unc = None
         if self.ni_unc is not None and mit == "none":
             unc = evaluate(model, self.test, layout, self.dev, self.ni_unc,
