@@ -406,6 +406,10 @@ def test_study_rejects_bad_keys_and_values(tmp_path):
         sparse_nonideal_study(
             {"schemes": {"cf": [1.0]}}, out=str(tmp_path), quick=False, command="", t0=0
         )
+    exp = {"model": {"name": "lenet5"}, "mitigations": ["x"]}
+    with pytest.raises(ConfigError, match="experiments\\[\\].mitigations"):
+        sparse_nonideal_study({"experiments": [exp]}, out=str(tmp_path), quick=False,
+                              command="", t0=0)  # fmt: skip
     with pytest.raises(ConfigError, match="kappa"):
         sparse_nonideal_study({"wct": {"kappa": 2}}, out=str(tmp_path), quick=False,
                               command="", t0=0)  # fmt: skip
@@ -421,6 +425,7 @@ def test_full_study(tmp_path):  # about an hour on 2 CPU cores; writes to tmp_pa
         e["data"]["root"] = str(ROOT / e["data"]["root"])
     summary = sparse_nonideal_study(data_cfg, out=str(tmp_path), quick=False, command="t", t0=0.0)
     n_cases = 1 + sum(len(v) for v in data_cfg["schemes"].values())
-    n_mit = len(data_cfg["mitigations"])
-    assert len(summary["rows"]) == len(data_cfg["experiments"]) * 2 * n_cases * n_mit
+    n_rows = sum(len(e.get("mitigations") or data_cfg["mitigations"])
+                 for e in data_cfg["experiments"]) * 2 * n_cases  # fmt: skip
+    assert len(summary["rows"]) == n_rows
     assert all(r["trials"] >= 10 for r in summary["rows"])

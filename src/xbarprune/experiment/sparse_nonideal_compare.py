@@ -132,10 +132,11 @@ def sparse_nonideal_study(
             check_range(f"schemes.{k}[] (sparsity)", float(s), low=0.0, high=1.0, high_open=True)
     params = from_dict(StructuredParams, data.get("params") or {}, "params")
     wct_p = from_dict(WCTParams, data.get("wct") or {}, "wct")
-    mitigations = list(data.get("mitigations") or MITIGATIONS)
-    for m in mitigations:
-        if m not in MITIGATIONS:
-            raise ConfigError(f"mitigations: {m!r}; allowed: {', '.join(MITIGATIONS)}")
+    mitigations = _mitigations(data.get("mitigations") or MITIGATIONS, "mitigations")
+    exps = data.get("experiments") or [{"model": {"name": "lenet5"}, "data": {}}]
+    for e in exps:  # an experiment may run a subset (e.g. to fit a CPU budget)
+        check_keys(e, {"model", "data", "mitigations"}, "experiments[]")
+        _mitigations(e.get("mitigations") or [], "experiments[].mitigations")
     bn_cfg = from_dict(BNCalibrationConfig, data.get("bn_calibration") or {}, "bn_calibration")
     rr = dict(data.get("rearrange") or {})
     variants = tuple(rr.get("variants", VARIANTS))
@@ -147,7 +148,6 @@ def sparse_nonideal_study(
     threads = (data.get("runtime") or {}).get("threads")
     if threads:
         torch.set_num_threads(int(threads))
-    exps = data.get("experiments") or [{"model": {"name": "lenet5"}, "data": {}}]
     rows: list[dict] = []
     cfg = {
         "crossbars": sizes, "device": to_dict(dev), "nonideal": ni_raw, "train": to_dict(train_cfg),
@@ -185,7 +185,7 @@ def sparse_nonideal_study(
                                          "nonideal": to_dict(ni_cfg)},
         )  # fmt: skip
         for size in sizes:
-            for arm in run.arms(size, schemes, mitigations):
+            for arm in run.arms(size, schemes, e.get("mitigations") or mitigations):
                 rows.append(arm)
                 flush(plots=False)
             if ablations:
@@ -193,6 +193,14 @@ def sparse_nonideal_study(
                 flush(plots=False)
     flush()
     return json.loads((out_dir / "summary.json").read_text())
+
+
+def _mitigations(values, where: str) -> list[str]:
+    out = [str(m) for m in values]
+    for m in out:
+        if m not in MITIGATIONS:
+            raise ConfigError(f"{where}: {m!r}; allowed: {', '.join(MITIGATIONS)}")
+    return out
 
 
 def _random(cfg: NonIdealityConfig) -> bool:
