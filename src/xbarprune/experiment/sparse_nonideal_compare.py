@@ -621,6 +621,7 @@ def _markdown(summary: dict[str, Any]) -> str:
             f"{r['nf_mean']:.4f} | {r['low_g_fraction']:.3f} |"
         )
     lines += ["", "![accuracy drop vs CCR](drop_vs_ccr.png)", "", "![NF distribution](nf.png)", ""]
+    lines += _mitigation_markdown(rows)
     lines += _ablation_markdown(summary.get("ablation") or [])
     ref = summary["reference"]
     lines += [
@@ -643,6 +644,34 @@ def _markdown(summary: dict[str, Any]) -> str:
             )
     lines.append("")
     return "\n".join(lines)
+
+
+def _mitigation_markdown(rows: list[dict]) -> list[str]:
+    """Accuracy drop (pp, each arm against its own ideal accuracy) per mitigation, one line
+    per (model, crossbar, scheme, sparsity)."""
+    mits = [m for m in MITIGATIONS if any(r["mitigation"] == m for r in rows)]
+    keys: list[tuple] = []
+    for r in rows:
+        k = (r["model"], r["dataset"], r["crossbar"], r["scheme"], r["sparsity_target"])
+        if k not in keys:
+            keys.append(k)
+    if not keys:
+        return []
+    by = {(r["model"], r["dataset"], r["crossbar"], r["scheme"], r["sparsity_target"],
+           r["mitigation"]): r for r in rows}  # fmt: skip
+    lines = [
+        "## Accuracy drop by mitigation (pp; each arm against its own ideal accuracy, which "
+        "WCT changes)",
+        "",
+        "| model | crossbar | scheme | target | ideal % | " + " | ".join(mits) + " |",
+        "|---|---|---|---|---|" + "---|" * len(mits),
+    ]
+    for k in keys:
+        base = by.get((*k, "none")) or next(by[(*k, m)] for m in mits if (*k, m) in by)
+        cells = [f"{_drop(by[(*k, m)]):.1f}" if (*k, m) in by else "–" for m in mits]
+        lines.append(f"| {k[0]} | {k[2]} | {k[3]} | {k[4]:g} | {100 * base['acc_ideal']:.1f} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    return [*lines, ""]
 
 
 def _ablation_markdown(abl: list[dict]) -> list[str]:
@@ -685,7 +714,10 @@ def _plots(rows: list[dict], out_dir: Path) -> None:
 
     groups = sorted({(r["model"], r["dataset"], r["crossbar"]) for r in rows})
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
-    styles = {"none": "-", "rearrange": ":", "wct": "--", "both": "-."}
+    styles: dict[str, Any] = {
+        "none": "-", "rearrange": ":", "wct": "--", "both": "-.",
+        "bn_adapt": (0, (3, 1, 1, 1, 1, 1)), "bn_finetune": (0, (6, 2)),
+    }  # fmt: skip
     colors = {"dense": "k", "cf": "C0", "xcs": "C1", "xrs": "C2"}
     for ax, (mo, ds, xb) in zip(axes[0], groups, strict=True):
         sel = [r for r in rows if (r["model"], r["dataset"], r["crossbar"]) == (mo, ds, xb)]
@@ -700,7 +732,10 @@ def _plots(rows: list[dict], out_dir: Path) -> None:
                     continue
                 if scheme == "dense":
                     pts = [p for p in pts if p[0] <= 1.0 + 1e-9]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker="o", ms=3,
+                if not pts:
+                    continue
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=ls,
+                        marker="s" if mit.startswith("bn_") else "o", ms=3,
                         color=colors[scheme], label=f"{scheme} / {mit}")  # fmt: skip
         ax.set_xlabel("crossbar compression rate (CCR)")
         ax.set_ylabel("accuracy drop, ideal - non-ideal (pp)")
@@ -722,7 +757,8 @@ def _plots(rows: list[dict], out_dir: Path) -> None:
             q = r["nf_quantiles"]
             lab = f"{r['scheme']} {r['sparsity_target']:g} / {r['mitigation']}"
             ys = [i / (len(q) - 1) for i in range(len(q))]
-            ax.plot(q, ys, styles[r["mitigation"]], color=colors[r["scheme"]], lw=1, label=lab)
+            ax.plot(q, ys, linestyle=styles[r["mitigation"]], color=colors[r["scheme"]], lw=1,
+                    label=lab)  # fmt: skip
         ax.set_xlabel("non-ideality factor NF per column")
         ax.set_ylabel("cumulative share of columns")
         ax.set_title(f"{mo} / {ds} / {xb}", fontsize=9)
