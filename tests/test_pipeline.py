@@ -197,3 +197,30 @@ def test_wct_run_simulates_with_its_fixed_mapping_scale(tmp_path):
     for n, w_max in clip.items():  # the clip is the pre-WCT scale: weights use half of it
         assert float(mods[n].weight.detach().abs().max()) <= 0.5 * w_max + 1e-6
     assert mapping_clip({}, cl) is None and mapping_clip({"w_max": {"nope": 1.0}}, cl) is None
+
+
+def test_simulate_recalibrates_batchnorm_when_asked(tmp_path):
+    """`evaluate.bn_calibration` re-calibrates the BatchNorm layers on every programmed chip
+    (GLSVLSI 2023): recorded in simulate.json, and the non-ideal numbers change while the
+    digital and analog-ideal ones do not."""
+    import copy
+    from dataclasses import replace
+
+    cfg = copy.deepcopy(TINY)
+    cfg["model"] = {"name": "vgg-small", "width": 0.25, "kwargs": {"batch_norm": True}}
+    cfg["method"] = {"name": "none"}
+    cfg["finetune"]["epochs"] = 0
+    cfg["evaluate"] = {"times": ["1s"], "trials": 2, "seed": 1, "dense": False,
+                       "bn_calibration": {"mode": "adapt", "samples": 200}}  # fmt: skip
+    run = Run(load_config(cfg), tmp_path, log=lambda s: None)
+    run.run()
+    sim = json.loads((tmp_path / "stages" / "simulate.json").read_text())
+    assert sim["bn_calibration"]["mode"] == "adapt" and sim["bn_calibration"]["samples"] == 200
+    run.cfg = replace(run.cfg, evaluate=replace(run.cfg.evaluate, bn_calibration=None))
+    plain = run.simulate()
+    assert "bn_calibration" not in plain
+    got, ref = sim["compressed"], plain["compressed"]
+    assert got["digital"] == ref["digital"] and got["analog_ideal"] == ref["analog_ideal"]
+    assert got["nonideal"][0]["per_trial"] != ref["nonideal"][0]["per_trial"]
+    with pytest.raises(ConfigError, match="bn_calibration"):
+        load_config({**cfg, "evaluate": {"bn_calibration": {"mode": "retrain"}}})

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from xbarprune.analog.batchnorm import BNCalibrationConfig
 from xbarprune.config import from_dict, load_yaml, to_dict
 from xbarprune.errors import ConfigError, SpecError, check_range
 from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel, preset
@@ -59,10 +60,15 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    """The ``evaluate:`` section. ``bn_calibration`` (off by default) re-calibrates the digital
+    BatchNorm layers on every programmed chip before its non-ideal evaluation
+    (:mod:`xbarprune.analog.batchnorm`; Bhattacharjee et al., GLSVLSI 2023)."""
+
     times: tuple[str | float, ...] = ("1s", "1d", "1y")
     trials: int = 10
     seed: int = 0
     dense: bool = True
+    bn_calibration: BNCalibrationConfig | None = None
 
     def __post_init__(self) -> None:
         check_range("evaluate.trials", self.trials, low=1)

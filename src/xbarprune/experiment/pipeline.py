@@ -21,10 +21,11 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
+from xbarprune.analog.batchnorm import BNCalibration
 from xbarprune.analog.simulate import evaluate
 from xbarprune.compress.base import CompressContext, get_method
 from xbarprune.compress.pruning import group_sparsity, weight_sparsity
-from xbarprune.config import from_dict
+from xbarprune.config import from_dict, to_dict
 from xbarprune.errors import ConfigError
 from xbarprune.experiment.config import ExperimentConfig
 from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel
@@ -337,6 +338,11 @@ class Run:
         clip = mapping_clip(ck.get("info") or {}, cl)
         if clip:
             out["weight_clip"] = clip
+        bn = None
+        if ev.bn_calibration is not None:
+            bn = BNCalibration(ev.bn_calibration, self.splits.train, seed=ev.seed,
+                               device=self.device)  # fmt: skip
+            out["bn_calibration"] = to_dict(ev.bn_calibration)
         pairs = [("compressed", comp, cl, clip)]
         if ev.dense:
             pairs.insert(0, ("dense", dense, dl, None))
@@ -365,6 +371,7 @@ class Run:
                 times=times,
                 device=self.device,
                 weight_clip=wc,
+                bn_calibration=bn,
             )
             out[tag] = {
                 "digital": digital,
