@@ -224,3 +224,8 @@ def test_simulate_recalibrates_batchnorm_when_asked(tmp_path):
     assert got["nonideal"][0]["per_trial"] != ref["nonideal"][0]["per_trial"]
     with pytest.raises(ConfigError, match="bn_calibration"):
         load_config({**cfg, "evaluate": {"bn_calibration": {"mode": "retrain"}}})
+    # the CLI switches it off (or on) for a re-simulation
+    assert main(["simulate", str(tmp_path), "--bn-calibration", "off", "--time", "1s"]) == 0
+    off = json.loads((tmp_path / "simulations" / "config_1s_bn-off.json").read_text())
+    assert "bn_calibration" not in off
+    assert off["compressed"]["nonideal"][0]["per_trial"] == ref["nonideal"][0]["per_trial"]

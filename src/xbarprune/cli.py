@@ -49,8 +49,21 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
 
             raise ConfigError(f"run {a.run} has not finished stage '{s}'; run it first")
     times = [parse_time(t) for t in a.time] if a.time else None
+    if a.bn_calibration is not None:  # override the run's evaluate.bn_calibration
+        from dataclasses import replace
+
+        from xbarprune.analog.batchnorm import BNCalibrationConfig
+
+        ev = run.cfg.evaluate
+        bn = None
+        if a.bn_calibration != "off":
+            bn = replace(ev.bn_calibration or BNCalibrationConfig(), mode=a.bn_calibration)
+        run.cfg = replace(run.cfg, evaluate=replace(ev, bn_calibration=bn))
     out = run.simulate(nonideal=a.nonideal, times=times, trials=a.trials)
-    label = a.label or "_".join([a.nonideal or "config"] + [format_time(t) for t in (times or [])])
+    parts = [a.nonideal or "config"] + [format_time(t) for t in (times or [])]
+    if a.bn_calibration is not None:
+        parts.append(f"bn-{a.bn_calibration}")
+    label = a.label or "_".join(parts)
     path = run.dir / "simulations" / f"{label}.json"
     atomic_write_json(path, out)
     print(f"written {path}")
@@ -189,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--nonideal", help="non-ideality preset name (see `xbarprune presets`)")
     s.add_argument("--trials", type=int, help="Monte Carlo trials")
+    s.add_argument(
+        "--bn-calibration",
+        choices=["off", "adapt", "finetune"],
+        help="BatchNorm re-calibration per programmed chip (default: the run's config)",
+    )
     s.add_argument("--label", help="output name under <run>/simulations/")
     s.set_defaults(fn=_cmd_simulate)
 
