@@ -355,8 +355,9 @@ def preset(name: str) -> NonIdealityConfig:
     * ``ir_drop``: the Bhattacharjee et al. / RxNN parasitics (driver and sense 1 kOhm, row
       segment 5 ohm, column segment 10 ohm) with 4-bit (16-level) cells.
     * ``sparse_nonideal``: ``ir_drop`` plus 10 % relative programming variation (RxNN's
-      sigma/mu), 8-bit per-tile column ADCs and per-column gain calibration, solver tolerance
-      1e-9 V (the study of issue #8, docs/methods/sparse_nonideal.md; use it with the RRAM cell
+      sigma/mu), 8-bit per-tile column ADCs and per-column gain calibration; exact ``direct``
+      solve (its ``tol`` 1e-9 V applies if ``method: iterative`` is chosen) (the study of
+      issue #8, docs/methods/sparse_nonideal.md; use it with the RRAM cell
       of :data:`xbarprune.analog.parasitics.RRAM_DATE22`: R_ON 50 kOhm, ON/OFF 10, 16 levels).
       Without the calibration 1 kOhm drivers and sense amplifiers against 50 kOhm cells
       attenuate every column by 20-35 % and a dense VGG-11 falls to chance (measured 87.7 % ->
