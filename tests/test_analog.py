@@ -240,3 +240,45 @@ def test_column_calibration_recovers_most_of_the_ir_drop_error(adc):
         errs[cal] = float((first - want).norm() / want.norm())
     assert errs[False] > 0.02
     assert errs[True] < 0.5 * errs[False]
+
+
+@pytest.mark.parametrize("adc", [None, 24])
+def test_row_calibration_undoes_driver_attenuation_exactly(adc):
+    """With only a driver resistance (no wire segments, sense at 0 V) every tile row is
+    attenuated by its own factor 1 / (1 + r_source * sum_j G_ij): one input gain per tile row
+    undoes it exactly, a column gain cannot."""
+    from xbarprune.hardware.nonideal.model import IRDropConfig
+
+    net = _net()
+    lay = map_model(net, CrossbarSpec(8, 8))
+    ir = IRDropConfig(r_source=5000.0)
+    dev = DeviceSpec(g_min=2e-6, g_max=2e-5)
+    errs = {}
+    for rows in (False, True):
+        cfg = NonIdealityConfig(ir_drop=ir, adc_bits=adc, column_calibration=True,
+                                row_calibration=rows)  # fmt: skip
+        am = convert(net, lay, dev, NonIdealityModel.from_config(cfg))
+        am.program(trial_generator(0, 0))
+        with torch.no_grad():
+            first, want = am.model[0](X), net[0](X)
+        errs[rows] = float((first - want).norm() / want.norm())
+    assert errs[False] > 0.01
+    assert errs[True] < 1e-4
+
+
+def test_row_gains_never_worse_than_column_gains_and_need_them():
+    from xbarprune.analog.layers import column_gains, row_column_gains
+    from xbarprune.errors import SpecError
+
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(12, 6, generator=g)
+    m = w * (1 + 0.2 * torch.randn(12, 6, generator=g))  # cell-wise errors: no exact fit
+    keys = torch.arange(12).view(12, 1).expand(12, 6).clone() // 4  # 3 gain groups of 4 rows
+    keys[0, 0] = -1  # an unplaced weight keeps gain 1
+    r, c = row_column_gains(w, m, keys)
+    col = column_gains(w, m)
+    err_rc = float(((r * m * c - w) ** 2).sum())
+    assert err_rc <= float(((m * col - w) ** 2).sum()) + 1e-9
+    assert r[0, 0] == 1.0 and bool((r[1:4] == r[1, 0]).all())  # one gain per key
+    with pytest.raises(SpecError, match="row_calibration needs column_calibration"):
+        NonIdealityConfig(row_calibration=True)

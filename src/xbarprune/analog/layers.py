@@ -82,7 +82,9 @@ class AnalogLayer(nn.Module):
         self.adc_full_scale = cfg.adc_full_scale
         self.drift_compensation = cfg.drift_compensation
         self.column_calibration = cfg.column_calibration
+        self.row_calibration = cfg.row_calibration
         self._col_gain: Tensor | None = None
+        self._row_gain: Tensor | None = None  # (R, C): the gain of each cell's tile row
         self._phys: Tensor | None = None
         self._w_eff: Tensor | None = None
         self._slices: Tensor | None = None
@@ -132,6 +134,7 @@ class AnalogLayer(nn.Module):
         cells = encode(mat, self._w_max, xbar, dev)
         self._gain = 1.0
         self._col_gain = None
+        self._row_gain = None
         self._time_s = time_s
         if self.nonideal.is_ideal:
             self._phys = None
@@ -170,16 +173,35 @@ class AnalogLayer(nn.Module):
                 wt = self._state_weights(state, placed)
             measured = wt * self._gain
             intended = mat.clamp(-self._w_max, self._w_max)
-            self._col_gain = column_gains(intended, measured)
+            if self.row_calibration:
+                self._row_gain, self._col_gain = row_column_gains(
+                    intended, measured, self._tile_row_keys().to(mat.device)
+                )
+            else:
+                self._col_gain = column_gains(intended, measured)
         if wt is not None and not self.nonideal.has_read_stage and not self.tile_mode:
             # the read-back weights are the effective ones: no second decode
             self._w_eff = wt * self._gain
             if self._col_gain is not None:
                 self._w_eff = self._w_eff * self._col_gain
+            if self._row_gain is not None:
+                self._w_eff = self._w_eff * self._row_gain
             self._slices = None
             return
         if not self.nonideal.has_read_stage:
             self._set_state(state, placed)
+
+    def _tile_row_keys(self) -> Tensor:
+        """(R, C) long: ``tile * rows + tile_row`` of every placed weight (-1: not placed)."""
+        lay = self.layout
+        T, rows, wpr = lay.tile_cells.shape
+        R, C = lay.matrix_shape
+        keys = torch.full((R * C,), -1, dtype=torch.long)
+        cells = lay.tile_cells.reshape(-1)
+        ok = cells >= 0
+        tr = torch.arange(T * rows).view(T, rows, 1).expand(T, rows, wpr).reshape(-1)
+        keys[cells[ok]] = tr[ok]
+        return keys.view(R, C)
 
     def _state_cells(self, state: Tensor) -> tuple[Tensor, Tensor | None]:
         if self._cell_mode:
@@ -199,11 +221,15 @@ class AnalogLayer(nn.Module):
         self._conv_w = None
         if self.tile_mode:
             self._slices = decode_slices(cells, xbar, dev, ref) * placed
+            if self._row_gain is not None:  # input gains folded into each tile row's cells
+                self._slices = self._slices * self._row_gain
             self._w_eff = None
         else:
             self._w_eff = decode(cells, self._w_max, xbar, dev, ref) * placed * self._gain
             if self._col_gain is not None:
                 self._w_eff = self._w_eff * self._col_gain
+            if self._row_gain is not None:
+                self._w_eff = self._w_eff * self._row_gain
             self._slices = None
 
     def _current(self) -> None:
@@ -546,6 +572,30 @@ def column_gains(intended: Tensor, measured: Tensor) -> Tensor:
     den = (measured * measured).sum(0)
     ones = torch.ones_like(den)
     return torch.where(den > 0, num / torch.where(den > 0, den, ones), ones)
+
+
+def row_column_gains(
+    intended: Tensor, measured: Tensor, keys: Tensor, iters: int = 6
+) -> tuple[Tensor, Tensor]:
+    """Joint least-squares fit ``W ~ r[key] * M * c`` of one gain per tile row (``keys``,
+    (R, C) long, -1 for unplaced weights) and one per matrix column, by alternating exact
+    least-squares updates (each lowers the residual); returns ``(r expanded to (R, C), c)``.
+    Starts from the column-only fit, so it never ends worse than :func:`column_gains`."""
+    c = column_gains(intended, measured)
+    placed = keys >= 0
+    k = torch.where(placed, keys, 0).reshape(-1)
+    n = int(k.max()) + 1 if bool(placed.any()) else 1
+    r_full = torch.ones_like(measured)
+    for _ in range(iters):
+        p = measured * c
+        num = torch.zeros(n, dtype=p.dtype, device=p.device)
+        den = torch.zeros(n, dtype=p.dtype, device=p.device)
+        num.index_add_(0, k, (p * intended * placed).reshape(-1))
+        den.index_add_(0, k, (p * p * placed).reshape(-1))
+        r = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 1.0)
+        r_full = torch.where(placed, r[k].view_as(measured), 1.0)
+        c = column_gains(intended, measured * r_full)
+    return r_full, c
 
 
 def adc_full_scale_or_none(v: float | None) -> float | None:

@@ -244,6 +244,11 @@ class NonIdealityConfig:
             programming (least squares of the read-back weights against the intended ones;
             see :class:`~xbarprune.analog.layers.AnalogLayer`). Undoes the systematic,
             column-wise attenuation of wire and driver/sense resistance, not random effects.
+        row_calibration: with ``column_calibration``, also fit one digital input gain per
+            tile row (applied to the row's input before its DAC), jointly with the column
+            gains by alternating least squares. Undoes the row-wise attenuation through the
+            driver resistance, which depends on each tile row's total conductance and which
+            a column gain cannot undo (ours; see docs/methods/sparse_nonideal.md).
     """
 
     quantization: QuantizationConfig | None = None
@@ -259,6 +264,7 @@ class NonIdealityConfig:
     adc_full_scale: float | None = None
     drift_compensation: bool = False
     column_calibration: bool = False
+    row_calibration: bool = False
 
     def __post_init__(self) -> None:
         if self.dac_bits is not None:
@@ -272,10 +278,15 @@ class NonIdealityConfig:
                 f"NonIdealityConfig.drift_compensation = {self.drift_compensation!r}; "
                 "allowed: true, false"
             )
-        if not isinstance(self.column_calibration, bool):
+        for k in ("column_calibration", "row_calibration"):
+            if not isinstance(getattr(self, k), bool):
+                raise SpecError(
+                    f"NonIdealityConfig.{k} = {getattr(self, k)!r}; allowed: true, false"
+                )
+        if self.row_calibration and not self.column_calibration:
             raise SpecError(
-                f"NonIdealityConfig.column_calibration = {self.column_calibration!r}; "
-                "allowed: true, false"
+                "NonIdealityConfig.row_calibration needs column_calibration: true (the row "
+                "gains are fitted jointly with the column gains)"
             )
 
 
