@@ -85,6 +85,7 @@ class AnalogLayer(nn.Module):
         self.row_calibration = cfg.row_calibration
         self._col_gain: Tensor | None = None
         self._row_gain: Tensor | None = None  # (R, C): the gain of each cell's tile row
+        self._row_keys: Tensor | None = None
         self._phys: Tensor | None = None
         self._w_eff: Tensor | None = None
         self._slices: Tensor | None = None
@@ -192,7 +193,10 @@ class AnalogLayer(nn.Module):
             self._set_state(state, placed)
 
     def _tile_row_keys(self) -> Tensor:
-        """(R, C) long: ``tile * rows + tile_row`` of every placed weight (-1: not placed)."""
+        """(R, C) long: ``tile * rows + tile_row`` of every placed weight (-1: not placed);
+        fixed by the layout, so built once."""
+        if self._row_keys is not None:
+            return self._row_keys
         lay = self.layout
         T, rows, wpr = lay.tile_cells.shape
         R, C = lay.matrix_shape
@@ -201,7 +205,8 @@ class AnalogLayer(nn.Module):
         ok = cells >= 0
         tr = torch.arange(T * rows).view(T, rows, 1).expand(T, rows, wpr).reshape(-1)
         keys[cells[ok]] = tr[ok]
-        return keys.view(R, C)
+        self._row_keys = keys.view(R, C)
+        return self._row_keys
 
     def _state_cells(self, state: Tensor) -> tuple[Tensor, Tensor | None]:
         if self._cell_mode:

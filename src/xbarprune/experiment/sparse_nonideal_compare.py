@@ -270,6 +270,7 @@ class _Experiment:
         self.fp_dense = {**ident, "seed": seed, "train": to_dict(train_cfg)}
         self.fp_pruned = {**self.fp_dense, "finetune": to_dict(ft_cfg), "params": to_dict(params)}
         self.work = ensure_dir(work)
+        self._verified: set[Path] = set()
         self.splits = load_splits(
             dc.name, dc.root, val_size=dc.val, train_subset=dc.train_subset,
             test_subset=dc.test_subset, pad_to=dc.pad_to, seed=seed, download=dc.download,
@@ -301,8 +302,11 @@ class _Experiment:
         fingerprint (made before fingerprints existed) is trusted."""
         if not path.is_file():
             return False
+        if path in self._verified:  # checked once per run: no re-read per arm
+            return True
         stored = load_checkpoint(path).get("fingerprint")
         if stored is None or stored == config_fingerprint(config):
+            self._verified.add(path)
             return True
         self.log(f"[{self.mc.name}] {path.name}: made with other settings, rebuilding")
         for p in (path, *partials):
