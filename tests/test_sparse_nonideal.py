@@ -429,3 +429,18 @@ def test_full_study(tmp_path):  # about an hour on 2 CPU cores; writes to tmp_pa
                  for e in data_cfg["experiments"]) * 2 * n_cases  # fmt: skip
     assert len(summary["rows"]) == n_rows
     assert all(r["trials"] >= 10 for r in summary["rows"])
+
+
+def test_new_nonideality_fields_leave_cached_fingerprints_alone():
+    """A field added to NonIdealityConfig after the cache fingerprints existed enters an arm's
+    fingerprint only when set: adding it must not make every cached arm stale."""
+    from xbarprune.config import to_dict
+    from xbarprune.experiment.sparse_nonideal_compare import _ni_ident
+    from xbarprune.hardware.nonideal.model import NonIdealityConfig, preset
+
+    base = preset("sparse_nonideal")
+    ident = _ni_ident(base)
+    assert "row_calibration" not in ident
+    assert ident == {k: v for k, v in to_dict(base).items() if k != "row_calibration"}
+    on = NonIdealityConfig(column_calibration=True, row_calibration=True)
+    assert _ni_ident(on)["row_calibration"] is True

@@ -182,7 +182,7 @@ def sparse_nonideal_study(
             mc, dc, seed, train_cfg, ft_cfg, dev, ni, trials, int(data.get("eval_seed", 0)),
             params, wct_p, variants, nf_cfg, layers, work / f"{mc.name}_{dc.name}", device,
             ni_unc, unc_trials, bn_cfg, {"model": to_dict(mc), "data": to_dict(dc),
-                                         "nonideal": to_dict(ni_cfg)},
+                                         "nonideal": _ni_ident(ni_cfg)},
         )  # fmt: skip
         for size in sizes:
             for arm in run.arms(size, schemes, e.get("mitigations") or mitigations):
@@ -193,6 +193,19 @@ def sparse_nonideal_study(
                 flush(plots=False)
     flush()
     return json.loads((out_dir / "summary.json").read_text())
+
+
+#: NonIdealityConfig fields added after the cache fingerprints existed: they enter an arm's
+#: fingerprint only when set, so adding a field does not invalidate every cached arm.
+_NI_FIELDS_SINCE_FINGERPRINTS = ("row_calibration",)
+
+
+def _ni_ident(cfg: NonIdealityConfig) -> dict:
+    d = to_dict(cfg)
+    for k in _NI_FIELDS_SINCE_FINGERPRINTS:
+        if d.get(k) == getattr(NonIdealityConfig(), k):
+            d.pop(k, None)
+    return d
 
 
 def _mitigations(values, where: str) -> list[str]:
@@ -313,6 +326,20 @@ class _Experiment:
             p.unlink(missing_ok=True)
         return False
 
+    def _fresh_json(self, f: Path, fp: str) -> bool:
+        """Whether the cached record ``f`` exists and was made with fingerprint ``fp``; one made
+        with another is deleted. Records without a fingerprint (older runs; a bare list for
+        old ablations) are trusted."""
+        if not f.is_file():
+            return False
+        stored = json.loads(f.read_text())
+        got = stored.get("config_fingerprint") if isinstance(stored, dict) else None
+        if got is None or got == fp:
+            return True
+        self.log(f"[{self.mc.name}] {f.name}: made with other settings, redoing")
+        f.unlink()
+        return False
+
     def _save(self, path: Path, state: dict, config: Any) -> None:
         save_checkpoint(path, {**state, "fingerprint": config_fingerprint(config)})
 
@@ -415,12 +442,7 @@ class _Experiment:
             for mit in mitigations:
                 f = self.work / f"arm_{size}_{scheme}_{s:g}_{mit}.json"
                 fp = config_fingerprint(self._arm_config(scheme, s, mit))
-                if f.is_file():
-                    stored = json.loads(f.read_text()).get("config_fingerprint")
-                    if stored is not None and stored != fp:
-                        self.log(f"[{self.mc.name}] {f.name}: made with other settings, redoing")
-                        f.unlink()
-                if not f.is_file():
+                if not self._fresh_json(f, fp):
                     rec = self._arm(size, scheme, s, mit, dense_tiles)
                     atomic_write_json(f, {**rec, "config_fingerprint": fp})
                 yield json.loads(f.read_text())
@@ -485,12 +507,7 @@ class _Experiment:
             "effects": {k: to_dict(v.config) for k, v in ablations.items()},
             "device": to_dict(self.dev), "eval_seed": self.eval_seed, "layers": self.layers,
         })  # fmt: skip
-        if f.is_file():
-            stored = json.loads(f.read_text())
-            if isinstance(stored, dict) and stored.get("config_fingerprint") != fp:
-                self.log(f"[{self.mc.name}] {f.name}: made with other settings, redoing")
-                f.unlink()
-        if not f.is_file():
+        if not self._fresh_json(f, fp):
             out = []
             for scheme, s in cases:
                 model, layout, clip = self.prepared(size, scheme, s, wct=False)
