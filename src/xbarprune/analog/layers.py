@@ -182,15 +182,20 @@ class AnalogLayer(nn.Module):
                 self._col_gain = column_gains(intended, measured)
         if wt is not None and not self.nonideal.has_read_stage and not self.tile_mode:
             # the read-back weights are the effective ones: no second decode
-            self._w_eff = wt * self._gain
-            if self._col_gain is not None:
-                self._w_eff = self._w_eff * self._col_gain
-            if self._row_gain is not None:
-                self._w_eff = self._w_eff * self._row_gain
+            self._w_eff = self._calibrated(wt)
             self._slices = None
             return
         if not self.nonideal.has_read_stage:
             self._set_state(state, placed)
+
+    def _calibrated(self, w: Tensor) -> Tensor:
+        """Decoded weights times the drift gain and the column and row calibration gains."""
+        w = w * self._gain
+        if self._col_gain is not None:
+            w = w * self._col_gain
+        if self._row_gain is not None:
+            w = w * self._row_gain
+        return w
 
     def _tile_row_keys(self) -> Tensor:
         """(R, C) long: ``tile * rows + tile_row`` of every placed weight (-1: not placed);
@@ -230,11 +235,7 @@ class AnalogLayer(nn.Module):
                 self._slices = self._slices * self._row_gain
             self._w_eff = None
         else:
-            self._w_eff = decode(cells, self._w_max, xbar, dev, ref) * placed * self._gain
-            if self._col_gain is not None:
-                self._w_eff = self._w_eff * self._col_gain
-            if self._row_gain is not None:
-                self._w_eff = self._w_eff * self._row_gain
+            self._w_eff = self._calibrated(decode(cells, self._w_max, xbar, dev, ref) * placed)
             self._slices = None
 
     def _current(self) -> None:

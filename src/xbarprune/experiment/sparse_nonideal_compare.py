@@ -309,16 +309,17 @@ class _Experiment:
         load_state_into(m, load_checkpoint(path, self.device)["model"], str(path))
         return m
 
-    def _cached(self, path: Path, config: Any, *partials: Path) -> bool:
-        """Whether ``path`` holds a model made with ``config``. One made with another config
-        is deleted (with its resumable ``partials``) so it is rebuilt; one without a
-        fingerprint (made before fingerprints existed) is trusted."""
+    def _fresh(self, path: Path, fp: str, stored_fp, *partials: Path) -> bool:
+        """Whether the cached ``path`` exists and was made with fingerprint ``fp``
+        (``stored_fp(path)`` reads the one it carries). One made with another is deleted, with
+        its resumable ``partials``, so it is rebuilt; one without a fingerprint (made before
+        fingerprints existed) is trusted. A path found fresh is not read again in this run."""
         if not path.is_file():
             return False
-        if path in self._verified:  # checked once per run: no re-read per arm
+        if path in self._verified:
             return True
-        stored = load_checkpoint(path).get("fingerprint")
-        if stored is None or stored == config_fingerprint(config):
+        got = stored_fp(path)
+        if got is None or got == fp:
             self._verified.add(path)
             return True
         self.log(f"[{self.mc.name}] {path.name}: made with other settings, rebuilding")
@@ -326,19 +327,19 @@ class _Experiment:
             p.unlink(missing_ok=True)
         return False
 
+    def _cached(self, path: Path, config: Any, *partials: Path) -> bool:
+        """:meth:`_fresh` for a model checkpoint made with ``config``."""
+        fp = config_fingerprint(config)
+        return self._fresh(path, fp, lambda p: load_checkpoint(p).get("fingerprint"), *partials)
+
     def _fresh_json(self, f: Path, fp: str) -> bool:
-        """Whether the cached record ``f`` exists and was made with fingerprint ``fp``; one made
-        with another is deleted. Records without a fingerprint (older runs; a bare list for
-        old ablations) are trusted."""
-        if not f.is_file():
-            return False
-        stored = json.loads(f.read_text())
-        got = stored.get("config_fingerprint") if isinstance(stored, dict) else None
-        if got is None or got == fp:
-            return True
-        self.log(f"[{self.mc.name}] {f.name}: made with other settings, redoing")
-        f.unlink()
-        return False
+        """:meth:`_fresh` for a JSON record (a bare list: an old ablation, no fingerprint)."""
+
+        def stored(p: Path):
+            d = json.loads(p.read_text())
+            return d.get("config_fingerprint") if isinstance(d, dict) else None
+
+        return self._fresh(f, fp, stored)
 
     def _save(self, path: Path, state: dict, config: Any) -> None:
         save_checkpoint(path, {**state, "fingerprint": config_fingerprint(config)})
@@ -464,15 +465,18 @@ class _Experiment:
             cfg["bn_calibration"] = {"samples": self.bn_cfg.samples,
                                      "batch_size": self.bn_cfg.batch_size}  # fmt: skip
         elif mit == "bn_finetune":
-            cfg["bn_calibration"] = to_dict(self._bn(mit).cfg)
+            cfg["bn_calibration"] = to_dict(self._bn_cfg(mit))
         if mit == "none" and self.ni_unc is not None:
             cfg["uncalibrated_trials"] = self.unc_trials
         return cfg
 
-    def _bn(self, mit: str) -> BNCalibration:
+    def _bn_cfg(self, mit: str) -> BNCalibrationConfig:
         mode = {"bn_adapt": "adapt", "bn_finetune": "finetune"}[mit]
-        return BNCalibration(replace(self.bn_cfg, mode=mode), self.splits.train,
-                             seed=self.eval_seed, device=self.device)  # fmt: skip
+        return replace(self.bn_cfg, mode=mode)
+
+    def _bn(self, mit: str) -> BNCalibration:
+        return BNCalibration(self._bn_cfg(mit), self.splits.train, seed=self.eval_seed,
+                             device=self.device)  # fmt: skip
 
     def prepared(self, size: int, scheme: str, s: float, wct: bool):
         """(model, layout, weight clip or None) of one arm as it goes on the crossbars: C/F
