@@ -113,11 +113,81 @@ def test_simulate_cli_resimulates_without_training(finished, capsys):
     assert sim["compressed"]["nonideal"][0]["mean"] == pytest.approx(sim["compressed"]["digital"])
 
 
-def test_other_config_in_same_run_dir_is_refused(finished):
-    out, _, _ = finished
-    other = dict(TINY, seed=4)
-    with pytest.raises(ConfigError, match="different config"):
-        Run(load_config(other), out)
+def _copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _mtimes(d: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (d / "stages").iterdir()}
+
+
+def test_changed_evaluate_reruns_only_simulate_and_report(finished, tmp_path):
+    """Per-stage invalidation: `evaluate.trials` re-simulates, training is untouched (file
+    modification times and the log); the log names the changed key."""
+    out = _copy_run(finished[0], tmp_path / "r")
+    before = _mtimes(out)
+    logs: list[str] = []
+    cfg = dict(TINY, evaluate={"times": ["1s", "1d"], "trials": 3, "seed": 1})
+    rep = Run(load_config(cfg), out, log=logs.append).run()
+    after = _mtimes(out)
+    for f in ("train.pt", "compress.pt", "finetune.pt", "map.json"):
+        assert after[f] == before[f], f
+    assert after["simulate.json"] != before["simulate.json"]
+    skipped = [s.split("]")[0][1:] for s in logs if "up to date, skipped" in s]
+    assert skipped == ["train", "compress", "finetune", "map"]
+    assert any("[simulate] config changed: evaluate.trials: 2 -> 3" in s for s in logs)
+    assert rep["accuracy"]["compressed_nonideal"]["1d"]["trials"] == 3
+    # the first two trials are those of the 2-trial run: trials are paired by seed
+    old = finished[1]["accuracy"]["compressed_nonideal"]["1d"]["per_trial"]
+    assert rep["accuracy"]["compressed_nonideal"]["1d"]["per_trial"][:2] == old
+
+
+def test_runtime_and_key_order_recompute_nothing(finished, tmp_path):
+    out = _copy_run(finished[0], tmp_path / "r")
+    before = _mtimes(out)
+    logs: list[str] = []
+    params = dict(reversed(list(TINY["method"]["params"].items())))
+    cfg = dict(TINY, runtime={"device": "cpu", "threads": torch.get_num_threads()}, method=dict(TINY["method"],
+               params=params))  # fmt: skip
+    Run(load_config(cfg), out, log=logs.append).run()
+    after = _mtimes(out)
+    assert {k: v for k, v in after.items() if k != "report.inputs.json"} == {
+        k: v for k, v in before.items() if k != "report.inputs.json"
+    }
+    assert sum("up to date, skipped" in s for s in logs) == 5
+
+
+def test_changed_training_recomputes_everything_after_it(finished, tmp_path):
+    out = _copy_run(finished[0], tmp_path / "r")
+    run = Run(load_config(dict(TINY, method={"name": "none"})), out, log=lambda s: None)
+    logs: list[str] = []
+    run.log = logs.append
+    run.run()
+    skipped = [s.split("]")[0][1:] for s in logs if "up to date, skipped" in s]
+    assert skipped == ["train"]
+    assert any("[compress] config changed: method.name: 'group-magnitude' -> 'none'" in s
+               for s in logs)  # fmt: skip
+    for stage in ("finetune", "map", "simulate"):  # downstream records hold method.name too
+        assert any(s.startswith(f"[{stage}] config changed: method.name") for s in logs), stage
+
+
+def test_bad_config_leaves_nothing_and_fixed_config_resumes(finished, tmp_path):
+    out = tmp_path / "r"
+    bad = dict(TINY, method={"name": "magnitude", "params": {"sparsity": 0.5,
+               "exclude": ["conv9"]}})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"method.params.exclude names unknown layer\(s\): conv9"):
+        Run(load_config(bad), out).run()
+    assert not out.exists()
+    # a run whose finished stages came from the old config takes the fixed config stage by
+    # stage: the fix of a later stage keeps training
+    out = _copy_run(finished[0], tmp_path / "r2")
+    logs: list[str] = []
+    Run(load_config(dict(TINY, nonideal="pcm")), out, log=logs.append).run()
+    skipped = [s.split("]")[0][1:] for s in logs if "up to date, skipped" in s]
+    assert skipped == ["train", "compress", "finetune", "map"]
 
 
 def test_unknown_key_named(tmp_path):
@@ -142,6 +212,7 @@ def test_checkpoint_from_another_model_is_refused(finished, tmp_path):
     out, _, _ = finished
     other = dict(TINY, model={"name": "mlp"})
     run = Run(load_config(other), tmp_path / "o")
+    run.stages.mkdir(parents=True)
     (run.stages / "train.pt").write_bytes((out / "stages" / "train.pt").read_bytes())
     with pytest.raises(CheckpointError, match="does not match the model"):
         run._load_model("train")

@@ -1,7 +1,8 @@
 """Command-line interface: a thin layer over the library (DESIGN.md `cli.py`).
 
-Every :class:`~xbarprune.errors.XbarpruneError` is printed as one paragraph on stderr with exit
-code 2; nothing else is caught.
+Every :class:`~xbarprune.errors.XbarpruneError` (bad input) is printed as one line on stderr
+with exit code 2. Any other exception is a bug of ours: it is printed as one line too, with the
+path of a file holding the traceback, and exit code 3 (``XBARPRUNE_DEBUG=1`` re-raises it).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import textwrap
 from pathlib import Path
 
 
@@ -18,11 +18,17 @@ def _cmd_run(a: argparse.Namespace) -> int:
     from xbarprune.experiment.config import apply_overrides, load_config
     from xbarprune.experiment.pipeline import Run
 
-    data = load_yaml(a.config) or {}
+    data = load_yaml(a.config)
+    if data is None:
+        data = {}
     if a.set:
+        if not isinstance(data, dict):
+            data = {"": data}  # load_config names the problem
         data = apply_overrides(data, a.set)
+    if a.strict and isinstance(data, dict):
+        data = apply_overrides(data, ["runtime.strict=true"])
     cfg = load_config(data)
-    out = Path(a.out) if a.out else Path("runs") / cfg.name
+    out = Path(a.out) if a.out else Path("runs") / _plain_name(cfg.name, "name")
     rep = Run(cfg, out, fresh=a.fresh).run()
     acc = rep["accuracy"]
     print(f"\nreport: {out / 'report.json'}, {out / 'report.md'}")
@@ -38,17 +44,24 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(a: argparse.Namespace) -> int:
+    from xbarprune.errors import ConfigError
     from xbarprune.experiment.pipeline import Run
     from xbarprune.io import atomic_write_json
     from xbarprune.units import format_time, parse_time
 
+    if a.trials is not None and a.trials < 1:
+        raise ConfigError(f"--trials = {a.trials}; allowed: an integer >= 1")
+    if a.label is not None:
+        _plain_name(a.label, "--label")
+    times = [parse_time(t) for t in a.time] if a.time else None
+    if a.nonideal is not None:
+        from xbarprune.hardware.nonideal.model import preset
+
+        preset(a.nonideal)
     run = Run.open(a.run)
     for s in ("train", "finetune"):
         if not run.done(s):
-            from xbarprune.errors import ConfigError
-
             raise ConfigError(f"run {a.run} has not finished stage '{s}'; run it first")
-    times = [parse_time(t) for t in a.time] if a.time else None
     if a.bn_calibration is not None:  # override the run's evaluate.bn_calibration
         from dataclasses import replace
 
@@ -75,6 +88,7 @@ def _cmd_map(a: argparse.Namespace) -> int:
     from xbarprune.mapping import layer_matrices, map_model
 
     target = Path(a.target)
+    digital: tuple[str, ...] = ()
     if (target / "config.yaml").is_file():
         # a run: its own crossbar, the dense layout and the (packed) compressed layout
         from xbarprune.experiment.pipeline import Run
@@ -82,11 +96,16 @@ def _cmd_map(a: argparse.Namespace) -> int:
         run = Run.open(target, log=lambda s: None)
         if run.done("finetune"):
             _, model, dense_layout, layout, _ = run.models()
-        else:
+        elif run.done("train"):
             model, _ = run._load_model("train")
-            dense_layout = layout = map_model(model, run.cfg.crossbar)
+            dense_layout = layout = run.map(model)
+        else:
+            model = run.build_model()
+            dense_layout = layout = run.map(model)
         xbar = run.cfg.crossbar
+        digital = run.cfg.model.digital
     else:
+        from xbarprune.mapping.coverage import check_tile_memory
         from xbarprune.models import build_model
 
         xbar = CrossbarSpec(a.rows, a.cols, a.cells_per_weight, a.encoding)
@@ -97,6 +116,7 @@ def _cmd_map(a: argparse.Namespace) -> int:
             image_size=a.image_size,
             width=a.width,
         )
+        check_tile_memory(model, xbar, 4.0)
         dense_layout = layout = map_model(model, xbar)
     mats = layer_matrices(model, layout)
     print(
@@ -122,6 +142,22 @@ def _cmd_map(a: argparse.Namespace) -> int:
         )
     print("-" * len(hdr))
     print(f"{'total':<28}{'':>14}{tot:>8}{need:>8}")
+    from xbarprune.mapping.coverage import coverage
+
+    cov = coverage(model, layout, digital)
+    print(
+        f"\n{cov.mapped_weights} of {cov.total_weights} weights "
+        f"({100 * cov.fraction_on_crossbars:.1f} %) are on crossbars"
+    )
+    for d in cov.digital:
+        print(f"  digital: {d['name'] or '(model)'} ({d['type']}, {d['weights']} weights): "
+              f"{d['reason']}")  # fmt: skip
+    if a.strict and cov.digital:
+        from xbarprune.errors import ConfigError
+
+        raise ConfigError(
+            "--strict: layers stay digital: " + ", ".join(d["name"] for d in cov.digital)
+        )
     return 0
 
 
@@ -193,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.epochs=1 (repeatable)",
     )
+    r.add_argument(
+        "--strict", action="store_true", help="refuse a model with layers that stay digital"
+    )
     r.set_defaults(fn=_cmd_run)
 
     s = sub.add_parser("simulate", help="re-simulate a finished run under other conditions")
@@ -224,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--in-channels", type=int, default=1)
     m.add_argument("--image-size", type=int, default=28)
     m.add_argument("--width", type=float, default=1.0)
+    m.add_argument("--strict", action="store_true", help="fail if any layer stays digital")
     m.set_defaults(fn=_cmd_map)
 
     sub.add_parser("methods", help="list compression methods").set_defaults(fn=_cmd_methods)
@@ -246,19 +286,59 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _plain_name(name: str, key: str) -> str:
+    """A file or folder name without path parts (``--label``, ``name``)."""
+    from xbarprune.errors import ConfigError
+
+    ok = name and name not in (".", "..") and "/" not in name and "\\" not in name
+    if not ok or not name.isprintable():
+        raise ConfigError(
+            f"{key} = {name!r}; allowed: a plain name (letters, digits, '-', '_', '.'), "
+            "no path separators"
+        )
+    return name
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     from xbarprune.errors import XbarpruneError
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except XbarpruneError as exc:
-        msg = textwrap.fill(f"error: {exc}", width=100, break_long_words=False)
-        print(msg, file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished stages and epochs are kept; rerun to resume", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(
+            "error: out of memory; use a smaller model, crossbar, batch "
+            "(data.batch_size_eval) or runtime.max_tile_memory_gb",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as exc:
+        if os.environ.get("XBARPRUNE_DEBUG"):
+            raise
+        import tempfile
+        import traceback
+
+        fd, path = tempfile.mkstemp(prefix="xbarprune-error-", suffix=".log")
+        with os.fdopen(fd, "w") as fh:
+            traceback.print_exc(file=fh)
+        print(
+            f"internal error: {type(exc).__name__}: {_one_line(exc)[:300]} (a bug in xbarprune; "
+            f"traceback in {path}, please report it)",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ where that is unambiguous (int -> float, list -> tuple). YAML is always read wit
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -29,8 +31,62 @@ def load_yaml(path: str | Path) -> Any:
     try:
         with p.open("r", encoding="utf-8") as fh:
             return yaml.safe_load(fh)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p} is not a UTF-8 text file (byte {exc.start}); a config is YAML text"
+        ) from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{p} is not valid YAML: {yaml_problem(exc)}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from exc
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line describing a YAML error (its problem and position), without the source dump."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
+
+
+def _kind(value: Any) -> str:
+    """The YAML kind of a value, for matching it to one arm of a union type."""
+    if isinstance(value, Mapping):
+        return "mapping"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, list | tuple):
+        return "list"
+    return "other"
+
+
+def _accepts(tp: Any) -> set[str]:
+    """The YAML kinds a type annotation can take."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return {"mapping", "str", "bool", "number", "list", "other"}
+    if origin in (typing.Union, types.UnionType):
+        out: set[str] = set()
+        for a in get_args(tp):
+            out |= _accepts(a)
+        return out
+    if origin is typing.Literal:
+        return {_kind(v) for v in get_args(tp)}
+    if dataclasses.is_dataclass(tp) or origin is dict or tp is dict:
+        return {"mapping"}
+    if origin in (tuple, list) or tp in (tuple, list):
+        return {"list", "str", "number", "bool"}  # a scalar is taken as a one-item list
+    if tp in (int, float):
+        return {"number"}
+    if tp is bool:
+        return {"bool"}
+    if tp is str:
+        return {"str"}
+    return {"other"}
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:
@@ -42,14 +98,22 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if value is None and type(None) in args:
             return None
         errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        arms = [a for a in args if a is not type(None)]
+        # the arms that take this kind of value: the error of the one that fits is the cause
+        fitting = [a for a in arms if _kind(value) in _accepts(a)]
+        for arg in fitting or arms:
             try:
                 return _coerce(arg, value, path)
             except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{path}: {value!r} does not fit {tp}: " + "; ".join(errors))
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        kinds = sorted({k for a in arms for k in _accepts(a)} - {"other"})
+        if not fitting:
+            raise ConfigError(
+                f"{path}: {value!r} is a {_kind(value)}; allowed: {' or '.join(kinds)}"
+            )
+        raise ConfigError(f"{path}: " + "; ".join(str(e) for e in errors))
     if origin is typing.Literal:
         if value not in get_args(tp):
             raise ConfigError(f"{path}: {value!r} is not one of {list(get_args(tp))}")
@@ -80,7 +144,10 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
                 except ValueError:
                     pass
             raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
+        out = float(value) if not isinstance(value, int) or abs(value) < 2**1000 else math.inf
+        if not math.isfinite(out):
+            raise ConfigError(f"{path} = {value!r}; allowed: a finite number")
+        return out
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
@@ -116,9 +183,30 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T
     try:
         return cls(**kwargs)
     except SpecError as exc:
-        raise ConfigError(f"{path or cls.__name__}: {exc}") from exc
+        raise ConfigError(_user_names(str(exc), cls, path)) from exc
     except TypeError as exc:  # missing required field
         raise ConfigError(f"{path or cls.__name__}: {exc}") from exc
+
+
+def _user_names(msg: str, cls: type, path: str) -> str:
+    """A spec's message in the user's config keys: ``CrossbarSpec.rows`` -> ``crossbar.rows``.
+
+    A message that already names a dotted key of this section is kept; otherwise the section
+    path is put in front."""
+    name = cls.__name__
+    if not path:
+        return msg
+    if f"{name}." in msg:
+        return msg.replace(f"{name}.", f"{path}.")
+    if msg.startswith(f"{path}.") or msg.startswith(f"{path} "):
+        return msg
+    # a message naming one of this section's fields under another prefix ("train.lr" for the
+    # finetune section): name it under the user's path
+    m = re.match(r"[A-Za-z_]\w*(?:\.\w+)*\.(\w+)\b", msg)
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if m and m.group(1) in fields:
+        return f"{path}.{m.group(1)}{msg[m.end() :]}"
+    return f"{path}: {msg}"
 
 
 def to_dict(obj: Any) -> Any:

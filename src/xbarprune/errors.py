@@ -39,6 +39,10 @@ class CompressionError(XbarpruneError):
     """A compression method was given impossible settings (e.g. a budget larger than the layer)."""
 
 
+class TrainingError(XbarpruneError):
+    """Training cannot go on (e.g. the loss became infinite or NaN)."""
+
+
 def check_range(
     name: str,
     value: float,

@@ -34,8 +34,10 @@ def parse_time(value: str | float | int) -> float:
                 f"units {', '.join(_UNITS)} (e.g. '1h', '1d', '1y')"
             )
         t = float(m.group(1)) * _UNITS.get(m.group(2) or "s", 1.0)
-    if t < 0 or t != t:
-        raise SpecError(f"time after programming must be >= 0 s, got {value!r}")
+    if t < 0 or t != t or t == float("inf"):
+        raise SpecError(
+            f"time after programming must be a finite number of seconds >= 0, got {value!r}"
+        )
     return t
 
 

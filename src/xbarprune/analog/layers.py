@@ -20,8 +20,11 @@ layer's read generator. Biases are added digitally. Units of the converters: the
 is the largest |input| of the calibration batch; the ADC digitises partial sums in units of
 ``x_fs * dG`` (an input at full scale through one cell at g_max - g_min gives 1), full scale
 ``adc_full_scale`` or, if None, the largest |partial sum| of the calibration batch. Calibration
-happens on the first batch the layer sees and is then kept for every trial (a design-time
-choice, as in a real chip); :meth:`reset_calibration` forgets it.
+is a design-time step (:meth:`xbarprune.analog.simulate.AnalogModel.calibrate`): one batch of
+calibration images runs through the *ideally* programmed chip and fixes every converter's full
+scale, which is then kept for every trial and time, so no trial's result depends on which
+other trials or times were simulated. A layer that was never calibrated calibrates on the
+first batch it sees; :meth:`reset_calibration` forgets it.
 
 Column gain calibration (``column_calibration``, our addition; the sparse-non-ideality papers
 leave accuracy recovery out): after each trial's programming, one-hot reads give the effective
@@ -47,7 +50,7 @@ from xbarprune.hardware.nonideal.converters import quantize_uniform
 from xbarprune.hardware.nonideal.model import NonIdealityModel
 from xbarprune.hardware.spec import DeviceSpec
 from xbarprune.mapping.layout import LayerLayout
-from xbarprune.mapping.matrix import matrix_to_weight, weight_to_matrix
+from xbarprune.mapping.matrix import conv_unfold, matrix_to_weight, weight_to_matrix
 
 # bound on the elements of the gathered per-tile input (N x T x rows) per chunk
 _CHUNK_ELEMS = 1 << 24
@@ -116,9 +119,20 @@ class AnalogLayer(nn.Module):
             used=used,
         )
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether a converter full scale is fitted from data (DAC, or ADC without a fixed
+        ``adc_full_scale``)."""
+        return self.dac_bits is not None or (self.tile_mode and self.adc_full_scale is None)
+
     @torch.no_grad()
-    def program(self, generator: torch.Generator, time_s: float = 1.0) -> None:
+    def program(
+        self, generator: torch.Generator | None, time_s: float = 1.0, *, ideal: bool = False
+    ) -> None:
         """Sample one trial's programmed conductances (program, time and circuit stages).
+
+        ``ideal=True`` programs the intended conductances without any effect (the design-time
+        chip used to calibrate the converters); ``generator`` may then be None.
 
         When every effect is elementwise (no IR drop, no row/column fault patterns) and the
         encoding is differential, effects act directly on the cell tensor (k, S, R, C) with
@@ -137,7 +151,7 @@ class AnalogLayer(nn.Module):
         self._col_gain = None
         self._row_gain = None
         self._time_s = time_s
-        if self.nonideal.is_ideal:
+        if ideal or self.nonideal.is_ideal:
             self._phys = None
             self._set_weights(cells, None, placed)
             return
@@ -147,6 +161,7 @@ class AnalogLayer(nn.Module):
         else:
             state = lay.to_tiles(cells, dev.g_min)
             used = lay.used_cells.to(mat.device)
+        assert generator is not None, "a non-ideal programming needs a generator"
         ctx = self._ctx(generator, time_s, used)
         for eff in self.nonideal.stage("program"):
             state = eff.apply(state, ctx)
@@ -287,11 +302,8 @@ class AnalogLayer(nn.Module):
             if self._conv_bands is not None:
                 y = self._tile_conv(x)
             else:
-                B, _, H, W = x.shape
-                cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)
-                ho = H + 2 * m.padding[0] - m.dilation[0] * (m.kernel_size[0] - 1) - 1
-                wo = W + 2 * m.padding[1] - m.dilation[1] * (m.kernel_size[1] - 1) - 1
-                y = self._tile_matmul(cols).view(B, C, ho // m.stride[0] + 1, wo // m.stride[1] + 1)
+                cols, ho, wo = conv_unfold(m, x)
+                y = self._tile_matmul(cols).view(x.shape[0], C, ho, wo)
             if m.bias is not None:
                 y = y + m.bias.view(1, -1, 1, 1)
             return y

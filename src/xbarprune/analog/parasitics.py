@@ -25,7 +25,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xbarprune.hardware.conductance import encode, weight_scale
@@ -33,7 +32,7 @@ from xbarprune.hardware.nonideal.base import EffectContext
 from xbarprune.hardware.nonideal.model import NonIdealityModel
 from xbarprune.hardware.spec import DeviceSpec
 from xbarprune.mapping.layout import CrossbarLayout, LayerLayout
-from xbarprune.mapping.matrix import weight_to_matrix
+from xbarprune.mapping.matrix import conv_unfold, weight_to_matrix
 
 #: the RRAM cell of Bhattacharjee et al. (GLSVLSI 2023, Table 1): R_ON 50 kOhm, ON/OFF 10,
 #: 4-bit (16 levels).
@@ -97,7 +96,7 @@ def layer_input_vectors(module: nn.Module, x: Tensor, max_vectors: int = 256) ->
     """Input vectors (N, R) of a Conv2d/Linear in mapped-matrix row order from its input
     batch ``x`` (conv: im2col patches), at most ``max_vectors`` evenly spaced ones."""
     if isinstance(module, nn.Conv2d):
-        cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+        cols = conv_unfold(module, x)[0]
         v = cols.transpose(1, 2).reshape(-1, cols.shape[1])
     else:
         v = x.reshape(-1, x.shape[-1])

@@ -55,6 +55,27 @@ class AnalogModel(nn.Module):
         for layer in self.analog_layers():
             layer.reset_calibration()
 
+    @property
+    def needs_calibration(self) -> bool:
+        return any(layer.needs_calibration for layer in self.analog_layers())
+
+    @torch.no_grad()
+    def calibrate(self, x: Tensor, *, ideal: bool = True) -> None:
+        """Fit every converter's full scale (DAC input range, ADC range) on the batch ``x``.
+
+        ``ideal=True`` (design time): on the chip programmed without any non-ideality, so the
+        full scales are a function of the weights and ``x`` alone and every trial and time uses
+        the same converters; the layers are left ideally programmed (call :meth:`program`
+        next). ``ideal=False``: on the chip as currently programmed (e.g. after a per-chip
+        BatchNorm re-calibration changed the activations), a function of that chip's
+        (trial, time).
+        """
+        self.reset_calibration()
+        if ideal:
+            for layer in self.analog_layers():
+                layer.program(None, ideal=True)
+        self.model(x)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
@@ -127,6 +148,7 @@ def evaluate(
     device: torch.device | str | None = None,
     weight_clip: dict[str, float] | None = None,
     bn_calibration: BNCalibration | None = None,
+    calibration: Tensor | None = None,
 ) -> list[EvalResult]:
     """Monte Carlo accuracy of ``model`` on non-ideal crossbars, one result per time.
 
@@ -136,10 +158,22 @@ def evaluate(
     time, one pass per trial serves every t (the numbers are identical by construction).
     ``bn_calibration`` re-calibrates the BatchNorm layers on every programmed chip (trial and
     time), each time from the pre-trained BatchNorm state (:mod:`xbarprune.analog.batchnorm`).
+
+    Converter full scales (DAC, ADC) are calibrated once, before the first trial, on the
+    ideally programmed chip with the images ``calibration`` (default: the first batch of
+    ``data``; the pipeline passes training images, so the test split is read only by the
+    measurement), hence every (trial, time) result is the same whichever other trials and
+    times are evaluated. With ``bn_calibration`` they are re-fitted on each re-calibrated chip,
+    with the same images.
     """
     if device is None:
         device = next(model.parameters()).device
     am = convert(model, layout, device_spec, nonideal, weight_clip=weight_clip).to(device)
+    calib = None
+    if am.needs_calibration:
+        calib = calibration if calibration is not None else next(iter(data))[0]
+        calib = calib.to(device)
+        am.calibrate(calib)
     n_trials = 1 if nonideal.is_ideal else trials
     timeless = not nonideal.stage("time")  # no effect depends on t: one pass serves every t
     bn_state = batchnorm_state(am) if bn_calibration is not None else None
@@ -153,5 +187,7 @@ def evaluate(
             if bn_calibration is not None and bn_state is not None:
                 restore_batchnorm(am, bn_state)
                 bn_calibration.apply(am, i)
+                if calib is not None:
+                    am.calibrate(calib, ideal=False)
             out[j].per_trial.append(accuracy(am, data, device))
     return out

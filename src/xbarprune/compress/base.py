@@ -102,6 +102,11 @@ class Method(ABC):
     def __init__(self, params: Any):
         self.params = params
 
+    def uses_nonideal(self) -> bool:
+        """Whether :meth:`compress` reads ``ctx.nonideal`` (then a change of the non-ideality
+        config recomputes the compress stage of a run; otherwise only its simulation)."""
+        return False
+
     @abstractmethod
     def compress(self, ctx: CompressContext) -> CompressResult: ...
 
@@ -118,7 +123,7 @@ def get_method(name: str) -> type[Method]:
     _load_builtin()
     if name not in _REGISTRY:
         raise ConfigError(
-            f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))} "
+            f"method.name: unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))} "
             "(see `xbarprune methods`)"
         )
     return _REGISTRY[name]

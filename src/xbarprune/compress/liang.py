@@ -54,7 +54,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
@@ -68,7 +67,7 @@ from xbarprune.compress.base import (
 from xbarprune.compress.lgd import lgd_gram, top_r
 from xbarprune.errors import CompressionError, SpecError, check_range
 from xbarprune.mapping.layout import CrossbarLayout, LayerLayout
-from xbarprune.mapping.matrix import matrix_to_weight, weight_to_matrix
+from xbarprune.mapping.matrix import conv_unfold, matrix_to_weight, weight_to_matrix
 from xbarprune.mapping.permute import (
     channel_order_to_rows,
     pack_columns,
@@ -303,7 +302,7 @@ def layer_input(model: nn.Module, name: str, x: Tensor) -> Tensor:
 def _patches(mod: nn.Module, x: Tensor) -> Tensor:
     """Layer input -> (B, R, L): the mapped-matrix input vector at each output position."""
     if isinstance(mod, nn.Conv2d):
-        return F.unfold(x, mod.kernel_size, mod.dilation, mod.padding, mod.stride)
+        return conv_unfold(mod, x)[0]
     R = mod.weight.shape[1]
     return x.reshape(x.shape[0], -1, R).transpose(1, 2)
 

@@ -34,11 +34,13 @@ class MagnitudeParams:
     pack: bool = True
 
     def __post_init__(self) -> None:
-        check_range("method.sparsity", self.sparsity, low=0.0, high=1.0, high_open=True)
-        check_range("method.steps", self.steps, low=1)
-        check_range("method.epochs_per_step", self.epochs_per_step, low=0)
+        check_range("method.params.sparsity", self.sparsity, low=0.0, high=1.0, high_open=True)
+        check_range("method.params.steps", self.steps, low=1)
+        check_range("method.params.epochs_per_step", self.epochs_per_step, low=0)
         if self.kind not in GROUP_KINDS:
-            raise SpecError(f"method.kind = {self.kind!r}; allowed: {', '.join(GROUP_KINDS)}")
+            raise SpecError(
+                f"method.params.kind = {self.kind!r}; allowed: {', '.join(GROUP_KINDS)}"
+            )
 
 
 def iterative_magnitude(ctx: CompressContext, p: MagnitudeParams) -> CompressResult:

@@ -236,5 +236,8 @@ class Prunix(Method):
     )
     Params = PrunixParams
 
+    def uses_nonideal(self) -> bool:
+        return self.params.pruner == "apa" and self.params.sensitivity != "ideal"
+
     def compress(self, ctx: CompressContext) -> CompressResult:
         return run_prunix(ctx, self.params)

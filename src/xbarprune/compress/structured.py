@@ -74,13 +74,13 @@ class StructuredParams:
     pack: bool = True
 
     def __post_init__(self) -> None:
-        check_range("method.sparsity", self.sparsity, low=0.0, high=1.0, high_open=True)
-        check_range("method.lam", self.lam, low=0.0)
-        check_range("method.reg_epochs", self.reg_epochs, low=0)
-        check_range("method.warmup", self.warmup, low=0.0, high=1.0)
-        check_range("method.ft_epochs", self.ft_epochs, low=0)
+        check_range("method.params.sparsity", self.sparsity, low=0.0, high=1.0, high_open=True)
+        check_range("method.params.lam", self.lam, low=0.0)
+        check_range("method.params.reg_epochs", self.reg_epochs, low=0)
+        check_range("method.params.warmup", self.warmup, low=0.0, high=1.0)
+        check_range("method.params.ft_epochs", self.ft_epochs, low=0)
         if self.select not in ("uniform", "global"):
-            raise SpecError(f"method.select = {self.select!r}; allowed: 'uniform', 'global'")
+            raise SpecError(f"method.params.select = {self.select!r}; allowed: 'uniform', 'global'")
 
 
 def _sub_layout(layout: CrossbarLayout, names) -> CrossbarLayout:

@@ -49,9 +49,9 @@ class WCTParams:
     exclude: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        check_kappa(self.kappa, "method.kappa")
-        check_range("method.rounds", self.rounds, low=1)
-        check_range("method.epochs_per_round", self.epochs_per_round, low=0)
+        check_kappa(self.kappa, "method.params.kappa")
+        check_range("method.params.rounds", self.rounds, low=1)
+        check_range("method.params.epochs_per_round", self.epochs_per_round, low=0)
 
 
 def mapping_scales(model: nn.Module, layout: CrossbarLayout, names=None) -> dict[str, float]:

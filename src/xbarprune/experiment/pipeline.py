@@ -1,10 +1,18 @@
 """The experiment pipeline: train -> compress -> finetune -> map -> simulate -> report.
 
-Each stage writes its output atomically in ``<run>/stages/``; a stage whose output exists is
-skipped on the next run, so an interrupted run resumes where it stopped (training resumes from
-its last epoch checkpoint) and any later stage can be recomputed alone by deleting its file (or
-via :meth:`Run.resimulate`, used by ``xbarprune simulate``). The run directory also holds the
-resolved ``config.yaml``; a run directory made with another config is refused.
+Before anything is written, :meth:`Run.preflight` validates the whole config against the data
+and the model (names, method parameters and the layers they name, the mapping of every layer
+and the memory of its tiles, files, one digital and one analog forward pass): a bad config
+fails in seconds and leaves nothing in the run directory.
+
+Each stage writes its output atomically in ``<run>/stages/`` together with a record of its
+inputs (``<stage>.inputs.json``: the config keys it depends on, its own and those of the stages
+before it, as canonical JSON). On the next run a stage is skipped when its output exists and
+its record equals the current config's; otherwise it is recomputed, and so is every stage
+that depends on it (as Snakemake and DVC do), and the log says why. So an interrupted run
+resumes where it stopped (training resumes from its last epoch checkpoint), changing
+``evaluate.trials`` re-simulates without retraining, and ``runtime`` settings recompute nothing.
+The run directory also holds the latest resolved ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from xbarprune.analog.simulate import evaluate
 from xbarprune.compress.base import CompressContext, get_method
 from xbarprune.compress.pruning import group_sparsity, weight_sparsity
 from xbarprune.config import from_dict, to_dict
-from xbarprune.errors import ConfigError
+from xbarprune.errors import ConfigError, XbarpruneError
 from xbarprune.experiment.config import ExperimentConfig
 from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel
 from xbarprune.io import (
@@ -37,11 +45,21 @@ from xbarprune.io import (
     load_state_into,
     save_checkpoint,
 )
+from xbarprune.mapping.coverage import Coverage, check_tile_memory, coverage
 from xbarprune.mapping.layout import GROUP_KINDS, CrossbarLayout, layer_matrices, map_model
 from xbarprune.training.loop import evaluate_accuracy, train
 from xbarprune.training.masks import MaskSet
 
 STAGES = ("train", "compress", "finetune", "map", "simulate", "report")
+# the stages whose output each stage reads
+STAGE_DEPS: dict[str, tuple[str, ...]] = {
+    "train": (),
+    "compress": ("train",),
+    "finetune": ("compress",),
+    "map": ("finetune",),
+    "simulate": ("finetune",),
+    "report": ("map", "simulate"),
+}
 
 
 def pick_device(name: str) -> torch.device:
@@ -64,24 +82,17 @@ class Run:
         log: Callable[[str], None] = print,
     ):
         self.cfg = cfg
-        self.dir = ensure_dir(out)
-        self.stages = ensure_dir(self.dir / "stages")
+        self.dir = Path(out)
+        self.stages = self.dir / "stages"
         self.log = log
+        self.fresh = fresh
         self.device = pick_device(cfg.runtime.device)
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
-        cfg_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-        cfg_path = self.dir / "config.yaml"
-        if fresh:
-            shutil.rmtree(self.stages, ignore_errors=True)
-            self.stages = ensure_dir(self.dir / "stages")
-        elif cfg_path.is_file() and cfg_path.read_text() != cfg_text:
-            raise ConfigError(
-                f"run directory {self.dir} was made with a different config; use another "
-                "--out, or --fresh to discard its stages and start over"
-            )
-        atomic_write_text(cfg_path, cfg_text)
         self._splits = None
+        self.coverage: Coverage | None = None
+        if self.dir.exists() and not self.dir.is_dir():
+            raise ConfigError(f"--out {self.dir} exists and is not a directory")
 
     # ------------------------------------------------------------------ helpers
     @classmethod
@@ -92,6 +103,72 @@ class Run:
         if not (p / "config.yaml").is_file():
             raise ConfigError(f"{p} is not a run directory (no config.yaml)")
         return cls(load_config(p / "config.yaml"), p, log=log)
+
+    # ------------------------------------------------------------------ validation
+    def map(self, model: nn.Module) -> CrossbarLayout:
+        """The dense layout of ``model`` on the configured crossbar, without the layers the
+        config leaves digital (``model.digital``)."""
+        return map_model(model, self.cfg.crossbar, digital=self.cfg.model.digital)
+
+    def preflight(self) -> None:
+        """Validate everything a run needs before anything is trained or written.
+
+        Checks, each failing with one :class:`~xbarprune.errors.XbarpruneError` that names the
+        config key: the data (name, root, files), the model (name, options, one forward pass on
+        two training images), the mapping of every layer (unsupported layers, the memory of each
+        layer's tile tensor against ``runtime.max_tile_memory_gb``, layers left digital, refused
+        under ``runtime.strict``), the method (name, parameters, layer names in ``exclude`` /
+        ``include`` / ``layers``), the non-ideality model, ``cost.tech``, and one analog forward
+        pass of the crossbar periphery (DAC/ADC tile path) on two images.
+        """
+        cfg = self.cfg
+        s = self.splits
+        model = self.build_model()
+        x = torch.stack([s.train[i][0] for i in range(min(2, len(s.train)))])
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(x)
+        except Exception as exc:  # a model that does not fit the data
+            raise ConfigError(
+                f"model.name: {cfg.model.name!r} cannot process the data's images "
+                f"{tuple(x.shape[1:])}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not (isinstance(out, torch.Tensor) and out.dim() == 2):
+            raise ConfigError(
+                f"model.name: {cfg.model.name!r} must return (batch, classes) logits, got "
+                f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}"
+            )
+        if out.shape[1] < s.num_classes:
+            raise ConfigError(
+                f"model.name: {cfg.model.name!r} has {out.shape[1]} outputs but the data has "
+                f"{s.num_classes} classes"
+            )
+        check_tile_memory(model, cfg.crossbar, cfg.runtime.max_tile_memory_gb, cfg.model.digital)
+        layout = self.map(model)
+        self.coverage = coverage(model, layout, cfg.model.digital)
+        if cfg.runtime.strict and self.coverage.digital:
+            names = ", ".join(f"{d['name']} ({d['type']})" for d in self.coverage.digital)
+            raise ConfigError(
+                f"runtime.strict: layers stay digital: {names}; map them, or list them in "
+                "model.digital to leave them digital explicitly"
+            )
+        method = self._method()
+        check_layer_names(method.params, list(layout.layers))
+        ni = cfg.nonideal_model()
+        if cfg.cost.tech:
+            from xbarprune.cost import TechnologyTable
+
+            TechnologyTable.from_yaml(cfg.cost.tech)
+        # the analog periphery (DAC, per-tile ADC) once, on the dense model, without effects
+        from xbarprune.analog.simulate import convert, trial_generator
+
+        ncfg = ni.config
+        probe = NonIdealityConfig(dac_bits=ncfg.dac_bits, adc_bits=ncfg.adc_bits)
+        am = convert(model, layout, cfg.device, NonIdealityModel.from_config(probe))
+        am.program(trial_generator(0, 0))
+        with torch.no_grad():
+            am(x)
 
     @property
     def splits(self):
@@ -114,6 +191,63 @@ class Run:
     def _val(self):
         v = self.splits.val
         return v if v is not None and len(v) else None
+
+    # ------------------------------------------------------------------ stage records
+    def stage_inputs(self, stage: str) -> dict[str, Any]:
+        """The config keys ``stage`` depends on, its own and its dependencies', flattened to
+        dotted keys (``evaluate.trials``). ``runtime`` never enters: it does not change
+        results."""
+        d = self.cfg.to_dict()
+        own: dict[str, Any]
+        if stage == "train":
+            data = dict(d["data"])
+            data.pop("batch_size_eval", None)
+            own = {"seed": d["seed"], "model": d["model"], "data": data, "train": d["train"]}
+        elif stage == "compress":
+            own = {k: d[k] for k in ("method", "crossbar", "device", "finetune")}
+            if self._method().uses_nonideal():
+                own["nonideal"] = d["nonideal"]
+        elif stage == "finetune":
+            own = {"finetune": d["finetune"]}
+        elif stage == "map":
+            own = {k: d[k] for k in ("cost", "crossbar", "device")}
+        elif stage == "simulate":
+            own = {k: d[k] for k in ("nonideal", "evaluate", "crossbar", "device")}
+            own["data.batch_size_eval"] = d["data"]["batch_size_eval"]
+        else:  # report: rebuilt every time
+            own = {}
+        flat = _flatten(own)
+        for dep in STAGE_DEPS[stage]:
+            flat.update(self.stage_inputs(dep))
+        return dict(sorted(flat.items()))
+
+    def _record_path(self, stage: str) -> Path:
+        return self.stages / f"{stage}.inputs.json"
+
+    def _read_record(self, stage: str, legacy: ExperimentConfig | None) -> dict | None:
+        import json
+
+        p = self._record_path(stage)
+        if p.is_file():
+            try:
+                return json.loads(p.read_text())
+            except (OSError, ValueError):
+                return None
+        if legacy is not None and self.done(stage):
+            # a run made before stage records: its config.yaml is what made its stages
+            old = Run(legacy, self.dir, log=self.log)
+            return old.stage_inputs(stage)
+        return None
+
+    def _partial_checkpoints(self, stage: str) -> list[Path]:
+        return [self.stages / f"{stage}_ckpt.pt"]
+
+    def calibration_images(self) -> torch.Tensor:
+        """The images that fit the converters' full scales: the first ``batch_size_eval``
+        training images (never test images: the test split is read by the measurement only)."""
+        tr = self.splits.train
+        n = min(self.cfg.data.batch_size_eval, len(tr))
+        return torch.stack([tr[i][0] for i in range(n)])
 
     def test_loader(self) -> DataLoader:
         return DataLoader(self.splits.test, batch_size=self.cfg.data.batch_size_eval)
@@ -151,18 +285,50 @@ class Run:
 
     # ------------------------------------------------------------------ stages
     def run(self) -> dict:
-        timing: dict[str, float] = {}
-        for stage in STAGES:
-            if self.done(stage) and stage != "report":
-                self.log(f"[{stage}] done earlier, skipped")
-                continue
-            self.log(f"[{stage}] ...")
-            t0 = time.perf_counter()
-            getattr(self, f"stage_{stage}")()
-            timing[stage] = time.perf_counter() - t0
-            self.log(f"[{stage}] {timing[stage]:.1f} s")
+        """Validate, then run every stage that is not up to date (see the module docstring)."""
         import json
 
+        self.preflight()  # nothing is written before this passes
+        legacy = None
+        cfg_path = self.dir / "config.yaml"
+        if self.fresh:
+            shutil.rmtree(self.stages, ignore_errors=True)
+        elif cfg_path.is_file() and not any(self.stages.glob("*.inputs.json")):
+            from xbarprune.experiment.config import load_config
+
+            try:
+                legacy = load_config(cfg_path)
+            except XbarpruneError:
+                legacy = None  # an old config we can no longer read: every stage reruns
+        ensure_dir(self.stages)
+        atomic_write_text(cfg_path, yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        recomputed: set[str] = set()
+        for stage in STAGES:
+            cur = self.stage_inputs(stage)
+            old = self._read_record(stage, legacy)
+            why = ""
+            if stage == "report":
+                why = "always rebuilt"
+            elif not self.done(stage):
+                why = "not done yet" if old is None or old == cur else "not done; config changed"
+            elif old != cur:
+                why = "config changed: " + _describe_change(old, cur)
+            elif any(d in recomputed for d in STAGE_DEPS[stage]):
+                why = "recomputed " + ", ".join(d for d in STAGE_DEPS[stage] if d in recomputed)
+            if not why:
+                self.log(f"[{stage}] up to date, skipped")
+                continue
+            resumable = old == cur and not self.done(stage)
+            resumable &= not any(d in recomputed for d in STAGE_DEPS[stage])
+            if not resumable:
+                for ck in self._partial_checkpoints(stage):
+                    ck.unlink(missing_ok=True)
+            self.log(f"[{stage}] {why} ...")
+            atomic_write_json(self._record_path(stage), cur)
+            t0 = time.perf_counter()
+            getattr(self, f"stage_{stage}")()
+            recomputed.add(stage)
+            self.log(f"[{stage}] {time.perf_counter() - t0:.1f} s")
         return json.loads((self.dir / "report.json").read_text())
 
     def stage_train(self) -> None:
@@ -198,7 +364,7 @@ class Run:
         t0 = time.perf_counter()
         method = self._method()
         model, _ = self._load_model("train")
-        layout = map_model(model, self.cfg.crossbar)
+        layout = self.map(model)
         ctx = CompressContext(
             model=model,
             layout=layout,
@@ -259,7 +425,7 @@ class Run:
     def models(self) -> tuple[nn.Module, nn.Module, CrossbarLayout, CrossbarLayout, dict]:
         dense, _ = self._load_model("train")
         comp, ck = self._load_model("finetune")
-        dense_layout = map_model(dense, self.cfg.crossbar)
+        dense_layout = self.map(dense)
         comp_layout = CrossbarLayout.from_dict(ck["layout"])
         return dense, comp, dense_layout, comp_layout, ck
 
@@ -305,6 +471,7 @@ class Run:
                     "dense": dl.dense_tiles,
                     "compressed": sum(r["tiles_compressed"] for r in layers),
                 },
+                "coverage": coverage(comp, cl, self.cfg.model.digital).to_dict(),
                 "sparsity": {
                     "weight": weight_sparsity(comp, cl),
                     "group": {k: group_sparsity(comp, dl, k) for k in GROUP_KINDS},
@@ -334,6 +501,7 @@ class Run:
         ideal = NonIdealityModel.from_config(NonIdealityConfig())
         dense, comp, dl, cl, ck = self.models()
         data = self.test_loader()
+        calib = self.calibration_images()
         out: dict[str, Any] = {"times_s": times, "trials": trials, "seed": ev.seed}
         clip = mapping_clip(ck.get("info") or {}, cl)
         if clip:
@@ -372,6 +540,7 @@ class Run:
                 device=self.device,
                 weight_clip=wc,
                 bn_calibration=bn,
+                calibration=calib,
             )
             out[tag] = {
                 "digital": digital,
@@ -433,3 +602,45 @@ def mapping_clip(info: dict, layout: CrossbarLayout) -> dict[str, float] | None:
     clip = {n: float(v) for n, v in w_max.items() if n in layout.layers}
     return clip or None
 
+
+def check_layer_names(params: Any, layers: list[str]) -> None:
+    """Every layer a method's parameters name (``exclude``, ``include``, ``layers``, ``keep``)
+    must be a mapped layer of the model: a typo would otherwise prune the wrong layers."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(params):
+        return
+    for f in dataclasses.fields(params):
+        if f.name not in ("exclude", "include", "layers", "keep", "skip"):
+            continue
+        v = getattr(params, f.name)
+        if isinstance(v, str) or not isinstance(v, list | tuple):
+            continue
+        unknown = [n for n in v if isinstance(n, str) and n not in layers]
+        if unknown:
+            raise ConfigError(
+                f"method.params.{f.name} names unknown layer(s): {', '.join(unknown)}; the "
+                f"mapped layers are: {', '.join(layers)}"
+            )
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> dotted keys with canonical JSON leaves (so key order never matters)."""
+    import json
+
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.loads(json.dumps(v, sort_keys=True, default=str))
+    return out
+
+
+def _describe_change(old: dict[str, Any], new: dict[str, Any], most: int = 4) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
+    parts = [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys[:most]]
+    if len(keys) > most:
+        parts.append(f"and {len(keys) - most} more")
+    return "; ".join(parts)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from xbarprune.errors import MappingError, SpecError
 from xbarprune.hardware.spec import CrossbarSpec
+from xbarprune.mapping.coverage import attention_internals, matches
 from xbarprune.mapping.matrix import (
     MAPPABLE,
     check_mappable,
@@ -572,16 +573,24 @@ class CrossbarLayout:
 
 
 def mappable_layers(
-    model: nn.Module, *, on_unsupported: Literal["error", "digital"] = "error"
+    model: nn.Module,
+    *,
+    on_unsupported: Literal["error", "digital"] = "error",
+    digital: Sequence[str] = (),
 ) -> dict[str, nn.Module]:
     """Named Conv2d/Linear layers of ``model`` in definition order.
 
     Grouped convolutions and Conv1d/Conv3d/transposed convolutions raise
     :class:`~xbarprune.errors.UnsupportedLayerError` unless ``on_unsupported="digital"``
-    (then they stay digital and are not counted).
+    (then they stay digital and are not counted). Layers matching ``digital`` (names or
+    ``fnmatch`` patterns) and the internals of ``nn.MultiheadAttention`` (which reads its
+    weights directly) stay digital; :func:`xbarprune.mapping.coverage.coverage` lists them.
     """
+    skip = attention_internals(model)
     out: dict[str, nn.Module] = {}
     for name, mod in model.named_modules():
+        if name in skip or (digital and name and matches(name, tuple(digital))):
+            continue
         if is_refused(mod):
             if on_unsupported == "error":
                 check_mappable(name, mod)  # raises with the reason
@@ -599,9 +608,11 @@ def map_model(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     on_unsupported: Literal["error", "digital"] = "error",
+    digital: Sequence[str] = (),
 ) -> CrossbarLayout:
-    """Dense layout of every mapped layer of ``model`` (optionally a subset by name)."""
-    layers = mappable_layers(model, on_unsupported=on_unsupported)
+    """Dense layout of every mapped layer of ``model`` (optionally a subset by name); layers
+    matching ``digital`` (names or ``fnmatch`` patterns) stay digital."""
+    layers = mappable_layers(model, on_unsupported=on_unsupported, digital=digital)
     if include is not None:
         missing = [n for n in include if n not in layers]
         if missing:

@@ -6,6 +6,7 @@ Conv2d weight (O, I, kh, kw) -> matrix (I*kh*kw, O) with row index ``i*kh*kw + y
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xbarprune.errors import UnsupportedLayerError
@@ -61,3 +62,25 @@ def matrix_shape(weight_shape: tuple[int, ...]) -> tuple[int, int]:
     for d in weight_shape[1:]:
         r *= d
     return r, o
+
+
+def conv_unfold(module: nn.Conv2d, x: Tensor) -> tuple[Tensor, int, int]:
+    """im2col of a Conv2d's input: ``(B, R, L)`` patches in mapped-matrix row order and the
+    output height and width. String paddings work as in ``nn.Conv2d``: ``"valid"`` is 0 and
+    ``"same"`` pads ``dilation * (k - 1)`` in total, the odd pixel at the bottom/right, exactly
+    as PyTorch does."""
+    m = module
+    if isinstance(m.padding, str):
+        if m.padding == "valid":
+            pad: tuple[int, ...] = (0, 0)
+        else:  # "same" (PyTorch allows it with stride 1 only)
+            tot = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size, strict=True)]
+            x = F.pad(x, (tot[1] // 2, tot[1] - tot[1] // 2, tot[0] // 2, tot[0] - tot[0] // 2))
+            pad = (0, 0)
+    else:
+        pad = tuple(m.padding)
+    H, W = x.shape[-2:]
+    cols = F.unfold(x, m.kernel_size, m.dilation, pad, m.stride)
+    ho = (H + 2 * pad[0] - m.dilation[0] * (m.kernel_size[0] - 1) - 1) // m.stride[0] + 1
+    wo = (W + 2 * pad[1] - m.dilation[1] * (m.kernel_size[1] - 1) - 1) // m.stride[1] + 1
+    return cols, ho, wo

@@ -1,8 +1,11 @@
 """Model registry: names -> builders, plus user models by import path.
 
 ``build_model("lenet5")`` builds a registered model; ``build_model("import:pkg.mod:Name")``
-(or just ``"pkg.mod:Name"``) imports ``Name`` from ``pkg.mod`` — a ``torch.nn.Module`` subclass
-or a factory function returning one — and calls it.
+(or just ``"pkg.mod:Name"``) imports ``Name`` from ``pkg.mod`` and calls it. ``Name`` must be a
+``torch.nn.Module`` subclass: anything else (a function, ``os.system``, a builtin) is refused
+before it is called, so a config cannot run an arbitrary callable. Importing the module runs
+its top-level code, as any Python import does; modules are searched on ``sys.path``
+(``PYTHONPATH``, installed packages) and in the current working directory.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -69,21 +74,35 @@ def _import_object(target: str) -> Any:
     mod_name, sep, attr = target.partition(":")
     if not sep or not mod_name or not attr:
         raise ConfigError(
-            f"import path {target!r} must look like 'package.module:ClassName' "
-            "(or 'package.module:factory')"
+            f"model.name: import path {target!r} must look like 'import:package.module:ClassName'"
         )
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:  # user models next to the config, as `python -m` would find them
+        sys.path.append(cwd)
     try:
         module = importlib.import_module(mod_name)
     except Exception as exc:  # ImportError, or any error raised while importing user code
-        raise ConfigError(f"cannot import module {mod_name!r} for model {target!r}: {exc}") from exc
+        raise ConfigError(
+            f"model.name: cannot import module {mod_name!r} for {target!r}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        if added:
+            sys.path.remove(cwd)
     obj: Any = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError as exc:
-            raise ConfigError(f"module {mod_name!r} has no attribute {attr!r}") from exc
-    if not callable(obj):
-        raise ConfigError(f"{target!r} is not a class or factory function (got {type(obj)})")
+            raise ConfigError(f"model.name: module {mod_name!r} has no attribute {attr!r}") from exc
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        what = obj.__name__ if isinstance(obj, type) else type(obj).__name__
+        raise ConfigError(
+            f"model.name: {target!r} resolved to {what!r} "
+            f"({getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', attr)}), which is "
+            "not a torch.nn.Module subclass; import: takes nn.Module classes only"
+        )
     return obj
 
 

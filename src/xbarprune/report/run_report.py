@@ -59,6 +59,7 @@ def build_report(run) -> dict[str, Any]:
             "crossbar_saving": 1.0 - comp_x / dense_x if dense_x else 0.0,
         },
         "crossbars": {"dense": dense_x, "compressed": comp_x},
+        "coverage": mp.get("coverage"),
         "cost": mp["cost"],
         "layers": mp["layers"],
         "timing": {
@@ -137,6 +138,7 @@ def to_markdown(rep: dict) -> str:
             f"| {r['name']} | {r['matrix_shape'][0]}x{r['matrix_shape'][1]} | {r['tiles_dense']} "
             f"| {r['tiles_compressed']} | {100 * r['weight_sparsity']:.1f} |"
         )
+    lines += coverage_lines(rep.get("coverage"))
     t = rep["timing"]
     lines += [
         "",
@@ -150,6 +152,29 @@ def to_markdown(rep: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def coverage_lines(cov: dict | None) -> list[str]:
+    """Markdown lines: the share of the weights on crossbars and every layer left digital."""
+    if not cov:
+        return []
+    lines = [
+        "",
+        "## Weights on crossbars",
+        "",
+        f"{cov['mapped_weights']} of {cov['total_weights']} weights "
+        f"({100 * cov['fraction_on_crossbars']:.1f} %) are on crossbars.",
+    ]
+    if cov["digital"]:
+        lines += [
+            "",
+            "| layer that stays digital | type | weights | why |",
+            "|---|---|---|---|",
+        ]
+        for d in cov["digital"]:
+            lines.append(f"| {d['name'] or '(model)'} | {d['type']} | {d['weights']} | "
+                         f"{d['reason']} |")  # fmt: skip
+    return lines
 
 
 def _fmt(d: dict, key: str) -> str:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from xbarprune.errors import SpecError, check_range
+from xbarprune.errors import SpecError, TrainingError, check_range
 from xbarprune.io import load_checkpoint, load_state_into, save_checkpoint
 from xbarprune.metrics import accuracy
 from xbarprune.training.masks import MaskSet
@@ -158,6 +158,12 @@ def train(
                 r = regularizer(model, progress)
                 total = loss + r
                 tot_reg += float(r.detach()) * y.numel()
+            if not torch.isfinite(total.detach()):
+                raise TrainingError(
+                    f"{desc}: the loss became {float(total.detach())} in epoch {epoch + 1} "
+                    f"(batch {b + 1}); likely causes: a learning rate too high ({desc}.lr = "
+                    f"{cfg.lr:g}), a regulariser weight too large, or non-finite inputs"
+                )
             opt.zero_grad(set_to_none=True)
             total.backward()
             if masks is not None:
