@@ -150,8 +150,8 @@ def test_runtime_and_key_order_recompute_nothing(finished, tmp_path):
     before = _mtimes(out)
     logs: list[str] = []
     params = dict(reversed(list(TINY["method"]["params"].items())))
-    cfg = dict(TINY, runtime={"device": "cpu", "threads": torch.get_num_threads()}, method=dict(TINY["method"],
-               params=params))  # fmt: skip
+    runtime = {"device": "cpu", "threads": torch.get_num_threads()}
+    cfg = dict(TINY, runtime=runtime, method=dict(TINY["method"], params=params))
     Run(load_config(cfg), out, log=logs.append).run()
     after = _mtimes(out)
     assert {k: v for k, v in after.items() if k != "report.inputs.json"} == {
@@ -300,3 +300,21 @@ def test_simulate_recalibrates_batchnorm_when_asked(tmp_path):
     off = json.loads((tmp_path / "simulations" / "config_1s_bn-off.json").read_text())
     assert "bn_calibration" not in off
     assert off["compressed"]["nonideal"][0]["per_trial"] == ref["nonideal"][0]["per_trial"]
+
+
+def test_simulate_reproduces_the_reports_trials_and_refuses_bad_flags(finished, capsys):
+    """`simulate --time 1d` gives the report's own 1-day trials (calibration does not depend on
+    which times run); --trials < 1 and a --label with a path are refused."""
+    out, rep, _ = finished
+    assert main(["simulate", str(out), "--time", "1d", "--trials", "2", "--label", "d1"]) == 0
+    sim = json.loads((out / "simulations" / "d1.json").read_text())
+    want = rep["accuracy"]["compressed_nonideal"]["1d"]["per_trial"]
+    assert sim["compressed"]["nonideal"][0]["per_trial"] == want
+    capsys.readouterr()
+    for bad, key in ((["--trials", "0"], "--trials"), (["--trials", "-3"], "--trials"),
+                     (["--label", "/tmp/x"], "--label"), (["--label", ".."], "--label"),
+                     (["--nonideal", "pcmm"], "pcmm")):  # fmt: skip
+        assert main(["simulate", str(out), *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and key in err[0], err
+    assert not (Path("/tmp/x.json")).exists()

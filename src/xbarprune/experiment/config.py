@@ -149,6 +149,12 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         check_range("seed", self.seed, low=0, high=MAX_SEED)
+        ok = self.name not in ("", ".", "..") and not set(self.name) & set("/\\")
+        if not ok or not self.name.isprintable():
+            raise SpecError(
+                f"name = {self.name!r}; allowed: a plain name (it names the run directory "
+                "runs/<name>), without path separators"
+            )
         if isinstance(self.nonideal, str):
             preset(self.nonideal)  # an unknown preset name fails here, before any training
 
@@ -170,13 +176,13 @@ class ExperimentConfig:
         return replace(self, **kw)
 
 
-def load_config(source: str | Path | dict) -> ExperimentConfig:
+def load_config(source: str | Path | dict | Any) -> ExperimentConfig:
     """Load and validate an experiment config from a YAML path or a mapping."""
-    data = load_yaml(source) if not isinstance(source, dict) else source
+    data = load_yaml(source) if isinstance(source, str | Path) else source
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        where = source if not isinstance(source, dict) else "config"
+        where = source if isinstance(source, str | Path) else "config"
         raise ConfigError(
             f"{where}: the top level of a config must be a mapping of sections (model, data, "
             f"train, ...), got a {type(data).__name__}"

@@ -122,7 +122,13 @@ class Run:
         pass of the crossbar periphery (DAC/ADC tile path) on two images.
         """
         cfg = self.cfg
-        s = self.splits
+        try:
+            s = self.splits
+        except XbarpruneError as exc:
+            key = (
+                "data.root" if cfg.data.root and "unknown data set" not in str(exc) else "data.name"
+            )
+            raise ConfigError(f"{key}: {exc}") from exc
         model = self.build_model()
         x = torch.stack([s.train[i][0] for i in range(min(2, len(s.train)))])
         model.eval()
@@ -159,7 +165,10 @@ class Run:
         if cfg.cost.tech:
             from xbarprune.cost import TechnologyTable
 
-            TechnologyTable.from_yaml(cfg.cost.tech)
+            try:
+                TechnologyTable.from_yaml(cfg.cost.tech)
+            except XbarpruneError as exc:
+                raise ConfigError(f"cost.tech: {exc}") from exc
         # the analog periphery (DAC, per-tile ADC) once, on the dense model, without effects
         from xbarprune.analog.simulate import convert, trial_generator
 

@@ -206,7 +206,7 @@ def build_model(
         else:
             known = ", ".join(sorted(_REGISTRY))
             raise ConfigError(
-                f"unknown model {name!r}; known models: {known}; or give a user model as "
+                f"model.name: unknown model {name!r}; known models: {known}; or a user model as "
                 "'import:package.module:ClassName'"
             )
     # How to rebuild this model (for checkpoints); a module that forbids new attributes
