@@ -109,7 +109,7 @@ def test_from_dict_yaml_round_trip_and_errors():
     assert cfg.aging is None and cfg.adc_bits == 8 and cfg.adc_full_scale is None
     for name, p in PRESETS.items():
         assert from_dict(NonIdealityConfig, yaml.safe_load(yaml.safe_dump(to_dict(p)))) == p, name
-    with pytest.raises(ConfigError, match="FaultsConfig.sa0"):
+    with pytest.raises(ConfigError, match=r"^faults\.sa0 = 2\.0 is out of range"):
         from_dict(NonIdealityConfig, {"faults": {"sa0": 2}})
     with pytest.raises(ConfigError, match="mode"):
         from_dict(NonIdealityConfig, {"read_noise": {"sigma": 0.1, "mode": "pink"}})

@@ -233,7 +233,7 @@ def test_zeroing_k_tile_columns_frees_the_predicted_crossbars():
 # ----------------------------------------------------------------------------- pruning
 def test_sparsity_outside_range_is_rejected_naming_the_field():
     for s in (-0.1, 1.0, 1.5):
-        with pytest.raises(SpecError, match="method.sparsity"):
+        with pytest.raises(SpecError, match="method.params.sparsity"):
             StructuredParams(sparsity=s)
         with pytest.raises(ConfigError, match="sparsity"):
             from_dict(get_method("xcs").Params, {"sparsity": s}, "method.params")
