@@ -35,6 +35,7 @@ from xbarprune.compress.trannsformer import (
     cluster_prune,
     code_counts,
     layer_blocks,
+    resolve_xbar,
     run_trannsformer,
     trannsformer_layout,
 )
@@ -223,6 +224,42 @@ def test_epoch_schedule():
         TraNNsformerParams(epochs=60).cluster_prune_epoch,
     ) == (12, 48)
     assert TraNNsformerParams(epochs=27).cluster_epoch == 5  # the code would never cluster
+
+
+# ------------------------------------------------------------------------------ crossbar size X
+@pytest.mark.parametrize(
+    "crossbar,expected",
+    [
+        (CrossbarSpec(rows=128, cols=256, encoding="differential"), 128),  # 128 x 128 weights
+        (CrossbarSpec(rows=64, cols=64, encoding="differential"), 32),  # 32 weights per row
+        (CrossbarSpec(rows=16, cols=64, encoding="offset"), 16),  # 63 weights per row
+    ],
+)
+def test_default_cluster_size_follows_the_crossbar(crossbar, expected, monkeypatch):
+    """X = min(rows, weights_per_row) unless ``xbar`` is given (was a fixed 64)."""
+    import xbarprune.compress.trannsformer as tr
+    from xbarprune.compress.base import CompressContext
+
+    p = from_dict(TraNNsformerParams, {}, "params")
+    assert p.xbar is None
+    assert resolve_xbar(p, crossbar) == expected
+    assert resolve_xbar(TraNNsformerParams(xbar=64), crossbar) == 64
+
+    seen: list[int] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(model, data, params, *, xbar, **kw):
+        seen.append(xbar)
+        raise Stop
+
+    monkeypatch.setattr(tr, "run_trannsformer", fake_run)
+    model = nn.Sequential(nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 4))
+    ctx = CompressContext(model, map_model(model, crossbar), DeviceSpec(), None, None, None)
+    with pytest.raises(Stop):
+        get_method("trannsformer")(p).compress(ctx)
+    assert seen == [expected]
 
 
 # ------------------------------------------------------------------------------ errors
