@@ -458,6 +458,9 @@ def test_quick_comparison_run(tmp_path):
     out = tmp_path / "res"
     assert (out / "summary.md").read_text().startswith("# TraNNsformer")
     assert (out / "connectivity.png").is_file()
+    # report.html beside summary.md: the first table holds every row
+    page = (out / "report.html").read_text()
+    assert page.split("</table>")[0].count('<tr data-i="') == len(rows)
     # resumable: a second run reuses every arm
     s2 = run_compare(cfg)
     assert [r["crossbars"] for r in s2["rows"]] == [r["crossbars"] for r in rows]
