@@ -444,3 +444,43 @@ def test_new_nonideality_fields_leave_cached_fingerprints_alone():
     assert ident == {k: v for k, v in to_dict(base).items() if k != "row_calibration"}
     on = NonIdealityConfig(column_calibration=True, row_calibration=True)
     assert _ni_ident(on)["row_calibration"] is True
+
+
+def test_readme_claims_match_the_committed_summary():
+    """README's sparse_nonideal row states counts; recount them from summary.json (issue #21:
+    the row had said "sparse models lose more than dense, WCT helps them" for both models)."""
+    import json
+    import re
+
+    summary = ROOT / "results" / "sparse_nonideal" / "summary.json"
+    if not summary.is_file():
+        pytest.skip("no committed summary")
+    rows = json.loads(summary.read_text())["rows"]
+    by = {(r["model"], r["crossbar"], r["scheme"], r["sparsity_target"], r["mitigation"]): r
+          for r in rows}  # fmt: skip
+
+    def drop(r: dict) -> float:
+        return r["acc_ideal"] - r["acc_nonideal_mean"]
+
+    def counts(model: str) -> tuple[int, int, int]:
+        """(pruned arms, of which lose more than dense w/o mitigation, WCT lowers the drop)"""
+        n = more = wct = 0
+        for (mo, xb, sc, sp, mit), r in by.items():
+            if mo != model or mit != "none" or sc == "dense":
+                continue
+            n += 1
+            more += drop(r) > drop(by[(mo, xb, "dense", 0.0, "none")])
+            wct += drop(by[(mo, xb, sc, sp, "wct")]) < drop(r)
+        return n, more, wct
+
+    readme = (ROOT / "README.md").read_text()
+    line = next(s for s in readme.splitlines() if "examples/sparse_nonideal.yaml" in s)
+    n_v, more_v, wct_v = counts("vgg11")
+    n_r, more_r, wct_r = counts("resnet20")
+    assert (n_v, n_r) == (12, 12)
+    m = re.search(r"VGG-11 the sparse models lose more than dense, (\d+) of (\d+)", line)
+    assert m and (int(m[1]), int(m[2])) == (more_v, n_v)
+    assert more_r == 0 and "ResNet-20 the opposite, all 12 lose less" in line
+    m = re.search(r"WCT lowers the accuracy drop in (\d+) of (\d+) sparse VGG-11 arms and in "
+                  r"(\d+) of (\d+) sparse ResNet-20 arms", line)  # fmt: skip
+    assert m and [int(v) for v in m.groups()] == [wct_v, n_v, wct_r, n_r]
