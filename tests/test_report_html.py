@@ -28,6 +28,24 @@ from xbarprune.report.html import (  # noqa: E402
 )
 
 CHROMIUM = find_chromium()
+
+#: a run of a few seconds (the embedded MNIST subset), as in tests/test_pipeline.py
+TINY = {
+    "name": "tiny",
+    "seed": 3,
+    "model": {"name": "lenet5"},
+    "data": {"name": "mnist-embedded", "val_size": 0.1, "train_subset": 800, "test_subset": 300},
+    "train": {"epochs": 1, "batch_size": 32, "lr": 0.003, "progress": False},
+    "method": {
+        "name": "group-magnitude",
+        "params": {"sparsity": 0.6, "kind": "tile_column", "steps": 2, "epochs_per_step": 1},
+    },
+    "finetune": {"epochs": 1, "batch_size": 32, "lr": 0.001, "progress": False},
+    "crossbar": {"rows": 32, "cols": 32},
+    "nonideal": "reram",
+    "evaluate": {"times": ["1s", "1d"], "trials": 2, "seed": 1},
+    "runtime": {"device": "cpu"},
+}
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 
 ROWS = [
@@ -208,7 +226,6 @@ def test_plot_toggles_hide_series_in_chromium(browser, tmp_path):
 @needs_chromium
 def test_run_report_html_in_chromium(browser, tmp_path):
     """``xbarprune run`` writes report.html: 2 models x 2 drift times, one row per layer."""
-    from test_pipeline import TINY
     from xbarprune.experiment.config import load_config
     from xbarprune.experiment.pipeline import Run
 
