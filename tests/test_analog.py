@@ -127,16 +127,40 @@ def _data():
 
 
 def test_evaluate_same_seed_same_numbers_and_trials_differ():
-    net = _net()
+    # a linear net labelled by its own digital predictions: accuracy = agreement with the
+    # digital model, which the noisy chips lower by different amounts per trial
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(128, 4)).eval()
+    x = torch.randn(256, 2, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    data = [(x[k : k + 64], y[k : k + 64]) for k in range(0, 256, 64)]
     lay = map_model(net, CrossbarSpec(8, 8))
     ni = NonIdealityModel.from_config(NOISY)
-    data = _data()
     r1 = evaluate(net, data, lay, DeviceSpec(), ni, trials=4, seed=7, times=(1.0, 1e6))
     r2 = evaluate(net, data, lay, DeviceSpec(), ni, trials=4, seed=7, times=(1.0, 1e6))
     assert [r.per_trial for r in r1] == [r.per_trial for r in r2]
     assert len(r1[0].per_trial) == 4
+    # each number is the accuracy of the chip programmed with the generator of (seed, trial),
+    # the same chip at every time (paired): recompute it by hand
+    am = convert(net, lay, DeviceSpec(), ni)
+
+    def by_hand(seed: int, trial: int, t: float) -> float:
+        am.program(trial_generator(seed, trial), time_s=t)
+        return sum(int((am(xb).argmax(1) == yb).sum()) for xb, yb in data) / 256
+
+    for j, t in enumerate((1.0, 1e6)):
+        assert r1[j].per_trial == [by_hand(7, i, t) for i in range(4)]
+        assert len(set(r1[j].per_trial)) > 1  # trials are different chips
+        assert all(0.3 < a < 1.0 for a in r1[j].per_trial)  # noisy, far above chance (0.25)
+        m = sum(r1[j].per_trial) / 4
+        assert r1[j].mean == pytest.approx(m)
+        assert r1[j].std == pytest.approx(
+            (sum((a - m) ** 2 for a in r1[j].per_trial) / 3) ** 0.5  # sample std (n - 1)
+        )
     r3 = evaluate(net, data, lay, DeviceSpec(), ni, trials=4, seed=8, times=(1.0,))
-    assert r3[0].per_trial != r1[0].per_trial or r3[0].std >= 0
+    assert r3[0].per_trial == [by_hand(8, i, 1.0) for i in range(4)]
+    assert r3[0].per_trial != r1[0].per_trial  # another seed, other chips
 
 
 def test_read_noise_differs_between_forward_calls():

@@ -49,12 +49,36 @@ def test_quick_comparison_runs_end_to_end(tmp_path):
         for f in FIELDS:
             assert f in r, f
         assert r["trials"] == 2
-        assert len(r["acc_nonideal_trials"]) == 2
-    pruned = [r for r in rows if r["pruner"] != "none (dense)"]
-    for r in pruned:
-        assert r["sparsity_weight"] >= 0.85 - 0.01  # the common target
-        assert 0 <= r["crossbar_saving"] <= 1
+        t = r["acc_nonideal_trials"]
+        assert len(t) == 2
+        assert r["acc_nonideal_mean"] == pytest.approx((t[0] + t[1]) / 2)
+        assert r["acc_nonideal_std"] == pytest.approx(abs(t[0] - t[1]) / 2**0.5)  # n - 1
+        # LeNet-5 on 64 x 64 differential tiles (32 weights per row), by hand: conv1 25x6 -> 1,
+        # conv2 150x16 -> 3, fc1 400x120 -> 7*4, fc2 120x84 -> 2*3, fc3 84x10 -> 2*1
+        assert r["crossbars_dense"] == 1 + 3 + 28 + 6 + 2
+        assert r["crossbar_saving"] == pytest.approx(1 - r["crossbars"] / r["crossbars_dense"])
     assert {r["drift_time_s"] for r in rows} == {1.0, 31557600.0}
+    for arm in arms:  # the two drift times of an arm are the same chips and the same model
+        a, b = [r for r in rows if (r["regularizer"], r["pruner"]) == arm]
+        assert [a["drift_time_s"], b["drift_time_s"]] == [1.0, 31557600.0]
+        for k in ("acc_ideal", "sparsity_weight", "crossbars"):
+            assert a[k] == b[k], k
+    dense = [r for r in rows if r["pruner"] == "none (dense)"]
+    assert all(r["sparsity_weight"] == 0 and r["crossbar_saving"] == 0 for r in dense)
+    # weights per layer: conv1 150, conv2 2400, fc1 48000, fc2 10080, fc3 840
+    n = {"features.conv1": 150, "features.conv2": 2400, "classifier.fc1": 48000,
+         "classifier.fc2": 10080, "classifier.fc3": 840}  # fmt: skip
+    for r in rows:
+        if r["pruner"] == "none (dense)":
+            continue
+        assert 0.85 <= r["sparsity_weight"] <= 0.86  # the common target (tile-column grain)
+        assert r["crossbar_saving"] > 0.3  # packing frees tiles
+        if r["pruner"] == "apa":  # APA's per-layer allocation is what the model has
+            alloc = r["allocation"]
+            assert set(alloc) == set(n)
+            overall = sum(n[k] * alloc[k] for k in n) / sum(n.values())
+            assert overall == pytest.approx(r["sparsity_weight"], abs=0.01)
+            assert max(alloc.values()) <= 0.97  # s_max
     assert (tmp_path / "summary.md").is_file() and (tmp_path / "accuracy.png").is_file()
     # resumable: a second call reuses every finished arm
     again = prunix_study(data, out=str(tmp_path), quick=True, command="test", t0=0.0)

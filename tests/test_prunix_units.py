@@ -215,3 +215,44 @@ def test_pruned_group_stays_zero_through_finetuning():
     assert bool((~g.nonzero(mat2))[zero_groups].all())  # still exactly zero
     assert float(g.gather(mat2)[zero_groups].abs().max()) == 0.0
     assert not torch.equal(mat2, mat)  # the kept weights did train
+
+
+# ---------------------------------------------------------------- every round fine-tunes
+
+
+def test_every_round_including_the_last_is_finetuned():
+    """Docs (docs/methods/prunix.md, APA step 3): each of the R rounds is followed by
+    ``ft_epochs`` of fine-tuning with the masks of that round; the last round too."""
+    from xbarprune.compress.base import CompressContext
+    from xbarprune.compress.prunix import PrunixParams, run_prunix
+    from xbarprune.hardware import DeviceSpec
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 3))
+    lay = map_model(model, CrossbarSpec(4, 4))
+    ds = torch.utils.data.TensorDataset(torch.randn(32, 64), torch.randint(0, 3, (32,)))
+    calls: list[tuple[str, int, float]] = []
+
+    class Ctx(CompressContext):
+        def finetune(self, masks, epochs, regularizer=None, tag="ft", post_step=None):
+            sp = (
+                0.0
+                if masks is None
+                else float(
+                    sum(int((~m).sum()) for m in masks.masks.values())
+                    / sum(m.numel() for m in masks.masks.values())
+                )
+            )
+            calls.append((tag, epochs, sp))
+
+    ctx = Ctx(
+        model=model, layout=lay, device_spec=DeviceSpec(), train_data=ds, val_data=ds,
+        finetune_cfg=TrainConfig(epochs=1, progress=False), log=lambda s: None,
+    )  # fmt: skip
+    p = PrunixParams(regularizer="none", pruner="global", sparsity=0.5, rounds=3, ft_epochs=2,
+                     pack=False)  # fmt: skip
+    run_prunix(ctx, p)
+    assert [c[:2] for c in calls] == [(f"prunix_round{r}", 2) for r in (1, 2, 3)]
+    # the last fine-tune sees the final masks: cubic schedule ends at the target
+    targets = [0.5 * (1 - (1 - r / 3) ** 3) for r in (1, 2, 3)]  # 0.352, 0.481, 0.5
+    assert [c[2] for c in calls] == pytest.approx(targets, abs=0.02)

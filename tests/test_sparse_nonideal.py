@@ -424,11 +424,67 @@ def test_full_study(tmp_path):  # about an hour on 2 CPU cores; writes to tmp_pa
     for e in data_cfg["experiments"]:
         e["data"]["root"] = str(ROOT / e["data"]["root"])
     summary = sparse_nonideal_study(data_cfg, out=str(tmp_path), quick=False, command="t", t0=0.0)
-    n_cases = 1 + sum(len(v) for v in data_cfg["schemes"].values())
-    n_rows = sum(len(e.get("mitigations") or data_cfg["mitigations"])
-                 for e in data_cfg["experiments"]) * 2 * n_cases  # fmt: skip
-    assert len(summary["rows"]) == n_rows
-    assert all(r["trials"] >= 10 for r in summary["rows"])
+    _check_study_rows(summary["rows"], data_cfg)
+
+
+#: VGG-11 (width 0.125, 1 input channel) conv layers as mapped matrices (in*9 x out)
+_VGG11_CONVS = [(9, 8), (72, 16), (144, 32), (288, 32), (288, 64), (576, 64), (576, 64), (576, 64)]
+
+
+def _check_study_rows(rows: list[dict], cfg: dict) -> None:
+    """Laws every row of the full study obeys (the committed summary and a fresh run)."""
+    import math
+    import statistics
+
+    schemes = cfg["schemes"]
+    want = set()
+    for e in cfg["experiments"]:
+        for xb in cfg["crossbars"]:
+            for mit in e.get("mitigations") or cfg["mitigations"]:
+                want.add((e["model"]["name"], f"{xb}x{xb}", "dense", 0.0, mit))
+                want |= {(e["model"]["name"], f"{xb}x{xb}", k, float(sp), mit)
+                         for k, v in schemes.items() for sp in v}  # fmt: skip
+    got = [(r["model"], r["crossbar"], r["scheme"], float(r["sparsity_target"]), r["mitigation"])
+           for r in rows]  # fmt: skip
+    assert len(got) == len(set(got)) and set(got) == want  # every arm once
+    for r in rows:
+        t = r["acc_nonideal_trials"]
+        assert r["trials"] == len(t) == cfg["trials"] >= 10
+        assert r["acc_nonideal_mean"] == pytest.approx(statistics.fmean(t), abs=1e-12)
+        assert r["acc_nonideal_std"] == pytest.approx(statistics.stdev(t), abs=1e-12)
+        assert r["ccr"] == pytest.approx(r["crossbars_dense"] / r["crossbars"], abs=1e-12)
+        if r["mitigation"] == "none":  # the uncalibrated chips: only for the rows without
+            u = r["acc_uncalibrated_trials"]
+            assert len(u) == cfg.get("uncalibrated_trials", 2)  # the study's default
+            assert r["acc_uncalibrated_mean"] == pytest.approx(statistics.fmean(u), abs=1e-12)
+        q = r["nf_quantiles"]
+        assert q == sorted(q) and q[0] <= r["nf_median"] <= q[-1] and q[0] <= r["nf_mean"] <= q[-1]
+        assert (r["kappa"] is not None) == (r["mitigation"] in ("wct", "both"))
+        assert (r["rearrangement"] is not None) == (r["mitigation"] in ("rearrange", "both"))
+        if r["scheme"] == "dense":
+            assert r["sparsity_weight"] == 0 and r["ccr"] == 1
+        else:
+            assert r["sparsity_weight"] >= r["sparsity_target"] - 0.01
+        if r["model"] == "vgg11":  # dense conv tiles by hand, differential pairs
+            x = int(r["crossbar"].split("x")[0])
+            assert r["crossbars_dense"] == sum(
+                math.ceil(a / x) * math.ceil(b / (x // 2)) for a, b in _VGG11_CONVS
+            )
+
+
+def test_committed_summary_obeys_the_study_laws():
+    """The committed results/sparse_nonideal rows recount (the slow test checks a fresh run)."""
+    import json
+
+    f = ROOT / "results" / "sparse_nonideal" / "summary.json"
+    if not f.is_file():
+        pytest.skip("no committed summary")
+    summary = json.loads(f.read_text())
+    cfg = load_yaml(CONFIG)
+    assert summary["config"]["schemes"] == cfg["schemes"] and summary["trials"] == cfg["trials"]
+    _check_study_rows(summary["rows"], cfg)
+    rows = {(r["model"], r["crossbar"]): r["crossbars_dense"] for r in summary["rows"]}
+    assert rows[("vgg11", "32x32")] == 284 and rows[("vgg11", "64x64")] == 75  # by hand
 
 
 def test_new_nonideality_fields_leave_cached_fingerprints_alone():
@@ -444,3 +500,43 @@ def test_new_nonideality_fields_leave_cached_fingerprints_alone():
     assert ident == {k: v for k, v in to_dict(base).items() if k != "row_calibration"}
     on = NonIdealityConfig(column_calibration=True, row_calibration=True)
     assert _ni_ident(on)["row_calibration"] is True
+
+
+def test_readme_claims_match_the_committed_summary():
+    """README's sparse_nonideal row states counts; recount them from summary.json (issue #21:
+    the row had said "sparse models lose more than dense, WCT helps them" for both models)."""
+    import json
+    import re
+
+    summary = ROOT / "results" / "sparse_nonideal" / "summary.json"
+    if not summary.is_file():
+        pytest.skip("no committed summary")
+    rows = json.loads(summary.read_text())["rows"]
+    by = {(r["model"], r["crossbar"], r["scheme"], r["sparsity_target"], r["mitigation"]): r
+          for r in rows}  # fmt: skip
+
+    def drop(r: dict) -> float:
+        return r["acc_ideal"] - r["acc_nonideal_mean"]
+
+    def counts(model: str) -> tuple[int, int, int]:
+        """(pruned arms, of which lose more than dense w/o mitigation, WCT lowers the drop)"""
+        n = more = wct = 0
+        for (mo, xb, sc, sp, mit), r in by.items():
+            if mo != model or mit != "none" or sc == "dense":
+                continue
+            n += 1
+            more += drop(r) > drop(by[(mo, xb, "dense", 0.0, "none")])
+            wct += drop(by[(mo, xb, sc, sp, "wct")]) < drop(r)
+        return n, more, wct
+
+    readme = (ROOT / "README.md").read_text()
+    line = next(s for s in readme.splitlines() if "examples/sparse_nonideal.yaml" in s)
+    n_v, more_v, wct_v = counts("vgg11")
+    n_r, more_r, wct_r = counts("resnet20")
+    assert (n_v, n_r) == (12, 12)
+    m = re.search(r"VGG-11 the sparse models lose more than dense, (\d+) of (\d+)", line)
+    assert m and (int(m[1]), int(m[2])) == (more_v, n_v)
+    assert more_r == 0 and "ResNet-20 the opposite, all 12 lose less" in line
+    m = re.search(r"WCT lowers the accuracy drop in (\d+) of (\d+) sparse VGG-11 arms and in "
+                  r"(\d+) of (\d+) sparse ResNet-20 arms", line)  # fmt: skip
+    assert m and [int(v) for v in m.groups()] == [wct_v, n_v, wct_r, n_r]

@@ -35,6 +35,7 @@ from xbarprune.compress.trannsformer import (
     cluster_prune,
     code_counts,
     layer_blocks,
+    resolve_xbar,
     run_trannsformer,
     trannsformer_layout,
 )
@@ -141,7 +142,15 @@ def test_no_kept_cluster_exceeds_size_rule(rule):
 
 def test_scic_terminates_on_unsplittable_block():
     clusters = scic(torch.ones(8, 8, dtype=torch.bool), 0.7, 2, rule="dims", generator=gen())
-    assert all(c.status == 0 for c in clusters if not fits(c, 2, "dims"))
+    assert clusters
+    big = [c for c in clusters if not fits(c, 2, "dims")]
+    assert big  # the case under test happened: some block could not be split to 2 x 2
+    assert all(c.status == 0 for c in big)  # kept, flagged oversize
+    assert all(c.status == 1 for c in clusters if fits(c, 2, "dims"))
+    assert all(c.quality == 1.0 for c in clusters)  # every block of an all-ones matrix is full
+    # the clusters partition what they cover: no (output, input) cell is in two of them
+    cells = sum(len(c.inputs) * len(c.outputs) for c in clusters)
+    assert int(cluster_map((8, 8), clusters, only_valid=False).sum()) == cells <= 64
 
 
 # ------------------------------------------------------------------------------ counting
@@ -223,6 +232,42 @@ def test_epoch_schedule():
         TraNNsformerParams(epochs=60).cluster_prune_epoch,
     ) == (12, 48)
     assert TraNNsformerParams(epochs=27).cluster_epoch == 5  # the code would never cluster
+
+
+# ------------------------------------------------------------------------------ crossbar size X
+@pytest.mark.parametrize(
+    "crossbar,expected",
+    [
+        (CrossbarSpec(rows=128, cols=256, encoding="differential"), 128),  # 128 x 128 weights
+        (CrossbarSpec(rows=64, cols=64, encoding="differential"), 32),  # 32 weights per row
+        (CrossbarSpec(rows=16, cols=64, encoding="offset"), 16),  # 63 weights per row
+    ],
+)
+def test_default_cluster_size_follows_the_crossbar(crossbar, expected, monkeypatch):
+    """X = min(rows, weights_per_row) unless ``xbar`` is given (was a fixed 64)."""
+    import xbarprune.compress.trannsformer as tr
+    from xbarprune.compress.base import CompressContext
+
+    p = from_dict(TraNNsformerParams, {}, "params")
+    assert p.xbar is None
+    assert resolve_xbar(p, crossbar) == expected
+    assert resolve_xbar(TraNNsformerParams(xbar=64), crossbar) == 64
+
+    seen: list[int] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(model, data, params, *, xbar, **kw):
+        seen.append(xbar)
+        raise Stop
+
+    monkeypatch.setattr(tr, "run_trannsformer", fake_run)
+    model = nn.Sequential(nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 4))
+    ctx = CompressContext(model, map_model(model, crossbar), DeviceSpec(), None, None, None)
+    with pytest.raises(Stop):
+        get_method("trannsformer")(p).compress(ctx)
+    assert seen == [expected]
 
 
 # ------------------------------------------------------------------------------ errors
@@ -317,13 +362,28 @@ def test_cluster_block_crossbars_and_holes():
     assert Block(torch.arange(3), torch.arange(3)).tiles(spec(2)) == 4
 
 
-def test_pruned_baseline_compacts_and_code_counts(toy):
-    model, run, _ = toy
-    cc = code_counts(run, 4)
-    assert cc["dense"] == sum(dense_count(L.shape, 4) for L in run.states)
-    assert cc["greedy"] >= 0 and cc["clusters"] == sum(
-        c.crossbars(4) for L in run.states for c in L.valid
-    )
+def test_pruned_baseline_compacts_and_code_counts():
+    """``get_hardware_params.m`` counts on a hand-built layer (6 outputs x 8 inputs)."""
+    fc = nn.Linear(8, 6, bias=False)
+    W = torch.zeros(6, 8)  # (out, in)
+    W[0:3, 0:5] = 1.0  # cluster A: outputs 0-2 x inputs 0-4
+    for r, c in ((3, 7), (4, 7), (4, 6), (5, 0), (5, 1), (5, 5)):  # unclustered synapses
+        W[r, c] = 1.0
+    fc.weight.data = W
+    a = Cluster(torch.arange(5), torch.arange(3), 1.0, torch.ones(3, 5, dtype=torch.bool))
+    b = Cluster(torch.tensor([7]), torch.tensor([3]), 0.0, torch.ones(1, 1, dtype=torch.bool))
+    run = TraNNsformerRun([LayerState("fc", fc, clusters=[a, b])], [], 4, TraNNsformerParams())
+    # g = 4: dense ceil(8/4) ceil(6/4) = 4; compacted: 8 inputs, 6 outputs used -> 2 * 2 = 4;
+    # cluster A (B was pruned: quality 0) ceil(5/4) ceil(3/4) = 2; unclustered, raster scan
+    # of 4 x 4 windows: (3,7) takes (4,7); (4,6); (5,0) takes (5,1); (5,5) -> 4 windows;
+    # compacted unclustered: inputs {0,1,5,6,7}, outputs {3,4,5} -> 2 * 1 = 2
+    assert code_counts(run, 4) == {
+        "dense": 4, "compact_pruned": 4, "clusters": 2, "greedy": 4, "compact": 2,
+    }  # fmt: skip
+    # g = 2: 4 * 3; 4 * 3; 3 * 2; (3,7)+(4,7), (4,6), (5,0)+(5,1), (5,5); 3 * 2
+    assert code_counts(run, 2) == {
+        "dense": 12, "compact_pruned": 12, "clusters": 6, "greedy": 4, "compact": 6,
+    }  # fmt: skip
 
 
 def test_seeded_runs_are_deterministic(toy):
@@ -356,8 +416,27 @@ def test_method_in_pipeline_context(toy):
     )
     res = cls(params).compress(ctx)
     assert set(res.masks.masks) == {"0", "2"}
-    assert res.layout is not None and res.layout.n_tiles >= 1
-    json.dumps(res.info)
+    mods = dict(model.named_modules())
+    for name in ("0", "2"):  # the masks are the trained model's zeros
+        assert torch.equal(res.masks[name], mods[name].weight != 0)
+    assert res.layout is not None
+    info = json.loads(json.dumps(res.info))
+    for name in ("0", "2"):
+        lay, m = res.layout[name], info["mapping"][name]
+        # unclustered: drop -> every remaining weight sits in a cluster block, on the crossbars
+        assert m["unclustered_synapses"] == 0 and m["unclustered_crossbars"] == 0
+        assert bool(((mods[name].weight.t() != 0) <= lay.placed).all())
+        assert lay.n_tiles == m["cluster_crossbars"] + m["unclustered_crossbars"]
+        assert len(lay.blocks) == m["cluster_blocks"] >= 1
+    # the code's dense count by hand: (16 x 24) -> 6 * 4 tiles, (4 x 16) -> 4 * 1
+    assert info["code_counts"]["g=X"]["dense"] == 24 + 4
+    assert info["code_counts"]["g=X"] == info["code_counts"]["g=4"]  # X = 4
+    # the clustered layout computes the same function as the model (ideal crossbars)
+    am = convert(model, res.layout, DeviceSpec(), NonIdealityModel.from_config(NonIdealityConfig()))
+    am.program(trial_generator(0, 0))
+    x = data.tensors[0][:32]
+    with torch.no_grad():
+        torch.testing.assert_close(am(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------ comparison
@@ -421,6 +500,9 @@ def test_quick_comparison_run(tmp_path):
     out = tmp_path / "res"
     assert (out / "summary.md").read_text().startswith("# TraNNsformer")
     assert (out / "connectivity.png").is_file()
+    # report.html beside summary.md: the first table holds every row
+    page = (out / "report.html").read_text()
+    assert page.split("</table>")[0].count('<tr data-i="') == len(rows)
     # resumable: a second run reuses every arm
     s2 = run_compare(cfg)
     assert [r["crossbars"] for r in s2["rows"]] == [r["crossbars"] for r in rows]

@@ -183,8 +183,8 @@ def run_prunix(ctx: CompressContext, p: PrunixParams) -> CompressResult:
             f"  round {r}/{p.rounds}: target {target:.3f}, weight sparsity "
             f"{rec['weight_sparsity']:.3f}"
         )
-        if r < p.rounds:
-            ctx.finetune(masks, p.ft_epochs, regularizer=ft_reg, tag=f"prunix_round{r}")
+        # every round, the last included, is followed by its fine-tune (docs/methods/prunix.md)
+        ctx.finetune(masks, p.ft_epochs, regularizer=ft_reg, tag=f"prunix_round{r}")
         rounds.append(rec)
     info["rounds"] = rounds
     if ctx.run_dir is not None and p.pruner == "apa":

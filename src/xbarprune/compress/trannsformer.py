@@ -91,8 +91,8 @@ class TraNNsformerParams:
             init) or ``init_std`` (increments x layer weight std / 0.01/sqrt(3)).
         cp_factor0, cp_step: cluster-prune factor f, start and increment (0.005, 0.01).
     SCIC:
-        xbar: crossbar size X (X x X synapses); None = min(rows, weights_per_row) of the
-            experiment's crossbar.
+        xbar: crossbar size X (X x X synapses); None (default) = min(rows, weights_per_row)
+            of the experiment's crossbar (the authors' scripts: ``crossbarSize = 64``).
         size_rule, size_mult: ``sum``: |in| + |out| <= size_mult * X (code, 2); ``dims``:
             |in| <= X and |out| <= X.
         k: spectral clusters per SC call (code 5); k_layers: per-layer override.
@@ -131,7 +131,7 @@ class TraNNsformerParams:
     threshold_scale: Literal["absolute", "init_std"] = "absolute"
     cp_factor0: float = 0.005
     cp_step: float = 0.01
-    xbar: int | None = 64
+    xbar: int | None = None
     size_rule: Literal["sum", "dims"] = "sum"
     size_mult: int = 2
     k: int = 5

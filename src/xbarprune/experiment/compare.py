@@ -59,7 +59,12 @@ def run_compare(
         else f"xbarprune compare {config}"
     )
     t0 = time.perf_counter()
-    return studies[kind](data, out=out, quick=quick, command=command, t0=t0)
+    summary = studies[kind](data, out=out, quick=quick, command=command, t0=t0)
+    from xbarprune.experiment.study_html import write_study_html
+
+    # every study writes <out>/summary.json, out defaulting to results/<kind>
+    write_study_html(kind, out or data.get("out", f"results/{kind}"))
+    return summary
 
 
 def _load() -> dict[str, Callable[..., dict]]:

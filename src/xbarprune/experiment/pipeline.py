@@ -469,7 +469,7 @@ class Run:
                     "tiles_compressed": c.tiles_needed(cmats[name]),
                     "blocks": len(c.blocks),
                     "weight_sparsity": float((cmats[name] == 0).float().mean()),
-                    "occupancy": c.occupancy(cmats[name]).tolist(),
+                    "occupancy": c.occupancy_grids(cmats[name]),
                 }
             )
         atomic_write_json(

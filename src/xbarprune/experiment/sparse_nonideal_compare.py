@@ -51,6 +51,7 @@ from xbarprune.config import from_dict, to_dict
 from xbarprune.errors import ConfigError, check_range
 from xbarprune.experiment.compare import header, study
 from xbarprune.experiment.config import DataConfig, ModelConfig
+from xbarprune.experiment.study_html import html_plots
 from xbarprune.experiment.studykit import check_keys, config_fingerprint
 from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel, preset
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
@@ -65,6 +66,7 @@ from xbarprune.io import (
 )
 from xbarprune.mapping.layout import CrossbarLayout, map_model
 from xbarprune.mapping.rearrange import VARIANTS, choose_rearrangement
+from xbarprune.report.html import LinePlot, Plot, Series
 from xbarprune.training.loop import TrainConfig, evaluate_accuracy, train
 from xbarprune.training.masks import MaskSet
 
@@ -727,6 +729,13 @@ def _ablation_markdown(abl: list[dict]) -> list[str]:
     return lines
 
 
+_LINESTYLES: dict[str, Any] = {
+    "none": "-", "rearrange": ":", "wct": "--", "both": "-.",
+    "bn_adapt": (0, (3, 1, 1, 1, 1, 1)), "bn_finetune": (0, (6, 2)),
+}  # fmt: skip
+_COLORS = {"dense": "k", "cf": "C0", "xcs": "C1", "xrs": "C2"}
+
+
 def _plots(rows: list[dict], out_dir: Path) -> None:
     if not rows:
         return
@@ -739,11 +748,7 @@ def _plots(rows: list[dict], out_dir: Path) -> None:
 
     groups = sorted({(r["model"], r["dataset"], r["crossbar"]) for r in rows})
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
-    styles: dict[str, Any] = {
-        "none": "-", "rearrange": ":", "wct": "--", "both": "-.",
-        "bn_adapt": (0, (3, 1, 1, 1, 1, 1)), "bn_finetune": (0, (6, 2)),
-    }  # fmt: skip
-    colors = {"dense": "k", "cf": "C0", "xcs": "C1", "xrs": "C2"}
+    styles, colors = _LINESTYLES, _COLORS
     for ax, (mo, ds, xb) in zip(axes[0], groups, strict=True):
         sel = [r for r in rows if (r["model"], r["dataset"], r["crossbar"]) == (mo, ds, xb)]
         for scheme in colors:
@@ -793,3 +798,56 @@ def _plots(rows: list[dict], out_dir: Path) -> None:
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(out_dir / "nf.png", buf.getvalue())
+
+
+@html_plots("sparse_nonideal", replaces=("drop_vs_ccr.png", "nf.png"))
+def html_report_plots(summary: dict) -> list[Plot]:
+    """The two plots of :func:`_plots` for report.html: one panel per (model, dataset,
+    crossbar), one checkbox per scheme and per mitigation instead of a 20-entry legend."""
+    rows = summary.get("rows") or []
+    drop: list[Series] = []
+    nf: list[Series] = []
+    groups = sorted({(r["model"], r["dataset"], r["crossbar"]) for r in rows})
+    for mo, ds, xb in groups:
+        facet = f"{mo} / {ds} / {xb}"
+        sel = [r for r in rows if (r["model"], r["dataset"], r["crossbar"]) == (mo, ds, xb)]
+        for scheme, color in _COLORS.items():
+            for mit, ls in _LINESTYLES.items():
+                pts = sorted(
+                    (r["ccr"], _drop(r))
+                    for r in sel
+                    if r["mitigation"] == mit and r["scheme"] in (scheme, "dense")
+                )
+                if scheme == "dense":
+                    pts = [p for p in pts if p[0] <= 1.0 + 1e-9]
+                if not pts or (len(pts) < 2 and scheme != "dense"):
+                    continue
+                style = {"color": color, "linestyle": ls, "markersize": 3,
+                         "marker": "s" if mit.startswith("bn_") else "o"}  # fmt: skip
+                drop.append(Series([p[0] for p in pts], [p[1] for p in pts],
+                                   label=f"{scheme} / {mit}", facet=facet, style=style,
+                                   tags={"scheme": scheme, "mitigation": mit}))  # fmt: skip
+        for r in sel:
+            q = r.get("nf_quantiles")
+            if not q or r["mitigation"] not in ("none", "both") or len(q) < 2:
+                continue
+            ys = [i / (len(q) - 1) for i in range(len(q))]
+            nf.append(Series(q, ys, label=f"{r['scheme']} {r['sparsity_target']:g}", facet=facet,
+                             style={"color": _COLORS.get(r["scheme"], "C3"), "marker": "",
+                                    "linestyle": _LINESTYLES[r["mitigation"]], "linewidth": 1},
+                             tags={"scheme": r["scheme"], "mitigation": r["mitigation"],
+                                   "sparsity": f"{r['sparsity_target']:g}"}))  # fmt: skip
+    plots: list[Plot] = []
+    if drop:
+        plots.append(LinePlot(
+            "Accuracy drop against crossbar compression rate", drop,
+            xlabel="crossbar compression rate (CCR)",
+            ylabel="accuracy drop, ideal - non-ideal (pp)",
+            caption="Colour: scheme; line style: mitigation. Untick a box to hide its series.",
+        ))  # fmt: skip
+    if nf:
+        plots.append(LinePlot(
+            "Non-ideality factor per column (cumulative)", nf,
+            xlabel="non-ideality factor NF per column", ylabel="cumulative share of columns",
+        ))  # fmt: skip
+    return plots

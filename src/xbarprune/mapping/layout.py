@@ -342,6 +342,19 @@ class LayerLayout:
             return frac.view(nr, nc)
         return frac
 
+    def occupancy_grids(self, mat: Tensor) -> list[list[list[float]]]:
+        """Fraction of non-zero weight slots of every physical tile, one (row band x column
+        band) grid per block, in block order (the tile order of :attr:`tile_cells`)."""
+        u = self.tile_usage(mat)
+        frac = u["nonzero"].float() / (self.crossbar.rows * self.crossbar.weights_per_row)
+        grids, t = [], 0
+        for b in self.blocks:
+            nr = math.ceil(len(b.rows) / self.crossbar.rows)
+            nc = math.ceil(len(b.cols) / self.crossbar.weights_per_row)
+            grids.append(frac[t : t + nr * nc].view(nr, nc).tolist())
+            t += nr * nc
+        return grids
+
     def summary(self, mat: Tensor | None = None) -> dict:
         """Plain-dict accounting for reports (mat: current mapped matrix, for pruning stats)."""
         R, C = self.matrix_shape

@@ -1,13 +1,16 @@
-"""Assemble ``report.json`` (source of truth), ``report.md`` and plots from a run directory."""
+"""Assemble ``report.json`` (source of truth), ``report.md``, ``report.html`` (one offline file:
+sortable tables, plots; :mod:`xbarprune.report.html`) and PNG plots from a run directory."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from xbarprune.io import atomic_write_json, atomic_write_text, ensure_dir, load_checkpoint
 from xbarprune.report import plots
+from xbarprune.report.html import Image, LinePlot, Series, Table, Text, write_html
 from xbarprune.units import format_time
 
 
@@ -202,5 +205,92 @@ def write_report(run) -> dict:
     big = max(rep["layers"], key=lambda r: r["tiles_dense"])
     plots.occupancy_heatmap(big["occupancy"], big["name"], pdir / "occupancy.png")
     atomic_write_json(out / "report.json", rep)
-    atomic_write_text(out / "report.md", to_markdown(rep))
+    md = to_markdown(rep)
+    atomic_write_text(out / "report.md", md)
+    pictures = [pdir / f"{p}.png" for p in ("layer_sparsity", "occupancy")]
+    pictures += sorted(
+        p for p in pdir.glob("*.png") if p not in pictures and p.stem != "accuracy_vs_time"
+    )
+    write_html(
+        out / "report.html", f"xbarprune report: {rep['name']}", **html_parts(rep, pictures, md)
+    )
     return rep
+
+
+def html_parts(rep: dict, pictures: list[Path], md: str = "") -> dict[str, Any]:
+    """The report as plain tables and plot specs for :func:`xbarprune.report.html.write_html`:
+    accuracy rows (one per model and drift time), the layer table, accuracy against time with
+    its ideal levels, and the run's pictures."""
+    a = rep["accuracy"]
+    acc_rows, series = [], []
+    for tag in ("dense", "compressed"):
+        ni = a.get(f"{tag}_nonideal")
+        if ni is None:
+            continue
+        for label, r in ni.items():
+            acc_rows.append(
+                {
+                    "model": tag,
+                    "time": label,
+                    "time_s": r["time_s"],
+                    "digital %": _pct_num(a[f"{tag}_ideal"]),
+                    "analog ideal %": _pct_num(a[f"{tag}_analog_ideal"]),
+                    "non-ideal mean %": _pct_num(r["mean"]),
+                    "non-ideal std %": _pct_num(r["std"]),
+                }
+            )
+        rows = list(ni.values())
+        t = [max(r["time_s"], 1e-3) for r in rows]
+        color = "C0" if tag == "dense" else "C1"
+        series.append(
+            Series(t, [100 * r["mean"] for r in rows], label=tag,
+                   yerr=[100 * r["std"] for r in rows], tags={"model": tag, "kind": "non-ideal"},
+                   style={"color": color})
+        )  # fmt: skip
+        if a.get(f"{tag}_ideal") is not None:
+            series.append(
+                Series([t[0], t[-1]], [100 * a[f"{tag}_ideal"]] * 2, label=f"{tag} ideal",
+                       tags={"model": tag, "kind": "digital (ideal)"},
+                       style={"color": color, "linestyle": "--", "marker": ""})
+            )  # fmt: skip
+    layers = [
+        {
+            "layer": r["name"],
+            "matrix": f"{r['matrix_shape'][0]}x{r['matrix_shape'][1]}",
+            "blocks": r.get("blocks", 1),
+            "tiles dense": r["tiles_dense"],
+            "tiles compressed": r["tiles_compressed"],
+            "crossbars freed %": _pct_num(1 - r["tiles_compressed"] / r["tiles_dense"])
+            if r["tiles_dense"]
+            else None,
+            "weight sparsity %": _pct_num(r["weight_sparsity"]),
+        }
+        for r in rep["layers"]
+    ]
+    s, x, xb = rep["sparsity"], rep["crossbars"], rep["crossbar"]
+    meta = {
+        "model": rep["model"],
+        "dataset": f"{rep['dataset']['name']} ({rep['dataset']['test_size']} test images)",
+        "method": f"{rep['method']['name']} {json.dumps(rep['method']['params'])}",
+        "crossbar": f"{xb['rows']}x{xb['cols']} {xb['encoding']}",
+        "non-idealities": rep["nonideal"],
+        "Monte Carlo": f"{rep['evaluate']['trials']} trials, seed {rep['seeds']['evaluate']}",
+        "crossbars": f"{x['dense']} dense -> {x['compressed']} "
+        f"(saving {_pct(s['crossbar_saving'])} %)",
+        "weight sparsity %": _pct(s["weight"]),
+    }
+    plots: list[Any] = [
+        LinePlot(f"Accuracy against time: {rep['model']} / {rep['method']['name']}", series,
+                 xlabel="time after programming (s)", ylabel="test accuracy (%)", xscale="log")
+    ]  # fmt: skip
+    plots += [Image(p.stem.replace("_", " "), path=p) for p in pictures if p.is_file()]
+    return {
+        "meta": meta,
+        "tables": [Table("Accuracy", acc_rows), Table("Layers", layers)],
+        "plots": plots,
+        "texts": [Text("report.md", md)] if md else [],
+    }
+
+
+def _pct_num(x) -> float | None:
+    return None if x is None else round(100 * x, 4)
