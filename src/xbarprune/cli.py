@@ -195,6 +195,20 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(a: argparse.Namespace) -> int:
+    import shlex
+
+    from xbarprune.experiment.bench import load_bench_file, run_bench
+    from xbarprune.experiment.config import apply_overrides
+
+    data = load_bench_file(a.config)
+    if a.set:
+        data = apply_overrides(data, a.set)
+    command = "xbarprune bench " + " ".join(shlex.quote(x) for x in sys.argv[2:])
+    run_bench(data, out=a.out, quick=a.quick, executor=a.executor, command=command)
+    return 0
+
+
 def _cmd_compare(a: argparse.Namespace) -> int:
     from xbarprune.experiment.compare import run_compare
 
@@ -283,6 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quick", action="store_true", help="tiny subset, for smoke tests")
     c.add_argument("--set", action="append", metavar="KEY=VALUE")
     c.set_defaults(fn=_cmd_compare)
+
+    b = sub.add_parser(
+        "bench",
+        help="compare every method under one protocol (seeds, validation-only selection, "
+        "matched crossbar saving) and write <out>/summary.json, summary.md, report.html",
+    )
+    b.add_argument("config", help="bench YAML (e.g. examples/bench_lenet5.yaml)")
+    b.add_argument("--out", help="output folder (default: the config's out)")
+    b.add_argument("--quick", action="store_true", help="the config's quick: overrides")
+    b.add_argument("--executor", choices=["local", "ray"], default="local")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE")
+    b.set_defaults(fn=_cmd_bench)
     return p
 
 

@@ -47,6 +47,10 @@ def run_compare(
             f"(one of: {', '.join(sorted(_load()))})"
         )
     kind = data.pop("kind")
+    if kind == "bench":  # the benchmark engine (also `xbarprune bench`)
+        from xbarprune.experiment.bench import run_bench
+
+        return run_bench(data, out=out, quick=quick, command=f"xbarprune compare {config}")
     data = resolve_hardware(data)
     studies = _load()
     if kind not in studies:

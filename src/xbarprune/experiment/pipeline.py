@@ -161,6 +161,12 @@ class Run:
             )
         method = self._method()
         check_layer_names(method.params, list(layout.layers))
+        if cfg.method.name != "none" and self._val() is None:
+            raise ConfigError(
+                f"data.val_size = {cfg.data.val_size}: method {cfg.method.name!r} selects on a "
+                "validation split carved from the training data (the test split is read by the "
+                "final measurement only); allowed: a fraction in (0, 1) or a number of images"
+            )
         ni = cfg.nonideal_model()
         if cfg.cost.tech:
             from xbarprune.cost import TechnologyTable
@@ -379,7 +385,7 @@ class Run:
             layout=layout,
             device_spec=self.cfg.device,
             train_data=self.splits.train,
-            val_data=self._val() or self.splits.test,
+            val_data=self._val(),  # never the test split (preflight checks it exists)
             finetune_cfg=self.cfg.finetune,
             device=self.device,
             seed=self.cfg.seed,

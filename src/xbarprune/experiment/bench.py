@@ -1,0 +1,741 @@
+"""The benchmark engine: every method under one protocol (issue #21; DESIGN.md `experiment/`).
+
+``xbarprune bench CONFIG`` answers the user's question *which compression method, on my
+network, crossbar and device, at what accuracy cost?* One config names a base experiment (the
+model, data, training, crossbar, device and evaluation shared by every arm), the methods with
+the budgets of their own knob, the non-ideality presets and the seeds.
+
+An **arm** is data: (method, params with the knob at one budget, seed) on top of the base. It
+runs through exactly the code path of ``xbarprune run`` -- an arm is a
+:class:`~xbarprune.experiment.pipeline.Run` in ``<out>/work/<method>/<budget>/s<seed>/``, so the
+registered ``Method.compress``, fine-tune, map and simulate are the same, and the pipeline's
+per-stage records are the arm cache: a finished arm is reused, a changed setting recomputes
+exactly the stages it affects. The dense model of each seed is trained once (the ``none`` arm)
+and handed to every arm of that seed whose training inputs are identical. Presets after the
+first are simulated on the finished arm and cached with the record of their inputs.
+
+**Held-out selection by construction.** Every arm has train / validation / test splits; the
+validation split is carved from the training data (``data.val_size``, at least 10 % here).
+Methods select on ``ctx.val_data`` (the validation split; the pipeline never hands them the
+test split), the knob values are fixed in the config (or picked on validation by the user), and
+matched-saving comparisons interpolate along budgets without looking at accuracy. The test split
+is read only by the final measurement (``Run.simulate``); rows say so in ``selection_split``.
+
+**Statistics.** Each seed retrains the dense model and reruns the arm; its value is the mean
+over its Monte Carlo trials (nested per seed). Rows give the mean over seeds and the half-width
+of the 95 % confidence interval of that mean (Student's t with n - 1 degrees of freedom; ``None``
+with one seed), and keep the per-seed values they come from. Methods are compared at matched
+crossbar saving: per seed, accuracy is linearly interpolated along the method's budgets at the
+target saving (no extrapolation), and differences to the best method are paired by seed.
+
+Executors: ``local`` (in this process, or ``runtime.workers`` processes) and ``ray`` (each
+(arm, seed) a Ray task on ``ray.init()`` or the cluster in ``RAY_ADDRESS``); both call
+:func:`run_arm`, share the cache, and give identical rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xbarprune.config import from_dict, load_yaml
+from xbarprune.errors import ConfigError, XbarpruneError
+from xbarprune.io import atomic_write_json, atomic_write_text, ensure_dir
+from xbarprune.units import format_time
+
+MIN_VAL_FRACTION = 0.1
+
+
+# ---------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of a bench: its registered ``name``, the ``params`` shared by its arms,
+    the ``knob`` (a key of ``params``, dotted for nested keys) and its ``budgets`` (knob
+    values). ``label`` names the method in rows (default: ``name``). A method without a knob
+    has one arm (``budget`` None)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    knob: str | None = None
+    budgets: tuple[float, ...] = ()
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.knob is not None and not self.budgets:
+            raise ConfigError(f"methods[{self.name}].budgets: a knob needs at least one budget")
+        if self.knob is None and self.budgets:
+            raise ConfigError(f"methods[{self.name}].knob: budgets need the knob they set")
+
+    @property
+    def tag(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """The ``xbarprune bench`` config (``kind: bench`` for ``xbarprune compare``)."""
+
+    name: str = "bench"
+    out: str | None = None
+    base: dict[str, Any] = field(default_factory=dict)
+    methods: tuple[MethodSpec, ...] = ()
+    presets: tuple[str, ...] = ("pcm", "reram")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    match_savings: tuple[float, ...] = (0.5, 0.7, 0.85)
+    rank_at: float = 0.7
+    quick: dict[str, Any] = field(default_factory=dict)
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ConfigError("methods: a bench needs at least one method")
+        if not self.seeds:
+            raise ConfigError("seeds: a bench needs at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: {list(self.seeds)} repeats a seed")
+        if not self.presets:
+            raise ConfigError("presets: a bench needs at least one non-ideality preset")
+        tags = [m.tag for m in self.methods]
+        if len(set(tags)) != len(tags):
+            raise ConfigError(f"methods: labels {tags} repeat; give each a distinct 'label'")
+        for s in (*self.match_savings, self.rank_at):
+            if not 0 < s < 1:
+                raise ConfigError(f"match_savings / rank_at = {s}; allowed: (0, 1)")
+        if self.workers < 1:
+            raise ConfigError(f"workers = {self.workers}; allowed: an integer >= 1")
+
+
+def _merge(a: dict, b: dict) -> dict:
+    """Recursive dict merge, ``b`` winning."""
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_bench(data: dict[str, Any], *, quick: bool = False) -> BenchConfig:
+    """Validate a bench mapping (``--quick`` merges its ``quick:`` section first)."""
+    data = dict(data)
+    data.pop("kind", None)
+    if quick:
+        q = dict(data.get("quick") or {})
+        if not isinstance(q, dict):
+            raise ConfigError("quick: expected a mapping of overrides")
+        mp = q.pop("method_params", {}) or {}
+        data = _merge({k: v for k, v in data.items() if k != "quick"}, q)
+        if mp:  # quick: {method_params: {<label or name>: {param: value}}}
+            methods = []
+            for m in data.get("methods") or []:
+                tag = m.get("label") or m.get("name") if isinstance(m, dict) else None
+                if isinstance(m, dict) and tag in mp:
+                    m = _merge(m, {"params": mp[tag]})
+                methods.append(m)
+            unknown = set(mp) - {m.get("label") or m.get("name") for m in methods
+                                 if isinstance(m, dict)}  # fmt: skip
+            if unknown:
+                raise ConfigError(f"quick.method_params names unknown method(s): {sorted(unknown)}")
+            data["methods"] = methods
+    cfg = from_dict(BenchConfig, data)
+    return cfg
+
+
+# ---------------------------------------------------------------------------- arms
+def _set_dotted(d: dict, key: str, value: Any) -> dict:
+    out = copy.deepcopy(d)
+    node = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _budget_name(b: float | None) -> str:
+    return "default" if b is None else f"{b:g}"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One (method, budget, seed): a plain, picklable description of a pipeline run."""
+
+    method: str  # the method's tag (label)
+    budget: float | None
+    seed: int
+    config: dict[str, Any]  # the full experiment config of this run
+    dir: str
+    presets: tuple[str, ...]
+    dense_dir: str | None  # the seed's dense run, whose training this arm reuses
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}/{_budget_name(self.budget)}/s{self.seed}"
+
+
+def plan_arms(cfg: BenchConfig, out: Path) -> list[Arm]:
+    """Every arm of the bench, the dense (``none``) arm of each seed first."""
+    base = copy.deepcopy(cfg.base)
+    base.pop("method", None)
+    base.pop("seed", None)
+    base["nonideal"] = cfg.presets[0]
+    base = _merge(base, {"evaluate": {"dense": False}})
+    work = out / "work"
+    arms: list[Arm] = []
+    specs = list(cfg.methods)
+    if not any(m.name == "none" for m in specs):
+        specs.insert(0, MethodSpec(name="none"))
+    specs.sort(key=lambda m: m.name != "none")  # dense arms first
+    dense_tag = next(m.tag for m in specs if m.name == "none")
+    for seed in cfg.seeds:
+        for m in specs:
+            for b in m.budgets or (None,):
+                params = dict(m.params)
+                if m.knob is not None:
+                    params = _set_dotted(params, m.knob, b)
+                conf = _merge(base, {"seed": seed, "method": {"name": m.name, "params": params}})
+                conf["name"] = f"{cfg.name}-{m.tag}-{_budget_name(b)}-s{seed}".replace("/", "_")
+                d = work / m.tag / _budget_name(b) / f"s{seed}"
+                dense = None if m.name == "none" else str(work / dense_tag / "default" / f"s{seed}")
+                arms.append(Arm(m.tag, b, seed, conf, str(d), tuple(cfg.presets), dense))
+    return arms
+
+
+def validate_arms(arms: Sequence[Arm]) -> None:
+    """Every arm's config loads (strict keys, ranges) and carves a validation split of at
+    least 10 %, before any arm runs: a typo in the last method fails in seconds."""
+    from xbarprune.config import to_dict
+    from xbarprune.experiment.config import load_config
+    from xbarprune.experiment.pipeline import Run
+
+    shared: dict[str, Any] = {}
+    seen: set[tuple] = set()
+    for arm in arms:
+        try:
+            cfg = load_config(arm.config)
+        except XbarpruneError as exc:
+            raise ConfigError(f"arm {arm.key}: {exc}") from exc
+        v = cfg.data.val_size
+        if v < 1 and v < MIN_VAL_FRACTION:
+            raise ConfigError(
+                f"base.data.val_size = {v}; a bench selects on a validation split carved "
+                f"from the training data: allowed >= {MIN_VAL_FRACTION} (or a number of images)"
+            )
+        if (arm.method, arm.budget) in seen:
+            continue
+        seen.add((arm.method, arm.budget))
+        run = Run(cfg, arm.dir, log=lambda s: None)
+        key = json.dumps([to_dict(cfg.data), cfg.seed], sort_keys=True, default=str)
+        if key in shared:
+            run._splits = shared[key]
+        try:
+            run.preflight()
+        except XbarpruneError as exc:
+            raise ConfigError(f"arm {arm.key}: {exc}") from exc
+        shared[key] = run._splits
+
+
+def _copy_dense(arm: Arm) -> None:
+    """Give the arm the seed's dense model if its training inputs equal the dense run's."""
+    import shutil
+
+    if arm.dense_dir is None:
+        return
+    src = Path(arm.dense_dir) / "stages"
+    dst = Path(arm.dir) / "stages"
+    if (dst / "train.pt").is_file() or not (src / "train.pt").is_file():
+        return
+    try:
+        rec = json.loads((src / "train.inputs.json").read_text())
+    except (OSError, ValueError):
+        return
+    from xbarprune.experiment.config import load_config
+    from xbarprune.experiment.pipeline import Run
+
+    mine = Run(load_config(arm.config), arm.dir, log=lambda s: None).stage_inputs("train")
+    if mine != rec:
+        return
+    ensure_dir(dst)
+    shutil.copy2(src / "train.pt", dst / "train.pt")
+    shutil.copy2(src / "train.inputs.json", dst / "train.inputs.json")
+
+
+def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[str, Any]:
+    """Run (or reuse) one arm through the pipeline and measure it under every preset.
+
+    Returns the arm's per-seed record: ideal test accuracy, crossbars, saving, compute time
+    and, per preset and time, the per-trial non-ideal accuracies. Pure in its inputs: the
+    local and the Ray executor both call it.
+    """
+    import torch
+
+    from xbarprune.experiment.config import load_config
+    from xbarprune.experiment.pipeline import Run
+
+    if threads:
+        torch.set_num_threads(threads)
+    log: Callable[[str], None] = (lambda s: None) if quiet else print
+    cfg = load_config(arm.config)
+    _copy_dense(arm)
+    run = Run(cfg, arm.dir, log=log)
+    t0 = time.perf_counter()
+    rep = run.run()
+    sims: dict[str, Any] = {arm.presets[0]: json.loads((run.stages / "simulate.json").read_text())}
+    for p in arm.presets[1:]:
+        sims[p] = _cached_simulation(run, p)
+    timing = rep.get("timing", {})
+    compute = sum(v for v in timing.values() if isinstance(v, int | float))
+    dense_x, comp_x = rep["crossbars"]["dense"], rep["crossbars"]["compressed"]
+    record = {
+        "key": arm.key,
+        "method": arm.method,
+        "method_name": cfg.method.name,
+        "budget": arm.budget,
+        "seed": arm.seed,
+        "acc_ideal": rep["accuracy"]["compressed_ideal"],
+        "crossbars_dense": dense_x,
+        "crossbars_compressed": comp_x,
+        "crossbar_saving": 1.0 - comp_x / dense_x if dense_x else 0.0,
+        "weight_sparsity": rep["sparsity"]["weight"],
+        "time_s": compute,
+        "nonideal": {
+            p: {format_time(r["time_s"]): r["per_trial"] for r in s["compressed"]["nonideal"]}
+            for p, s in sims.items()
+        },
+        "wall_s": time.perf_counter() - t0,
+    }
+    return record
+
+
+def _cached_simulation(run: Any, preset_name: str) -> dict:
+    """``run.simulate(nonideal=preset)``, cached in ``<arm>/bench_sim/<preset>.json`` with the
+    record of its inputs (recomputed when they change)."""
+    rec = dict(run.stage_inputs("simulate"))
+    rec = {k: v for k, v in rec.items() if not k.startswith("nonideal")}
+    rec["nonideal"] = preset_name
+    path = run.dir / "bench_sim" / f"{preset_name}.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            if old.get("record") == rec:
+                return old["result"]
+        except (OSError, ValueError):
+            pass
+    res = run.simulate(nonideal=preset_name)
+    atomic_write_json(path, {"record": rec, "result": res})
+    return res
+
+
+# ---------------------------------------------------------------------------- executors
+def execute(
+    arms: Sequence[Arm],
+    executor: str = "local",
+    workers: int = 1,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Run every arm (dense arms first) and return their records in the order of ``arms``."""
+    dense = [a for a in arms if a.dense_dir is None]
+    rest = [a for a in arms if a.dense_dir is not None]
+    if executor == "ray":
+        return _execute_ray(dense, rest, arms, log)
+    if executor != "local":
+        raise ConfigError(f"--executor = {executor!r}; allowed: local, ray")
+    out: dict[str, dict] = {}
+    for group in (dense, rest):
+        if workers > 1 and len(group) > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            import torch
+
+            threads = max(1, torch.get_num_threads() // workers)
+            with ProcessPoolExecutor(workers) as pool:
+                futs = {a.key: pool.submit(run_arm, a, threads) for a in group}
+                for k, f in futs.items():
+                    out[k] = f.result()
+                    log(f"  arm {k} done")
+        else:
+            for a in group:
+                t0 = time.perf_counter()
+                out[a.key] = run_arm(a)
+                log(f"  arm {a.key}: {time.perf_counter() - t0:.1f} s")
+    return [out[a.key] for a in arms]
+
+
+def _execute_ray(dense, rest, arms, log) -> list[dict]:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError(
+            "--executor ray needs Ray: pip install -e '.[ray]' (or pip install 'ray>=2.9')"
+        ) from exc
+    started = False
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False, include_dashboard=False)  # RAY_ADDRESS is honoured
+        started = True
+    try:
+        remote = ray.remote(num_cpus=1)(run_arm)
+        out: dict[str, dict] = {}
+        for group in (dense, rest):
+            refs = {a.key: remote.remote(a, 1) for a in group}
+            for k, r in refs.items():
+                out[k] = ray.get(r)
+                log(f"  arm {k} done (ray)")
+        return [out[a.key] for a in arms]
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------------------- statistics
+def mean_ci95(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of its 95 % confidence interval (Student's t, n - 1 degrees of
+    freedom); the half-width is None for a single value."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), None
+    m = statistics.fmean(values)
+    if n < 2:
+        return m, None
+    from scipy.stats import t
+
+    return m, float(t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n))
+
+
+def interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
+    """Linear interpolation of (saving, accuracy) points at ``x``; None outside their range
+    (never extrapolated). Points with equal savings are averaged."""
+    by: dict[float, list[float]] = {}
+    for s, a in points:
+        by.setdefault(s, []).append(a)
+    pts = sorted((s, statistics.fmean(a)) for s, a in by.items())
+    if not pts or x < pts[0][0] - 1e-12 or x > pts[-1][0] + 1e-12:
+        return None
+    for (s0, a0), (s1, a1) in zip(pts, pts[1:], strict=False):
+        if s0 - 1e-12 <= x <= s1 + 1e-12:
+            return a0 if s1 == s0 else a0 + (a1 - a0) * (x - s0) / (s1 - s0)
+    return pts[0][1]
+
+
+def build_rows(records: Sequence[dict], model: str, dataset: str) -> list[dict]:
+    """One row per (method, budget, preset, time): means over seeds with 95 % CIs, and the
+    per-seed values they come from."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["method"], r["budget"]), []).append(r)
+    rows = []
+    for (method, budget), recs in groups.items():
+        recs = sorted(recs, key=lambda r: r["seed"])
+        ideal = [r["acc_ideal"] for r in recs]
+        saving = [r["crossbar_saving"] for r in recs]
+        im, ici = mean_ci95(ideal)
+        sm, sci = mean_ci95(saving)
+        for preset in recs[0]["nonideal"]:
+            for tlabel in recs[0]["nonideal"][preset]:
+                per_seed = [statistics.fmean(r["nonideal"][preset][tlabel]) for r in recs]
+                nm, nci = mean_ci95(per_seed)
+                rows.append(
+                    {
+                        "model": model,
+                        "dataset": dataset,
+                        "method": method,
+                        "method_name": recs[0]["method_name"],
+                        "budget": budget,
+                        "seeds": [r["seed"] for r in recs],
+                        "crossbar_saving": sm,
+                        "crossbar_saving_ci95": sci,
+                        "crossbar_saving_per_seed": saving,
+                        "crossbars_dense": [r["crossbars_dense"] for r in recs],
+                        "crossbars_compressed": [r["crossbars_compressed"] for r in recs],
+                        "weight_sparsity": statistics.fmean(r["weight_sparsity"] for r in recs),
+                        "acc_ideal_mean": im,
+                        "acc_ideal_ci95": ici,
+                        "acc_ideal_per_seed": ideal,
+                        "nonideal": preset,
+                        "time": tlabel,
+                        "acc_nonideal_mean": nm,
+                        "acc_nonideal_ci95": nci,
+                        "acc_nonideal_per_seed": per_seed,
+                        "trials_per_seed": len(recs[0]["nonideal"][preset][tlabel]),
+                        "time_s": statistics.fmean(r["time_s"] for r in recs),
+                        "selection_split": "val",
+                    }
+                )
+    return rows
+
+
+def matched(rows: Sequence[dict], savings: Sequence[float]) -> list[dict]:
+    """Accuracy of each method at matched crossbar saving: per seed, interpolated along the
+    method's budgets; mean and 95 % CI over the seeds where the saving is inside its range."""
+    out = []
+    keys = sorted({(r["nonideal"], r["time"]) for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for preset, tl in keys:
+        for m in methods:
+            mr = [
+                r for r in rows if r["method"] == m and (r["nonideal"], r["time"]) == (preset, tl)
+            ]
+            seeds = sorted({s for r in mr for s in r["seeds"]})
+            for target in savings:
+                per_seed: dict[int, float] = {}
+                ideal_seed: dict[int, float] = {}
+                for s in seeds:
+                    pts, ipts = [], []
+                    for r in mr:
+                        if s in r["seeds"]:
+                            i = r["seeds"].index(s)
+                            pts.append((r["crossbar_saving_per_seed"][i],
+                                        r["acc_nonideal_per_seed"][i]))  # fmt: skip
+                            ipts.append((r["crossbar_saving_per_seed"][i],
+                                         r["acc_ideal_per_seed"][i]))  # fmt: skip
+                    v, vi = interpolate(pts, target), interpolate(ipts, target)
+                    if v is not None and vi is not None:
+                        per_seed[s], ideal_seed[s] = v, vi
+                mean, ci = mean_ci95(list(per_seed.values()))
+                imean, ici = mean_ci95(list(ideal_seed.values()))
+                out.append(
+                    {
+                        "method": m,
+                        "nonideal": preset,
+                        "time": tl,
+                        "saving": target,
+                        "seeds": sorted(per_seed),
+                        "acc_nonideal_mean": mean if per_seed else None,
+                        "acc_nonideal_ci95": ci,
+                        "acc_nonideal_per_seed": [per_seed[s] for s in sorted(per_seed)],
+                        "acc_ideal_mean": imean if ideal_seed else None,
+                        "acc_ideal_ci95": ici,
+                    }
+                )
+    return out
+
+
+def ranking(match_rows: Sequence[dict], at: float) -> list[dict]:
+    """Methods ranked by mean non-ideal accuracy at saving ``at`` per (preset, time), with the
+    paired (same seed) difference to the best method and its 95 % CI."""
+    out = []
+    keys = sorted({(r["nonideal"], r["time"]) for r in match_rows})
+    for preset, tl in keys:
+        cand = [
+            r
+            for r in match_rows
+            if (r["nonideal"], r["time"]) == (preset, tl)
+            and abs(r["saving"] - at) < 1e-9
+            and r["acc_nonideal_mean"] is not None
+        ]
+        cand.sort(key=lambda r: -r["acc_nonideal_mean"])
+        if not cand:
+            continue
+        best = cand[0]
+        bs = dict(zip(best["seeds"], best["acc_nonideal_per_seed"], strict=True))
+        for rank, r in enumerate(cand, 1):
+            mine = dict(zip(r["seeds"], r["acc_nonideal_per_seed"], strict=True))
+            common = sorted(set(bs) & set(mine))
+            d_mean, d_ci = mean_ci95([mine[s] - bs[s] for s in common])
+            out.append(
+                {
+                    "nonideal": preset,
+                    "time": tl,
+                    "saving": at,
+                    "rank": rank,
+                    "method": r["method"],
+                    "acc_nonideal_mean": r["acc_nonideal_mean"],
+                    "acc_nonideal_ci95": r["acc_nonideal_ci95"],
+                    "seeds": r["seeds"],
+                    "diff_to_best_mean": d_mean if common else None,
+                    "diff_to_best_ci95": d_ci,
+                    "paired_seeds": common,
+                }
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------- output
+def _pct(x: float | None, ci: float | None = None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{100 * x:.2f}" + (f" ± {100 * ci:.2f}" if ci is not None else "")
+
+
+def to_markdown(summary: dict) -> str:
+    h = summary["header"]
+    rows, rank = summary["rows"], summary["ranking"]
+    nseeds = sorted({len(r["seeds"]) for r in rows})
+    lines = [
+        f"# Benchmark: {summary['model']} on {summary['dataset']}",
+        "",
+        f"Command: `{h['command']}`  ",
+        f"Wall time: {h['wall_time_s']} s; compute of all arms: {h['compute_s']:.0f} s; "
+        f"machine: {h['machine']}",
+        "",
+        f"Seeds per figure: {', '.join(map(str, nseeds))} "
+        f"({'single-seed numbers: no confidence interval' if nseeds == [1] else 'mean ± 95 % CI over seeds (Student t), Monte Carlo trials nested per seed'}). "  # noqa: E501
+        "Every selection read the validation split (carved from the training data); the test "
+        "split was read by the final measurement only.",
+        "",
+        f"## Ranking at {100 * summary['rank_at']:.0f} % crossbar saving (interpolated per seed)",
+        "",
+        "| non-ideality | time | rank | method | accuracy (%) | Δ to best (pp, paired) | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rank:
+        d = r["diff_to_best_mean"]
+        dtxt = (
+            "–"
+            if d is None
+            else f"{100 * d:+.2f}"
+            + (
+                f" ± {100 * r['diff_to_best_ci95']:.2f}"
+                if r["diff_to_best_ci95"] is not None
+                else ""
+            )
+        )
+        lines.append(
+            f"| {r['nonideal']} | {r['time']} | {r['rank']} | {r['method']} | "
+            f"{_pct(r['acc_nonideal_mean'], r['acc_nonideal_ci95'])} | {dtxt} | "
+            f"{len(r['seeds'])} |"
+        )
+    lines += [
+        "",
+        "## Every arm",
+        "",
+        "| method | budget | crossbar saving (%) | ideal (%) | non-ideality | time | "
+        "non-ideal (%) | seeds | trials/seed | compute (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['budget'] if r['budget'] is not None else '–'} | "
+            f"{_pct(r['crossbar_saving'], r['crossbar_saving_ci95'])} | "
+            f"{_pct(r['acc_ideal_mean'], r['acc_ideal_ci95'])} | {r['nonideal']} | {r['time']} | "
+            f"{_pct(r['acc_nonideal_mean'], r['acc_nonideal_ci95'])} | {len(r['seeds'])} | "
+            f"{r['trials_per_seed']} | {r['time_s']:.0f} |"
+        )
+    lines += ["", "![Pareto](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def pareto_plot(rows: Sequence[dict], path: Path) -> None:
+    """Non-ideal accuracy against crossbars saved, one line per method, one panel per
+    (non-ideality, time); error bars are the 95 % CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from xbarprune.io import atomic_write_bytes
+
+    keys = sorted({(r["nonideal"], r["time"]) for r in rows})
+    n = len(keys)
+    cols = min(2, n)
+    nrow = math.ceil(n / cols)
+    fig, axes = plt.subplots(nrow, cols, figsize=(6 * cols, 4 * nrow), squeeze=False)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for ax, (preset, tl) in zip(axes.flat, keys, strict=False):
+        for m in methods:
+            mr = sorted(
+                (
+                    r
+                    for r in rows
+                    if r["method"] == m and (r["nonideal"], r["time"]) == (preset, tl)
+                ),
+                key=lambda r: r["crossbar_saving"],
+            )
+            if not mr:
+                continue
+            xs = [100 * r["crossbar_saving"] for r in mr]
+            ys = [100 * r["acc_nonideal_mean"] for r in mr]
+            es = [100 * (r["acc_nonideal_ci95"] or 0.0) for r in mr]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
+        ax.set_title(f"{preset}, {tl} after programming")
+        ax.set_xlabel("crossbars saved (%)")
+        ax.set_ylabel("non-ideal test accuracy (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def run_bench(
+    data: dict[str, Any],
+    *,
+    out: str | None = None,
+    quick: bool = False,
+    executor: str = "local",
+    command: str = "xbarprune bench",
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Plan, validate, execute and summarise a bench; returns the summary (also written to
+    ``<out>/summary.json``, ``summary.md``, ``pareto.png`` and ``report.html``)."""
+    import platform
+
+    import torch
+
+    t0 = time.perf_counter()
+    cfg = load_bench(data, quick=quick)
+    outdir = Path(out or cfg.out or f"results/bench/{cfg.name}")
+    arms = plan_arms(cfg, outdir)
+    validate_arms(arms)
+    log(f"bench {cfg.name}: {len(arms)} arms ({len(cfg.seeds)} seed(s)) -> {outdir}")
+    records = execute(arms, executor=executor, workers=cfg.workers, log=log)
+    first = records[0]
+    from xbarprune.experiment.config import load_config
+
+    base = load_config(arms[0].config)
+    rows = build_rows(records, base.model.name, base.data.name)
+    mrows = matched(rows, cfg.match_savings)
+    summary = {
+        "header": {
+            "command": command,
+            "wall_time_s": round(time.perf_counter() - t0, 1),
+            "compute_s": sum(r["time_s"] for r in records),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+            f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
+            "executor": executor,
+            "quick": quick,
+        },
+        "model": base.model.name,
+        "dataset": base.data.name,
+        "presets": list(cfg.presets),
+        "seeds": list(cfg.seeds),
+        "rank_at": cfg.rank_at,
+        "selection_split": "val",
+        "rows": rows,
+        "matched": mrows,
+        "ranking": ranking(mrows, cfg.rank_at),
+        "records": records,
+    }
+    del first
+    ensure_dir(outdir)
+    pareto_plot(rows, outdir / "pareto.png")
+    atomic_write_json(outdir / "summary.json", summary)
+    atomic_write_text(outdir / "summary.md", to_markdown(summary))
+    try:
+        from xbarprune.experiment.study_html import write_study_html
+
+        write_study_html("bench", outdir)
+    except (ImportError, XbarpruneError, OSError, KeyError, ValueError) as exc:
+        log(f"report.html not written: {exc}")
+    log(f"written {outdir / 'summary.json'}, summary.md, pareto.png")
+    return summary
+
+
+def load_bench_file(path: str | Path) -> dict:
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a bench config is a mapping")
+    return data
