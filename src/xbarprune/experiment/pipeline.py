@@ -139,6 +139,10 @@ class Run:
     def _load_model(self, stage: str) -> tuple[nn.Module, dict]:
         ck = load_checkpoint(self._path(stage), map_location="cpu")
         model = self.build_model()
+        if ck.get("architecture") is not None:  # physically shrunk (issue #19)
+            from xbarprune.interop.architecture import apply_architecture
+
+            apply_architecture(model, ck["architecture"])
         load_state_into(model, ck["model"], str(self._path(stage)))
         return model.to(self.device), ck
 
@@ -213,6 +217,7 @@ class Run:
             log=self.log,
         )
         res = method.compress(ctx)
+        model = res.model if res.model is not None else model  # physically shrunk
         res.masks.apply(model)
         save_checkpoint(
             self._path("compress"),
@@ -222,6 +227,7 @@ class Run:
                 "layout": (res.layout or layout).to_dict(),
                 "info": res.info,
                 "seconds": time.perf_counter() - t0,
+                **_architecture_entry(model, self.build_model),
             },
         )
 
@@ -253,6 +259,7 @@ class Run:
                 "info": ck["info"],
                 "history": hist,
                 "seconds": time.perf_counter() - t0,
+                **({"architecture": ck["architecture"]} if ck.get("architecture") else {}),
             },
         )
 
@@ -307,7 +314,8 @@ class Run:
                 },
                 "sparsity": {
                     "weight": weight_sparsity(comp, cl),
-                    "group": {k: group_sparsity(comp, dl, k) for k in GROUP_KINDS},
+                    "group": {k: group_sparsity(comp, _own_layout(comp, dl), k)
+                              for k in GROUP_KINDS},  # fmt: skip
                 },
                 "cost": {
                     "dense": cost["total"]["dense"],
@@ -394,6 +402,23 @@ class Run:
         from xbarprune.report import write_report
 
         write_report(self)
+
+
+def _architecture_entry(model: nn.Module, build: Callable[[], nn.Module]) -> dict:
+    """``{"architecture": ...}`` when ``model`` was physically shrunk (issue #19), else {}."""
+    from xbarprune.interop.architecture import describe_architecture
+
+    arch = describe_architecture(model, build())
+    return {"architecture": arch} if arch else {}
+
+
+def _own_layout(model: nn.Module, layout: CrossbarLayout) -> CrossbarLayout:
+    """``layout`` when ``model`` has its shapes, else ``model``'s dense layout (a physically
+    shrunk model: its group sparsity is that of its remaining groups)."""
+    mods = dict(model.named_modules())
+    if all(tuple(mods[n].weight.shape) == lay.weight_shape for n, lay in layout.layers.items()):
+        return layout
+    return map_model(model, layout.crossbar, include=list(layout.layers))
 
 
 def _describe_nonideal(cfg: ExperimentConfig) -> Any:
