@@ -193,7 +193,9 @@ def _add_export_parser(sub) -> None:
     )
     e.add_argument("run", help="run directory")
     e.add_argument("--format", required=True, help="onnx or aihwkit")
-    e.add_argument("--out", help="output file (default <run>/export/<name>.onnx or <name>_aihwkit.py)")
+    e.add_argument(
+        "--out", help="output file (default <run>/export/<name>.onnx or <name>_aihwkit.py)"
+    )
     e.add_argument(
         "--no-shrink",
         action="store_true",

@@ -328,8 +328,9 @@ def structured_prune(ctx: CompressContext, scheme: str, p: StructuredParams) -> 
         packed = small_layout.packed(small, PACK_KIND[scheme]) if p.pack else small_layout
         info.update(crossbar_counts(small, ctx.layout, packed))
         info["physical"] = True
-        ctx.log(f"  cf: physically removed, {rep['weights_before']} -> {rep['weights_after']} "
-                "weights")  # fmt: skip
+        ctx.log(
+            f"  cf: physically removed, {rep['weights_before']} -> {rep['weights_after']} weights"
+        )
         return CompressResult(masks=masks, layout=packed, info=plain_info(info), model=small)
     packed = ctx.layout.packed(ctx.model, PACK_KIND[scheme]) if p.pack else ctx.layout
     info.update(crossbar_counts(ctx.model, ctx.layout, packed))

@@ -134,6 +134,11 @@ def load_config(source: str | Path | dict) -> ExperimentConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level of a config must be a mapping")
+    if isinstance(data.get("nonideal"), dict) and "from_aihwkit" in data["nonideal"]:
+        from xbarprune.interop.aihwkit import resolve_from_aihwkit  # issue #19
+
+        base = None if isinstance(source, dict) else Path(source).parent
+        data = {**data, "nonideal": resolve_from_aihwkit(data["nonideal"], base)}
     return from_dict(ExperimentConfig, resolve_hardware(data))
 
 

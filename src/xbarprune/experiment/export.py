@@ -253,7 +253,11 @@ def _export_onnx(lr: LoadedRun, target: Path, x: Tensor, *, shrink: bool, tol: f
         "format": "onnx",
         "run": str(lr.dir),
         "files": {"onnx": str(target), "layout": str(layout_path)},
-        "compressed": {**info, "mapped_layers": _mapped(model), "tiles": layout.tiles_needed(model)},
+        "compressed": {
+            **info,
+            "mapped_layers": _mapped(model),
+            "tiles": layout.tiles_needed(model),
+        },
         "dense": {**dense, "mapped_layers": _mapped(lr.dense), "tiles": lr.dense_layout.n_tiles},
         "shrunk": upr is not None and bool(upr.get("removed")),
         "shrink_max_abs_diff": shrink_diff,
@@ -303,8 +307,7 @@ def _export_aihwkit(lr: LoadedRun, target: Path, x: Tensor, *, shrink: bool, tol
     atomic_write_text(
         files["rpu_config"],
         "# aihwkit settings translated from the run's non-ideality config; read back with\n"
-        "# nonideal: {from_aihwkit: <this file>}\n"
-        + yaml.safe_dump(tr.spec, sort_keys=False),
+        "# nonideal: {from_aihwkit: <this file>}\n" + yaml.safe_dump(tr.spec, sort_keys=False),
     )
     atomic_write_json(files["translation"], tr.to_dict())
     atomic_write_text(notes_md, ak.translation_markdown(tr, f"{cfg.name}: aihwkit export"))

@@ -314,8 +314,9 @@ class Run:
                 },
                 "sparsity": {
                     "weight": weight_sparsity(comp, cl),
-                    "group": {k: group_sparsity(comp, _own_layout(comp, dl), k)
-                              for k in GROUP_KINDS},  # fmt: skip
+                    "group": {
+                        k: group_sparsity(comp, _own_layout(comp, dl), k) for k in GROUP_KINDS
+                    },
                 },
                 "cost": {
                     "dense": cost["total"]["dense"],

@@ -154,8 +154,12 @@ def translate_to_aihwkit(
         }
         for sec in ("variation", "drift"):
             if getattr(cfg, sec) is not None:
-                note(untr, f"nonideal.{sec}", _asdict(getattr(cfg, sec)),
-                     "aihwkit has one noise model per tile, here PCMLikeNoiseModel")  # fmt: skip
+                note(
+                    untr,
+                    f"nonideal.{sec}",
+                    _asdict(getattr(cfg, sec)),
+                    "aihwkit has one noise model per tile, here PCMLikeNoiseModel",
+                )
     else:
         coeff = [0.0, 0.0, 0.0]
         v = cfg.variation
@@ -165,12 +169,20 @@ def translate_to_aihwkit(
             else:
                 coeff[1] = v.sigma * g_max
             if v.mode == "relative" and g_min > 0:
-                note(approx, "nonideal.variation", _asdict(v),
-                     "aihwkit's polynomial is in G/g_max from 0; with g_min > 0 the relative "
-                     "sigma is taken on G - g_min")  # fmt: skip
+                note(
+                    approx,
+                    "nonideal.variation",
+                    _asdict(v),
+                    "aihwkit's polynomial is in G/g_max from 0; with g_min > 0 the relative "
+                    "sigma is taken on G - g_min",
+                )
         elif v is not None:
-            note(untr, "nonideal.variation", _asdict(v),
-                 f"mode '{v.mode}' has no aihwkit counterpart (a polynomial std only)")  # fmt: skip
+            note(
+                untr,
+                "nonideal.variation",
+                _asdict(v),
+                f"mode '{v.mode}' has no aihwkit counterpart (a polynomial std only)",
+            )
         d = cfg.drift
         tr.spec["noise_model"] = {
             "type": "StateIndependentNoiseModel",
@@ -185,15 +197,23 @@ def translate_to_aihwkit(
             "t_read": 250e-9,
         }
         if d is not None:
-            note(approx, "nonideal.drift", _asdict(d),
-                 "aihwkit draws nu = |N(mean, std)| (ours clips at 0) and drifts to "
-                 "t_inference + t_0 (ours to t)")  # fmt: skip
+            note(
+                approx,
+                "nonideal.drift",
+                _asdict(d),
+                "aihwkit draws nu = |N(mean, std)| (ours clips at 0) and drifts to "
+                "t_inference + t_0 (ours to t)",
+            )
     # ---- drift compensation
     if cfg.drift_compensation:
         tr.spec["drift_compensation"] = {"type": "GlobalDriftCompensation"}
-        note(approx, "nonideal.drift_compensation", True,
-             "aihwkit reads a one-hot vector after programming noise; our layer an all-ones "
-             "vector against the target weights (docs/benchmarks_aihwkit.md)")  # fmt: skip
+        note(
+            approx,
+            "nonideal.drift_compensation",
+            True,
+            "aihwkit reads a one-hot vector after programming noise; our layer an all-ones "
+            "vector against the target weights (docs/benchmarks_aihwkit.md)",
+        )
     else:
         tr.spec["drift_compensation"] = None
     # ---- forward I/O
@@ -213,10 +233,14 @@ def translate_to_aihwkit(
         }
         if cfg.adc_bits is None:
             fwd["out_bound"] = -1.0
-        note(approx, "nonideal.dac_bits/adc_bits", [cfg.dac_bits, cfg.adc_bits],
-             "aihwkit scales each input vector by its abs-max and clips outputs at a fixed "
-             "out_bound; ours calibrates one DAC and per-tile-column ADC full scale on the "
-             "first batch")  # fmt: skip
+        note(
+            approx,
+            "nonideal.dac_bits/adc_bits",
+            [cfg.dac_bits, cfg.adc_bits],
+            "aihwkit scales each input vector by its abs-max and clips outputs at a fixed "
+            "out_bound; ours calibrates one DAC and per-tile-column ADC full scale on the "
+            "first batch",
+        )
     tr.spec["forward"] = fwd
     # ---- mapping
     tr.spec["mapping"] = {
@@ -224,15 +248,27 @@ def translate_to_aihwkit(
         "max_input_size": crossbar.rows,
         "max_output_size": crossbar.weights_per_row,
     }
-    note(approx, "crossbar", _asdict(crossbar),
-         "aihwkit splits layers into rows x weights_per_row tiles as we do, but scales weights "
-         "to conductances per tile (ours per layer)")  # fmt: skip
+    note(
+        approx,
+        "crossbar",
+        _asdict(crossbar),
+        "aihwkit splits layers into rows x weights_per_row tiles as we do, but scales weights "
+        "to conductances per tile (ours per layer)",
+    )
     if crossbar.encoding != "differential":
-        note(untr, "crossbar.encoding", crossbar.encoding,
-             "aihwkit's converters are differential pairs; no reference-column encoding")  # fmt: skip
+        note(
+            untr,
+            "crossbar.encoding",
+            crossbar.encoding,
+            "aihwkit's converters are differential pairs; no reference-column encoding",
+        )
     if crossbar.cells_per_weight != 1:
-        note(untr, "crossbar.cells_per_weight", crossbar.cells_per_weight,
-             "bit slicing over several cells per weight has no aihwkit inference counterpart")  # fmt: skip
+        note(
+            untr,
+            "crossbar.cells_per_weight",
+            crossbar.cells_per_weight,
+            "bit slicing over several cells per weight has no aihwkit inference counterpart",
+        )
     # ---- never translated
     reasons = {
         "quantization": "aihwkit inference tiles program continuous conductances (no levels)",
@@ -254,8 +290,12 @@ def translate_to_aihwkit(
         if getattr(cfg, flag):
             note(untr, f"nonideal.{flag}", True, why + " has no aihwkit counterpart")
     if cfg.adc_full_scale is not None:
-        note(untr, "nonideal.adc_full_scale", cfg.adc_full_scale,
-             "a fixed ADC full scale in our layer's units; aihwkit's out_bound is relative")  # fmt: skip
+        note(
+            untr,
+            "nonideal.adc_full_scale",
+            cfg.adc_full_scale,
+            "a fixed ADC full scale in our layer's units; aihwkit's out_bound is relative",
+        )
     return tr
 
 
@@ -278,7 +318,9 @@ def build_rpu_config(spec: dict[str, Any]):
     rpu = configs.TorchInferenceRPUConfig()
     for k, v in spec.get("forward", {}).items():
         if k in ("bound_management", "noise_management"):
-            cls = enums.BoundManagementType if k == "bound_management" else enums.NoiseManagementType
+            cls = (
+                enums.BoundManagementType if k == "bound_management" else enums.NoiseManagementType
+            )
             v = cls(v)
         elif k == "w_noise_type":
             v = enums.WeightNoiseType(v)
@@ -292,8 +334,10 @@ def build_rpu_config(spec: dict[str, Any]):
     gc = SinglePairConductanceConverter(g_max=conv["g_max"], g_min=conv["g_min"])
     from aihwkit.inference.noise.custom import StateIndependentNoiseModel
 
-    cls = {"PCMLikeNoiseModel": inference.PCMLikeNoiseModel,
-           "StateIndependentNoiseModel": StateIndependentNoiseModel}[kind]  # fmt: skip
+    cls = {
+        "PCMLikeNoiseModel": inference.PCMLikeNoiseModel,
+        "StateIndependentNoiseModel": StateIndependentNoiseModel,
+    }[kind]
     model = cls(g_converter=gc, **nm)
     if ref is not None:
         # set after construction: aihwkit 1.1.0 only stores the reference when it is None
@@ -328,12 +372,19 @@ def to_analog_sequential(model: nn.Module, rpu_config, layers: list[str] | None 
                     "converts to aihwkit here"
                 )
             new = ann.AnalogConv2d(
-                mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride,
-                padding=mod.padding, dilation=mod.dilation, bias=bias, rpu_config=rpu_config,
-            )  # fmt: skip
+                mod.in_channels,
+                mod.out_channels,
+                mod.kernel_size,
+                stride=mod.stride,
+                padding=mod.padding,
+                dilation=mod.dilation,
+                bias=bias,
+                rpu_config=rpu_config,
+            )
         elif isinstance(mod, nn.Linear):
-            new = ann.AnalogLinear(mod.in_features, mod.out_features, bias=bias,
-                                   rpu_config=rpu_config)  # fmt: skip
+            new = ann.AnalogLinear(
+                mod.in_features, mod.out_features, bias=bias, rpu_config=rpu_config
+            )
         else:
             raise ExportError(f"layer '{name}' ({type(mod).__name__}) is not Conv2d/Linear")
         new.set_weights(mod.weight.detach().clone(), mod.bias.detach().clone() if bias else None)
@@ -383,13 +434,28 @@ _IO_APPROX = (
     "w_noise_type",
 )
 _PCM_KEYS = {
-    "prog_coeff", "prog_coeff_g_max_reference", "g_max", "g_converter", "t_0", "t_read",
-    "prog_noise_scale", "read_noise_scale", "drift_scale",
-}  # fmt: skip
+    "prog_coeff",
+    "prog_coeff_g_max_reference",
+    "g_max",
+    "g_converter",
+    "t_0",
+    "t_read",
+    "prog_noise_scale",
+    "read_noise_scale",
+    "drift_scale",
+}
 _SI_KEYS = {
-    "prog_coeff", "g_max", "g_converter", "prog_noise_scale", "drift_nu_mean", "drift_nu_std",
-    "drift_scale", "t_0", "read_noise_scale", "t_read",
-}  # fmt: skip
+    "prog_coeff",
+    "g_max",
+    "g_converter",
+    "prog_noise_scale",
+    "drift_nu_mean",
+    "drift_nu_std",
+    "drift_scale",
+    "t_0",
+    "read_noise_scale",
+    "t_read",
+}
 
 
 def _plain(v: Any) -> Any:
@@ -411,16 +477,21 @@ def aihwkit_config_dict(rpu_config) -> dict[str, Any]:
     the ``type`` of ``clip``/``remap``/``modifier``. Write it as YAML/JSON for
     ``nonideal: {from_aihwkit: FILE}``."""
     out: dict[str, Any] = {"type": type(rpu_config).__name__}
-    out["forward"] = {f.name: _plain(getattr(rpu_config.forward, f.name))
-                      for f in fields(rpu_config.forward)}  # fmt: skip
-    out["mapping"] = {f.name: _plain(getattr(rpu_config.mapping, f.name))
-                      for f in fields(rpu_config.mapping)}  # fmt: skip
+    out["forward"] = {
+        f.name: _plain(getattr(rpu_config.forward, f.name)) for f in fields(rpu_config.forward)
+    }
+    out["mapping"] = {
+        f.name: _plain(getattr(rpu_config.mapping, f.name)) for f in fields(rpu_config.mapping)
+    }
     nm = rpu_config.noise_model
     d: dict[str, Any] = {"type": type(nm).__name__}
     for k, v in vars(nm).items():
         if k == "g_converter":
-            d[k] = {"type": type(v).__name__, "g_max": getattr(v, "g_max", None),
-                    "g_min": getattr(v, "g_min", None)}  # fmt: skip
+            d[k] = {
+                "type": type(v).__name__,
+                "g_max": getattr(v, "g_max", None),
+                "g_min": getattr(v, "g_min", None),
+            }
         elif not k.startswith("_"):
             d[k] = _plain(v)
     out["noise_model"] = d
@@ -476,8 +547,16 @@ def nonideal_from_aihwkit(
         if name not in ign:
             bad.append(f"{name} = {value!r}")
 
-    known_top = {"type", "forward", "mapping", "noise_model", "drift_compensation", "clip",
-                 "remap", "modifier"}  # fmt: skip
+    known_top = {
+        "type",
+        "forward",
+        "mapping",
+        "noise_model",
+        "drift_compensation",
+        "clip",
+        "remap",
+        "modifier",
+    }
     for k in d:
         if k not in known_top:
             flag(k, d[k])
@@ -571,7 +650,8 @@ def nonideal_from_aihwkit(
             approx.append(f"{sec}.type = {t!r} (training-time only; ignored for inference)")
     if bad:
         raise TranslationError(
-            "aihwkit setting(s) with no xbarprune counterpart: " + "; ".join(bad)
+            "aihwkit setting(s) with no xbarprune counterpart: "
+            + "; ".join(bad)
             + " (set them neutral in aihwkit, or list them under ignore)"
         )
     return NonIdealityConfig(**kw)
@@ -594,15 +674,16 @@ def resolve_from_aihwkit(section: Any, base: Path | None = None) -> Any:
     if not p.is_absolute() and base is not None:
         p = base / p
     cfg = nonideal_from_aihwkit(p, ignore=tuple(section.get("ignore") or ()))
-    return {k: v for k, v in to_dict(cfg).items() if v not in (None, False)}
+    return {k: v for k, v in to_dict(cfg).items() if v is not None and v is not False}
 
 
 def translation_markdown(tr: Translation, title: str = "aihwkit export") -> str:
     """Human-readable list of the settings taken approximately and those left out."""
     lines = [f"# {title}", "", f"aihwkit {AIHWKIT_VERSION}, `TorchInferenceRPUConfig`.", ""]
     lines += ["## Not translated (left out)", ""]
-    lines += [f"- `{r['setting']}` = `{json.dumps(r['value'])}`: {r['reason']}"
-              for r in tr.untranslated] or ["- nothing"]  # fmt: skip
+    lines += [
+        f"- `{r['setting']}` = `{json.dumps(r['value'])}`: {r['reason']}" for r in tr.untranslated
+    ] or ["- nothing"]
     lines += ["", "## Translated approximately", ""]
     lines += [f"- `{r['setting']}`: {r['reason']}" for r in tr.approximate] or ["- nothing"]
     lines += ["", "## aihwkit settings", "", "```json", json.dumps(tr.spec, indent=2), "```", ""]
@@ -637,8 +718,9 @@ __all__ = [
 DIGITAL_FORMAT = "xbarprune-digital-1"
 
 
-def digital_checkpoint(model: nn.Module, build: dict[str, Any], arch: dict | None,
-                       layers: list[str]) -> dict[str, Any]:  # fmt: skip
+def digital_checkpoint(
+    model: nn.Module, build: dict[str, Any], arch: dict | None, layers: list[str]
+) -> dict[str, Any]:
     """A ``weights_only``-safe checkpoint that rebuilds ``model`` without its run directory:
     the zoo build arguments, the shrunk architecture (if any), the state dict and the names
     of the crossbar-mapped layers."""
@@ -717,8 +799,11 @@ def rpu_config_code(spec: dict[str, Any]) -> str:
     else:
         body.append("rpu.drift_compensation = None")
     body.append("return rpu")
-    lines = ["def rpu_config():", '    """The translated InferenceRPUConfig (aihwkit\'s '
-             'pure-PyTorch TorchInferenceRPUConfig)."""']  # fmt: skip
+    lines = [
+        "def rpu_config():",
+        '    """The translated InferenceRPUConfig (aihwkit\'s '
+        'pure-PyTorch TorchInferenceRPUConfig)."""',
+    ]
     lines += [f"    {imp}" for imp in sorted(imports)]
     lines += ["", *(f"    {b}" for b in body)]
     return "\n".join(lines) + "\n"

@@ -31,7 +31,9 @@ def _import():
         import onnx
         import onnxruntime
     except ImportError as exc:
-        raise ExportError(f"ONNX export needs onnx and onnxruntime ({exc}); {INSTALL_HINT}") from exc
+        raise ExportError(
+            f"ONNX export needs onnx and onnxruntime ({exc}); {INSTALL_HINT}"
+        ) from exc
     return onnx, onnxruntime
 
 
@@ -101,9 +103,7 @@ def check_onnx(data: bytes, model: nn.Module, batch: Tensor, tol: float = 1e-5) 
     }
 
 
-def export_onnx(
-    model: nn.Module, example: Tensor, path: str | Path, *, tol: float = 1e-5
-) -> dict:
+def export_onnx(model: nn.Module, example: Tensor, path: str | Path, *, tol: float = 1e-5) -> dict:
     """Export ``model`` to ``path`` (ONNX), checked on ``example`` before the file is written.
 
     Returns the check report of :func:`check_onnx` plus ``bytes`` (the file size).
