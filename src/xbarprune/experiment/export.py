@@ -277,6 +277,23 @@ def _export_aihwkit(lr: LoadedRun, target: Path, x: Tensor, *, shrink: bool, tol
     model, layout, upr = _shrunk(lr, x[:2]) if shrink else (masked, lr.layout, None)
     cfg = lr.config
     tr = ak.translate_to_aihwkit(cfg.nonideal_config(), cfg.crossbar, cfg.device)
+    if cfg.evaluate.bn_calibration is not None:
+        tr.untranslated.append(
+            {
+                "setting": "evaluate.bn_calibration",
+                "value": cfg.evaluate.bn_calibration.mode,
+                "reason": "per-chip BatchNorm re-calibration is ours (aihwkit has none)",
+            }
+        )
+    if lr.weight_clip:
+        tr.untranslated.append(
+            {
+                "setting": "method w_max (weight_clip)",
+                "value": lr.weight_clip,
+                "reason": "a fixed weight-to-conductance scale per layer; aihwkit scales by "
+                "max|W| per tile (its weight_scaling_omega is relative, not absolute)",
+            }
+        )
     build = {
         "name": cfg.model.name,
         "num_classes": lr._run.splits.num_classes,
