@@ -17,7 +17,7 @@ from torch import nn
 
 import xbarprune
 from xbarprune.cli import main
-from xbarprune.errors import CheckpointError, ExportError, TranslationError
+from xbarprune.errors import CheckpointError, ExportError, SpecError, TranslationError
 from xbarprune.experiment.config import load_config
 from xbarprune.experiment.export import export_run, load_run
 from xbarprune.experiment.pipeline import Run
@@ -446,3 +446,34 @@ def test_aihwkit_analog_sequential_of_a_plain_model():
     with torch.no_grad():
         assert (am(x) - m(x)).abs().max() <= 1e-5
     assert isinstance(copy.deepcopy(m)[0], nn.Conv2d)  # the input model is left alone
+
+
+def test_cf_physical_run_with_batchnorm_reloads_and_exports(tmp_path):
+    pytest.importorskip("onnxruntime")
+    cfg = copy.deepcopy(ADMM_UPR)
+    cfg["name"] = "tiny-cf"
+    cfg["model"] = {"name": "vgg-small", "width": 0.25, "kwargs": {"batch_norm": True}}
+    cfg["method"] = {"name": "cf", "params": {"sparsity": 0.4, "reg_epochs": 1, "physical": True}}
+    cfg["evaluate"] = {"times": ["1s"], "trials": 1, "seed": 1, "dense": False}
+    rep = Run(load_config(cfg), tmp_path / "r", log=lambda s: None).run()
+    arch = load_checkpoint(tmp_path / "r" / "stages" / "finetune.pt")["architecture"]
+    types = {d["type"] for d in arch["modules"].values()}
+    assert {"Conv2d", "BatchNorm2d"} <= types  # BatchNorm channels went with their filters
+    for d in arch["modules"].values():
+        if d["type"] == "BatchNorm2d":
+            n = d["attrs"]["num_features"]
+            assert d["tensors"]["weight"] == [n] and d["tensors"]["running_mean"] == [n]
+    run = xbarprune.load_run(tmp_path / "r")
+    from xbarprune.training.loop import evaluate_accuracy
+
+    loader = torch.utils.data.DataLoader(run.test_data, batch_size=100)
+    sim = json.loads((tmp_path / "r" / "stages" / "simulate.json").read_text())
+    assert evaluate_accuracy(run.compressed, loader, "cpu") == sim["compressed"]["digital"]
+    ex = export_run(tmp_path / "r", "onnx", tmp_path / "cf.onnx")
+    assert ex["compressed"]["max_abs_diff"] <= 1e-5
+    assert ex["compressed"]["parameters"] < ex["dense"]["parameters"]
+    assert rep["crossbars"]["compressed"] < rep["crossbars"]["dense"]
+    with pytest.raises(SpecError, match="physical = true is for 'cf'"):
+        bad = copy.deepcopy(cfg)
+        bad["method"]["name"] = "xcs"
+        Run(load_config(bad), tmp_path / "x", log=lambda s: None).run()
