@@ -1,0 +1,262 @@
+"""Peripheral I/O of an analog matrix-vector multiplication (MVM): aihwkit's ``IOParameters``.
+
+A re-implementation from aihwkit 1.1's documented semantics (``aihwkit.simulator.parameters.io.
+IOParameters``, the torch tile's ``AnalogMVM``; Rasch et al., "Hardware-aware training for
+large-scale and diverse deep learning inference workloads using in-memory computing-based
+accelerators", Nat. Commun. 14, 5282, 2023, Methods "Analog MVM model"). Field names are
+aihwkit's, so that an aihwkit ``rpu_config.forward`` maps onto :class:`IOConfig` one to one.
+
+One MVM of an input vector ``x`` (one row of ``x``; a conv patch for convolutions) through a
+tile holding the weights ``W`` (``in x out``; in the tile's units, see ``weight_scaling_omega``)
+is, with ``N(0, 1)`` draws from the layer's read generator::
+
+    s      = max_i |x_i|                  noise_management "abs_max" (1 if s == 0; capped at
+                                           nm_thres if > 0); 1 for "none"
+    r      = 1, 2, 4, ...                 bound-management reduction (round k: r = 2**(k-1))
+    u      = x / (s r)
+    u_q    = clip(step_in round(u / step_in), -inp_bound, inp_bound) + inp_noise N
+             step_in = res(inp_res) * 2 inp_bound          (DAC; skipped if inp_res is None)
+    v      = u_q W + out_noise N                           (additive output noise)
+    v_q    = clip(step_out round(v / step_out), -out_bound, out_bound)
+             step_out = res(out_res) * 2 out_bound         (ADC; skipped if out_res is None)
+    y      = v_q s r
+
+``res(r) = 1 / r`` if ``r > 1`` (a number of steps) else ``r`` (a resolution), as aihwkit. So
+the default ``inp_res = 1/126`` is a 7-bit signed DAC (63 steps per side of ``inp_bound``) and
+``out_res = 1/510`` a 9-bit ADC (255 steps per side of ``out_bound = 12``); ``out_noise =
+0.06`` is in the units of ``v``, i.e. 0.5 % of the ADC full scale ``out_bound``.
+
+Iterative bound management (``bound_management: iterative``): a vector whose ``v_q`` clips
+(``|v_q| > out_bound`` before the clip) is computed again with ``r`` doubled (fresh noise),
+until it does not clip or ``r > max_bm_factor`` or ``r > max_bm_res / step_in`` (the last
+round's output is kept, clipped). aihwkit's torch tile tests the whole batch at once (one
+clipping vector re-scales every vector of the batch); we test each vector on its own, as
+RPUCuda's per-vector forward does, so that a vector's result never depends on the rest of
+its batch (identical when nothing clips, the usual case).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from xbarprune.errors import SpecError
+from xbarprune.hardware.nonideal._checks import (
+    check_choice,
+    check_int,
+    check_nonneg,
+    check_positive,
+)
+
+NoiseManagement = Literal["abs_max", "none"]
+BoundManagement = Literal["iterative", "none"]
+NOISE_MANAGEMENT: tuple[str, ...] = ("abs_max", "none")
+BOUND_MANAGEMENT: tuple[str, ...] = ("iterative", "none")
+
+
+@dataclass(frozen=True)
+class IOConfig:
+    """Peripheral I/O of every analog MVM; defaults are aihwkit 1.1's ``IOParameters()``.
+
+    Attributes (aihwkit name in brackets, where it differs only in spelling):
+        inp_res: DAC resolution [``inp_res``]: ``1/steps`` (<= 1) or ``steps`` (> 1) over the
+            range ``[-inp_bound, inp_bound]``; ``None`` = infinite resolution (aihwkit: <= 0).
+        inp_bound: DAC input range [``inp_bound``]; inputs beyond clip (> 0).
+        inp_noise: std of Gaussian noise added to the DAC output [``inp_noise``] (>= 0).
+        out_res: ADC resolution [``out_res``], as ``inp_res`` over ``[-out_bound, out_bound]``.
+        out_bound: ADC range [``out_bound``]; outputs beyond clip (> 0; ``None`` = no bound,
+            aihwkit: <= 0).
+        out_noise: std of the additive Gaussian output noise [``out_noise``] (>= 0), in the
+            units of the tile output ``v`` (so ``out_noise / out_bound`` of the ADC full scale).
+        noise_management: ``abs_max`` (each input vector divided by its abs-max before the
+            DAC, the output multiplied back) or ``none`` [``NoiseManagementType.ABS_MAX``,
+            ``NONE``].
+        nm_thres: cap of the abs-max scale when > 0 [``nm_thres``] (>= 0).
+        bound_management: ``iterative`` or ``none`` [``BoundManagementType.ITERATIVE``,
+            ``NONE``].
+        max_bm_factor: largest bound-management reduction [``max_bm_factor``] (>= 1).
+        max_bm_res: bound management stops when ``r`` exceeds ``max_bm_res / step_in``
+            [``max_bm_res``] (> 0).
+        weight_scaling_omega: [``mapping.weight_scaling_omega``] 0 = the tile holds the
+            layer's weights as they are (aihwkit's default); > 0 = weights scaled so that the
+            layer's ``w_max`` maps to ``omega`` and the output scaled back digitally.
+        max_input_size: [``mapping.max_input_size``] on the weight-level path a layer with
+            more inputs is split into ``ceil(in / max_input_size)`` near-equal consecutive
+            chunks, each an aihwkit tile with its own periphery and drift compensation, summed
+            digitally (0 = never split).
+        per_tile: ours: with ``True`` the per-tile path applies the periphery to every
+            physical tile row band of the layout (``CrossbarSpec.rows`` inputs) and every
+            cell slice, instead of the whole-layer (weight-level) MVM.
+    """
+
+    inp_res: float | None = 1 / (2**7 - 2)
+    inp_bound: float = 1.0
+    inp_noise: float = 0.0
+    out_res: float | None = 1 / (2**9 - 2)
+    out_bound: float | None = 12.0
+    out_noise: float = 0.06
+    noise_management: NoiseManagement = "abs_max"
+    nm_thres: float = 0.0
+    bound_management: BoundManagement = "iterative"
+    max_bm_factor: int = 1000
+    max_bm_res: float = 0.25
+    weight_scaling_omega: float = 0.0
+    max_input_size: int = 512
+    per_tile: bool = False
+
+    def __post_init__(self) -> None:
+        for k in ("inp_res", "out_res", "out_bound"):
+            if getattr(self, k) is not None:
+                check_positive(f"io.{k}", getattr(self, k))
+        check_positive("io.inp_bound", self.inp_bound)
+        for k in ("inp_noise", "out_noise", "nm_thres", "weight_scaling_omega"):
+            check_nonneg(f"io.{k}", getattr(self, k))
+        check_choice("io.noise_management", self.noise_management, NOISE_MANAGEMENT)
+        check_choice("io.bound_management", self.bound_management, BOUND_MANAGEMENT)
+        check_int("io.max_bm_factor", self.max_bm_factor, low=1)
+        check_positive("io.max_bm_res", self.max_bm_res)
+        check_int("io.max_input_size", self.max_input_size, low=0)
+        if not isinstance(self.per_tile, bool):
+            raise SpecError(f"io.per_tile = {self.per_tile!r}; allowed: true, false")
+
+    @property
+    def inp_step(self) -> float | None:
+        """DAC step ``res(inp_res) * 2 inp_bound`` (None: no DAC quantisation)."""
+        return None if self.inp_res is None else resolution(self.inp_res) * 2 * self.inp_bound
+
+    @property
+    def out_step(self) -> float | None:
+        """ADC step ``res(out_res) * 2 out_bound`` (None: no ADC quantisation; an ADC with a
+        resolution but no bound has no defined step and is rejected)."""
+        if self.out_res is None:
+            return None
+        if self.out_bound is None:
+            raise SpecError("io.out_res needs io.out_bound (the ADC range); got out_bound None")
+        return resolution(self.out_res) * 2 * self.out_bound
+
+
+def resolution(res: float) -> float:
+    """aihwkit's convention: ``res > 1`` is a number of steps (-> ``1/res``), else ``res``."""
+    return 1.0 / res if res > 1.0 else float(res)
+
+
+def quantize_step(x: Tensor, step: float) -> Tensor:
+    """``step * round(x / step)`` (half to even); straight-through gradient when ``x``
+    requires one (aihwkit ``UniformQuantize``; Bengio et al. 2013)."""
+    q = torch.round(x.detach() / step) * step
+    if x.requires_grad and torch.is_grad_enabled():
+        return x + (q - x).detach()
+    return q
+
+
+def manage_input(x: Tensor, cfg: IOConfig) -> Tensor:
+    """Noise-management scale ``s`` of each vector (last dim): shape ``x.shape[:-1] + (1,)``.
+
+    ``abs_max``: ``max_i |x_i|`` (capped at ``nm_thres`` if > 0), 1 where it is 0; ``none``:
+    ones. Inputs are divided by it before the DAC and outputs multiplied by it after the ADC.
+    """
+    if cfg.noise_management == "none":
+        return torch.ones(*x.shape[:-1], 1, dtype=x.dtype, device=x.device)
+    s = x.detach().abs().amax(dim=-1, keepdim=True)
+    if cfg.nm_thres > 0:
+        s = s.clamp(max=cfg.nm_thres)
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
+def prepare_input(u: Tensor, cfg: IOConfig, gen: torch.Generator | None) -> Tensor:
+    """DAC: quantise to ``inp_step``, clip to ``+-inp_bound``, add ``inp_noise`` (aihwkit's
+    ``_prepare_input`` order)."""
+    step = cfg.inp_step
+    if step is not None:
+        u = quantize_step(u, step)
+    u = u.clamp(-cfg.inp_bound, cfg.inp_bound)
+    if cfg.inp_noise > 0:
+        u = u + cfg.inp_noise * _randn(u, gen)
+    return u
+
+
+def output_noise_and_bound(
+    v: Tensor, cfg: IOConfig, gen: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Add ``out_noise``, digitise to ``out_step`` and clip to ``+-out_bound``.
+
+    Returns ``(v_q, clipped)``: ``clipped`` (shape ``v.shape[:-1]``, bool) flags the vectors
+    with an output beyond the bound after digitisation (aihwkit's bound test).
+    """
+    if cfg.out_noise > 0:
+        v = v + cfg.out_noise * _randn(v, gen)
+    step = cfg.out_step
+    if step is not None:
+        v = quantize_step(v, step)
+    if cfg.out_bound is None:
+        return v, torch.zeros(v.shape[:-1], dtype=torch.bool, device=v.device)
+    b = cfg.out_bound
+    clipped = (v.detach().abs() > b).any(dim=-1)
+    return v.clamp(-b, b), clipped
+
+
+def bm_limit_reached(r: float, cfg: IOConfig) -> bool:
+    """Whether reduction ``r`` ends iterative bound management (aihwkit's stop rule)."""
+    step = cfg.inp_step
+    return r > cfg.max_bm_factor or (step is not None and r > cfg.max_bm_res / step)
+
+
+def io_mvm(
+    x: Tensor,
+    mvm: Callable[[Tensor], Tensor],
+    cfg: IOConfig,
+    gen: torch.Generator | None,
+) -> Tensor:
+    """One periphery-managed MVM of the vectors ``x`` (``(..., in)``) (module docstring).
+
+    ``mvm`` maps prepared inputs ``(n, in)`` to tile outputs ``(n, out)`` (``u_q W``, in the
+    tile's units); returns ``y`` ``(..., out)`` in the input's units times the tile's.
+    Randomness (input and output noise) is drawn from ``gen``.
+    """
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    s = manage_input(x2, cfg)
+    r = 1.0
+    v, clipped = output_noise_and_bound(mvm(prepare_input(x2 / s, cfg, gen)), cfg, gen)
+    y = v * s
+    if cfg.bound_management == "iterative":
+        todo = clipped.nonzero().squeeze(1)
+        while todo.numel() and not bm_limit_reached(r, cfg):
+            r *= 2.0
+            sr = s[todo] * r
+            v, clipped = output_noise_and_bound(
+                mvm(prepare_input(x2[todo] / sr, cfg, gen)), cfg, gen
+            )
+            y = y.index_copy(0, todo, v * sr)
+            todo = todo[clipped]
+    return y.reshape(*lead, y.shape[-1])
+
+
+def split_sizes(size: int, max_size: int) -> list[int]:
+    """Near-equal consecutive split of ``size`` into ``ceil(size / max_size)`` parts (the
+    first ones one larger), as aihwkit's ``TileModuleArray``; ``[size]`` if ``max_size`` is 0."""
+    if max_size <= 0 or size <= max_size:
+        return [size]
+    n = -(-size // max_size)
+    base, extra = divmod(size, n)
+    return [base + (i < extra) for i in range(n)]
+
+
+def readout_level(
+    w: Tensor, cfg: IOConfig, gen: torch.Generator | None
+) -> float:
+    """aihwkit's global drift-compensation read-out of one tile ``w`` (``in x out``): the
+    one-hot input vectors through the periphery, ``max(mean |y|, 1e-4)``
+    (``GlobalDriftCompensation.readout``). The gain at time t is ``level(W_0) / level(W_t)``.
+    """
+    eye = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
+    y = io_mvm(eye, lambda u: u @ w, cfg, gen)
+    return max(float(y.abs().mean()), 1e-4)
+
+
+def _randn(like: Tensor, gen: torch.Generator | None) -> Tensor:
+    return torch.randn(like.shape, generator=gen, device=like.device, dtype=like.dtype)
