@@ -44,9 +44,7 @@ def weight_factor(io: IOConfig, w_max: float) -> float:
     return io.weight_scaling_omega / w_max if io.weight_scaling_omega > 0 and w_max > 0 else 1.0
 
 
-def drift_gains(
-    w0: Tensor, wt: Tensor, io: IOConfig, w_max: float, gen: torch.Generator
-) -> Tensor:
+def drift_gains(w0: Tensor, wt: Tensor, io: IOConfig, w_max: float, gen: torch.Generator) -> Tensor:
     """aihwkit's ``GlobalDriftCompensation`` per tile (row chunk) of the weight-level path:
     ``level(W_0) / level(W_t)`` with :func:`~xbarprune.hardware.nonideal.io.readout_level`,
     the one-hot read-out through the (noisy) periphery at programming (``w0``, (R, C)) and at

@@ -246,9 +246,7 @@ def split_sizes(size: int, max_size: int) -> list[int]:
     return [base + (i < extra) for i in range(n)]
 
 
-def readout_level(
-    w: Tensor, cfg: IOConfig, gen: torch.Generator | None
-) -> float:
+def readout_level(w: Tensor, cfg: IOConfig, gen: torch.Generator | None) -> float:
     """aihwkit's global drift-compensation read-out of one tile ``w`` (``in x out``): the
     one-hot input vectors through the periphery, ``max(mean |y|, 1e-4)``
     (``GlobalDriftCompensation.readout``). The gain at time t is ``level(W_0) / level(W_t)``.

@@ -357,9 +357,7 @@ PRESETS: dict[str, NonIdealityConfig] = {
         quantization=QuantizationConfig(levels=16),
         ir_drop=IRDropConfig(r_row=5.0, r_col=10.0, r_source=1000.0, r_sink=1000.0),
     ),
-    "aihwkit-default": NonIdealityConfig(
-        pcm=PCMConfig(), drift_compensation=True, io=IOConfig()
-    ),
+    "aihwkit-default": NonIdealityConfig(pcm=PCMConfig(), drift_compensation=True, io=IOConfig()),
     "sparse_nonideal": NonIdealityConfig(
         quantization=QuantizationConfig(levels=16),
         variation=VariationConfig(sigma=0.1, mode="relative"),
