@@ -60,37 +60,67 @@ def drift_gains(w0: Tensor, wt: Tensor, io: IOConfig, w_max: float, gen: torch.G
     return torch.tensor(out, dtype=torch.float64)
 
 
-def _vectors(layer: AnalogLayer, x: Tensor) -> tuple[Tensor, tuple]:
-    """Input vectors (N, R) of the layer's MVMs and what is needed to reshape the output."""
+def _vectors(layer: AnalogLayer, x: Tensor) -> tuple[Tensor, int, tuple]:
+    """The layer's MVM input vectors: ``(N, R)`` (linear; vector dim -1) or the unfolded
+    ``(B, R, L)`` (conv; vector dim 1), the vector dim, and the output shape info."""
     m = layer.inner
     if isinstance(m, nn.Conv2d):
         B, _, H, W = x.shape
         cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # (B, R, L)
         ho = (H + 2 * m.padding[0] - m.dilation[0] * (m.kernel_size[0] - 1) - 1) // m.stride[0]
         wo = (W + 2 * m.padding[1] - m.dilation[1] * (m.kernel_size[1] - 1) - 1) // m.stride[1]
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1]), ("conv", B, ho + 1, wo + 1)
-    return x.reshape(-1, x.shape[-1]), ("linear", x.shape[:-1])
+        return cols, 1, (ho + 1, wo + 1)
+    return x.reshape(-1, x.shape[-1]), -1, tuple(x.shape[:-1])
 
 
-def _finish(layer: AnalogLayer, y: Tensor, shape: tuple) -> Tensor:
+def _finish(layer: AnalogLayer, y: Tensor, dim: int, shape: tuple) -> Tensor:
+    """Column gains, digital bias, layer output shape (``y``: (N, C) or (B, C, L))."""
     m = layer.inner
-    C = y.shape[-1]
+    C = layer.layout.matrix_shape[1]
+    view = (-1, C) if dim == -1 else (1, C, 1)
     if layer._col_gain is not None:
-        y = y * layer._col_gain.to(y.dtype)
+        y = y * layer._col_gain.to(y.dtype).view(view)
     if m.bias is not None:
-        y = y + m.bias
-    if shape[0] == "conv":
-        _, B, ho, wo = shape
-        return y.view(B, ho, wo, C).permute(0, 3, 1, 2)
-    return y.view(*shape[1], C)
+        y = y + m.bias.to(y.dtype).view(view)
+    if dim == 1:
+        return y.view(y.shape[0], C, *shape)
+    return y.view(*shape, C)
 
 
-def _chunked(xv: Tensor, fn) -> Tensor:
-    """``fn`` over row chunks of ``xv`` (bounded memory), concatenated."""
-    n = max(1, _CHUNK_ELEMS // max(1, xv.shape[1]))
+def _conv_scale(layer: AnalogLayer, x: Tensor, io: IOConfig) -> Tensor | None:
+    """Abs-max noise-management scale of every patch of a convolution, ``(B, 1, L)``, from
+    the image (channel-wise abs-max, then a max pool with the conv's window) instead of the
+    unfolded input: the same numbers, kh*kw times less work. None where not applicable."""
+    m = layer.inner
+    if not isinstance(m, nn.Conv2d) or io.noise_management != "abs_max":
+        return None
+    if any(2 * p > k for p, k in zip(m.padding, m.kernel_size, strict=True)):
+        return None  # max_pool2d allows padding <= kernel / 2 only
+    a = x.detach().abs().amax(1, keepdim=True)
+    s = F.max_pool2d(a, m.kernel_size, m.stride, m.padding, m.dilation)
+    s = s.reshape(x.shape[0], 1, -1)
+    if io.nm_thres > 0:
+        s = s.clamp(max=io.nm_thres)
+    return s.masked_fill_(s <= 0, 1.0)
+
+
+def _rows(xv: Tensor, dim: int, idx) -> Tensor:
+    return xv[..., idx] if dim == -1 else xv[:, idx]
+
+
+def _chunked(xv: Tensor, dim: int, fn, scale: Tensor | None = None) -> Tensor:
+    """``fn(x_chunk, scale_chunk)`` over chunks of the leading dim of ``xv`` (bounded
+    memory), concatenated."""
+    per = xv[0].numel() if dim == 1 else xv.shape[-1]
+    n = max(1, _CHUNK_ELEMS // max(1, per))
     if xv.shape[0] <= n:
-        return fn(xv)
-    return torch.cat([fn(xv[s : s + n]) for s in range(0, xv.shape[0], n)])
+        return fn(xv, scale)
+    return torch.cat(
+        [
+            fn(xv[s : s + n], None if scale is None else scale[s : s + n])
+            for s in range(0, xv.shape[0], n)
+        ]
+    )
 
 
 def forward_weight_level(layer: AnalogLayer, x: Tensor) -> Tensor:
@@ -99,25 +129,27 @@ def forward_weight_level(layer: AnalogLayer, x: Tensor) -> Tensor:
     io: IOConfig = layer.io
     w = layer._w_eff.to(x.dtype)  # (R, C), physical (no digital gain)
     f = weight_factor(io, layer._w_max)
-    wt = w * f
+    wt = w * f if f != 1.0 else w
     gains = layer._io_gains
     gen = layer._read_gen
-    xv, shape = _vectors(layer, x)
+    xv, dim, shape = _vectors(layer, x)
     sizes = split_sizes(w.shape[0], io.max_input_size)
+    scale = _conv_scale(layer, x, io) if len(sizes) == 1 else None
 
-    def run(xc: Tensor) -> Tensor:
+    def run(xc: Tensor, sc: Tensor | None) -> Tensor:
         y = None
         r0 = 0
         for j, n in enumerate(sizes):
-            wj = wt[r0 : r0 + n]
-            yj = io_mvm(xc[:, r0 : r0 + n], lambda u, wj=wj: u @ wj, io, gen)
-            if gains is not None:
-                yj = yj * float(gains[j])
+            xj = xc if n == w.shape[0] else _rows(xc, dim, slice(r0, r0 + n))
+            yj = io_mvm(xj, wt[r0 : r0 + n], io, gen, dim, sc)
+            g = (1.0 if gains is None else float(gains[j])) / f
+            if g != 1.0:
+                yj = yj * g
             y = yj if y is None else y + yj
             r0 += n
-        return y / f if f != 1.0 else y
+        return y
 
-    return _finish(layer, _chunked(xv, run), shape)
+    return _finish(layer, _chunked(xv, dim, run, scale), dim, shape)
 
 
 def forward_per_tile(layer: AnalogLayer, x: Tensor) -> Tensor:
@@ -138,7 +170,7 @@ def forward_per_tile(layer: AnalogLayer, x: Tensor) -> Tensor:
     slices = layer._slices.to(x.dtype) * unit  # (k, R, C)
     sig = slice_significance(xbar, layer.device_spec, x.device).to(x.dtype)
     gen = layer._read_gen
-    xv, shape = _vectors(layer, x)
+    xv, dim, shape = _vectors(layer, x)
     tiles = []
     for b in lay.blocks:
         rows, cols = b.rows.to(x.device), b.cols.to(x.device)
@@ -149,12 +181,17 @@ def forward_per_tile(layer: AnalogLayer, x: Tensor) -> Tensor:
         for a in range(0, len(rows), xbar.rows):
             tiles.append((rows[a : a + xbar.rows], cols, w[a : a + xbar.rows]))
 
-    def run(xc: Tensor) -> Tensor:
-        y = xc.new_zeros(xc.shape[0], C)
+    def run(xc: Tensor, _sc: Tensor | None) -> Tensor:
+        n = xc.shape[0]
+        out_shape = (n, C) if dim == -1 else (n, C, xc.shape[2])
+        y = xc.new_zeros(out_shape)
         for rows, cols, w in tiles:
-            p = io_mvm(xc[:, rows], lambda u, w=w: u @ w, io, gen)  # (n, k*c_b)
-            p = (p.view(-1, k, len(cols)) * sig.view(1, k, 1)).sum(1)
+            p = io_mvm(_rows(xc, dim, rows), w, io, gen, dim)  # (n, k*c_b[, L])
+            if dim == -1:
+                p = (p.view(n, k, len(cols)) * sig.view(1, k, 1)).sum(1)
+            else:
+                p = (p.view(n, k, len(cols), -1) * sig.view(1, k, 1, 1)).sum(1)
             y.index_add_(1, cols, p)
         return y * (layer._gain / f)
 
-    return _finish(layer, _chunked(xv, run), shape)
+    return _finish(layer, _chunked(xv, dim, run), dim, shape)

@@ -37,7 +37,6 @@ its batch (identical when nothing clips, the usual case).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -146,57 +145,73 @@ def resolution(res: float) -> float:
 
 def quantize_step(x: Tensor, step: float) -> Tensor:
     """``step * round(x / step)`` (half to even); straight-through gradient when ``x``
-    requires one (aihwkit ``UniformQuantize``; Bengio et al. 2013)."""
-    q = torch.round(x.detach() / step) * step
+    requires one (aihwkit ``UniformQuantize``; Bengio et al. 2013). A new tensor."""
+    q = (x.detach() / step).round_().mul_(step)
     if x.requires_grad and torch.is_grad_enabled():
         return x + (q - x).detach()
     return q
 
 
-def manage_input(x: Tensor, cfg: IOConfig) -> Tensor:
-    """Noise-management scale ``s`` of each vector (last dim): shape ``x.shape[:-1] + (1,)``.
+def manage_input(x: Tensor, cfg: IOConfig, dim: int = -1) -> Tensor:
+    """Noise-management scale ``s`` of each vector (along ``dim``), kept as a size-1 dim.
 
     ``abs_max``: ``max_i |x_i|`` (capped at ``nm_thres`` if > 0), 1 where it is 0; ``none``:
     ones. Inputs are divided by it before the DAC and outputs multiplied by it after the ADC.
     """
+    shape = list(x.shape)
+    shape[dim] = 1
     if cfg.noise_management == "none":
-        return torch.ones(*x.shape[:-1], 1, dtype=x.dtype, device=x.device)
-    s = x.detach().abs().amax(dim=-1, keepdim=True)
+        return torch.ones(shape, dtype=x.dtype, device=x.device)
+    mn, mx = torch.aminmax(x.detach(), dim=dim, keepdim=True)
+    s = torch.maximum(mx, mn.neg_())
     if cfg.nm_thres > 0:
-        s = s.clamp(max=cfg.nm_thres)
-    return torch.where(s > 0, s, torch.ones_like(s))
+        s = s.clamp_(max=cfg.nm_thres)
+    return s.masked_fill_(s <= 0, 1.0)
 
 
-def prepare_input(u: Tensor, cfg: IOConfig, gen: torch.Generator | None) -> Tensor:
-    """DAC: quantise to ``inp_step``, clip to ``+-inp_bound``, add ``inp_noise`` (aihwkit's
-    ``_prepare_input`` order)."""
+def prepare_input(
+    x: Tensor, scale: Tensor | float, cfg: IOConfig, gen: torch.Generator | None
+) -> Tensor:
+    """DAC of ``u = x / scale``: quantise to ``inp_step``, clip to ``+-inp_bound``, add
+    ``inp_noise`` (aihwkit's ``_prepare_input`` order). ``scale`` broadcasts against ``x``."""
     step = cfg.inp_step
-    if step is not None:
-        u = quantize_step(u, step)
-    u = u.clamp(-cfg.inp_bound, cfg.inp_bound)
+    if step is not None and not (x.requires_grad and torch.is_grad_enabled()):
+        u = (x * (1.0 / (scale * step))).round_().mul_(step)  # one pass fewer
+    else:
+        u = x / scale
+        if step is not None:
+            u = quantize_step(u, step)
+    u = _clamp(u, cfg.inp_bound, True)
     if cfg.inp_noise > 0:
         u = u + cfg.inp_noise * _randn(u, gen)
     return u
 
 
 def output_noise_and_bound(
-    v: Tensor, cfg: IOConfig, gen: torch.Generator | None
+    v: Tensor, cfg: IOConfig, gen: torch.Generator | None, dim: int = -1
 ) -> tuple[Tensor, Tensor]:
     """Add ``out_noise``, digitise to ``out_step`` and clip to ``+-out_bound``.
 
-    Returns ``(v_q, clipped)``: ``clipped`` (shape ``v.shape[:-1]``, bool) flags the vectors
-    with an output beyond the bound after digitisation (aihwkit's bound test).
+    ``v`` holds output vectors along ``dim``. Returns ``(v_q, clipped)``: ``clipped`` (``v``'s
+    shape without ``dim``, bool) flags the vectors with an output beyond the bound after
+    digitisation (aihwkit's bound test).
     """
+    owned = False
     if cfg.out_noise > 0:
-        v = v + cfg.out_noise * _randn(v, gen)
+        noise = _randn(v, gen).mul_(cfg.out_noise)
+        v = v + noise if v.requires_grad else noise.add_(v)
+        owned = True
     step = cfg.out_step
     if step is not None:
         v = quantize_step(v, step)
+        owned = True
     if cfg.out_bound is None:
-        return v, torch.zeros(v.shape[:-1], dtype=torch.bool, device=v.device)
+        shape = [n for i, n in enumerate(v.shape) if i != dim % v.dim()]
+        return v, torch.zeros(shape, dtype=torch.bool, device=v.device)
     b = cfg.out_bound
-    clipped = (v.detach().abs() > b).any(dim=-1)
-    return v.clamp(-b, b), clipped
+    mn, mx = torch.aminmax(v.detach(), dim=dim)
+    clipped = (mx > b) | (mn < -b)
+    return _clamp(v, b, owned), clipped
 
 
 def bm_limit_reached(r: float, cfg: IOConfig) -> bool:
@@ -207,33 +222,51 @@ def bm_limit_reached(r: float, cfg: IOConfig) -> bool:
 
 def io_mvm(
     x: Tensor,
-    mvm: Callable[[Tensor], Tensor],
+    w: Tensor,
     cfg: IOConfig,
     gen: torch.Generator | None,
+    dim: int = -1,
+    scale: Tensor | None = None,
 ) -> Tensor:
-    """One periphery-managed MVM of the vectors ``x`` (``(..., in)``) (module docstring).
+    """One periphery-managed MVM of the vectors of ``x`` through the tile ``w`` (``in x out``,
+    in the tile's units); see the module docstring.
 
-    ``mvm`` maps prepared inputs ``(n, in)`` to tile outputs ``(n, out)`` (``u_q W``, in the
-    tile's units); returns ``y`` ``(..., out)`` in the input's units times the tile's.
-    Randomness (input and output noise) is drawn from ``gen``.
+    ``dim = -1``: ``x`` is ``(..., in)`` and the result ``(..., out)``. ``dim = 1``: ``x`` is
+    ``(B, in, L)`` (an unfolded convolution input, one vector per column) and the result
+    ``(B, out, L)``. The result is in the input's units times the tile's. Input and output
+    noise are drawn from ``gen``. ``scale``: the noise-management scale of every vector if
+    already known (as :func:`manage_input` returns it), else computed here.
     """
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
-    s = manage_input(x2, cfg)
-    r = 1.0
-    v, clipped = output_noise_and_bound(mvm(prepare_input(x2 / s, cfg, gen)), cfg, gen)
+    if dim not in (-1, 1) or (dim == 1 and x.dim() != 3):
+        raise ValueError(f"io_mvm: dim must be -1, or 1 for a (B, in, L) input; got {dim}")
+    wt = w.t()
+
+    def mvm(u: Tensor) -> Tensor:
+        return u @ w if dim == -1 else torch.matmul(wt, u)
+
+    s = manage_input(x, cfg, dim) if scale is None else scale
+    v, clipped = output_noise_and_bound(mvm(prepare_input(x, s, cfg, gen)), cfg, gen, dim)
     y = v * s
-    if cfg.bound_management == "iterative":
-        todo = clipped.nonzero().squeeze(1)
+    if cfg.bound_management == "iterative" and bool(clipped.any()):
+        # re-run the clipping vectors alone, as (n, in) rows, with r = 2, 4, ...
+        if dim == 1:
+            xv, sv, yv = x.transpose(1, 2), s.transpose(1, 2), y.transpose(1, 2)
+        else:
+            xv, sv, yv = x, s, y
+        idx = clipped.nonzero(as_tuple=True)
+        rows, srow = xv[idx], sv[idx]  # (n, in), (n, 1)
+        out = yv[idx]
+        todo = torch.arange(rows.shape[0], device=x.device)
+        r = 1.0
         while todo.numel() and not bm_limit_reached(r, cfg):
             r *= 2.0
-            sr = s[todo] * r
-            v, clipped = output_noise_and_bound(
-                mvm(prepare_input(x2[todo] / sr, cfg, gen)), cfg, gen
-            )
-            y = y.index_copy(0, todo, v * sr)
-            todo = todo[clipped]
-    return y.reshape(*lead, y.shape[-1])
+            sr = srow[todo] * r
+            v, clip = output_noise_and_bound(prepare_input(rows[todo], sr, cfg, gen) @ w, cfg, gen)
+            out = out.index_copy(0, todo, v * sr)
+            todo = todo[clip]
+        yv = yv.index_put(idx, out)
+        y = yv.transpose(1, 2) if dim == 1 else yv
+    return y
 
 
 def split_sizes(size: int, max_size: int) -> list[int]:
@@ -252,8 +285,13 @@ def readout_level(w: Tensor, cfg: IOConfig, gen: torch.Generator | None) -> floa
     (``GlobalDriftCompensation.readout``). The gain at time t is ``level(W_0) / level(W_t)``.
     """
     eye = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
-    y = io_mvm(eye, lambda u: u @ w, cfg, gen)
+    y = io_mvm(eye, w, cfg, gen)
     return max(float(y.abs().mean()), 1e-4)
+
+
+def _clamp(u: Tensor, b: float, owned: bool) -> Tensor:
+    """Clip to ``[-b, b]``; in place when ``u`` is a temporary of ours without autograd."""
+    return u.clamp_(-b, b) if owned and not u.requires_grad else u.clamp(-b, b)
 
 
 def _randn(like: Tensor, gen: torch.Generator | None) -> Tensor:
