@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from xbarprune.analog import convert, trial_generator
-from xbarprune.analog.periphery import _conv_scale
 from xbarprune.config import from_dict
 from xbarprune.errors import ConfigError, SpecError, XbarpruneError
 from xbarprune.hardware import CrossbarSpec, DeviceSpec
@@ -119,7 +118,10 @@ def test_io_mvm_dim1_equals_rows():
     io = IOConfig(out_noise=0.0, out_bound=1.5)  # coarse enough that some vectors clip
     a = io_mvm(x, w, io, None, dim=1)
     b = io_mvm(x.transpose(1, 2).reshape(-1, 7), w, io, None).view(2, 5, 3).transpose(1, 2)
-    assert torch.equal(a, b)
+    assert torch.allclose(a, b, atol=1e-6)
+    with torch.enable_grad():  # the reference path (straight-through gradients) agrees
+        c = io_mvm(x.requires_grad_(), w, io, None, dim=1)
+    assert torch.allclose(a, c.detach(), atol=1e-6)
 
 
 def test_split_sizes_like_aihwkit():
@@ -172,8 +174,6 @@ def test_conv_weight_level_equals_explicit_per_patch_mvm():
         ref = io_mvm(rows, conv._w_eff, io, None).view(4, 100, 16).transpose(1, 2)
         ref = ref.reshape(4, 16, 10, 10) + conv.inner.bias.view(1, -1, 1, 1)
         assert torch.allclose(y, ref, atol=1e-5)
-        s_img = _conv_scale(conv, xin, io)
-        assert torch.allclose(s_img, manage_input(cols, io, dim=1))
 
 
 def test_max_input_size_splits_into_tiles_with_own_periphery():

@@ -87,23 +87,6 @@ def _finish(layer: AnalogLayer, y: Tensor, dim: int, shape: tuple) -> Tensor:
     return y.view(*shape, C)
 
 
-def _conv_scale(layer: AnalogLayer, x: Tensor, io: IOConfig) -> Tensor | None:
-    """Abs-max noise-management scale of every patch of a convolution, ``(B, 1, L)``, from
-    the image (channel-wise abs-max, then a max pool with the conv's window) instead of the
-    unfolded input: the same numbers, kh*kw times less work. None where not applicable."""
-    m = layer.inner
-    if not isinstance(m, nn.Conv2d) or io.noise_management != "abs_max":
-        return None
-    if any(2 * p > k for p, k in zip(m.padding, m.kernel_size, strict=True)):
-        return None  # max_pool2d allows padding <= kernel / 2 only
-    a = x.detach().abs().amax(1, keepdim=True)
-    s = F.max_pool2d(a, m.kernel_size, m.stride, m.padding, m.dilation)
-    s = s.reshape(x.shape[0], 1, -1)
-    if io.nm_thres > 0:
-        s = s.clamp(max=io.nm_thres)
-    return s.masked_fill_(s <= 0, 1.0)
-
-
 def _rows(xv: Tensor, dim: int, idx) -> Tensor:
     return xv[..., idx] if dim == -1 else xv[:, idx]
 
@@ -134,7 +117,6 @@ def forward_weight_level(layer: AnalogLayer, x: Tensor) -> Tensor:
     gen = layer._read_gen
     xv, dim, shape = _vectors(layer, x)
     sizes = split_sizes(w.shape[0], io.max_input_size)
-    scale = _conv_scale(layer, x, io) if len(sizes) == 1 else None
 
     def run(xc: Tensor, sc: Tensor | None) -> Tensor:
         y = None
@@ -149,7 +131,7 @@ def forward_weight_level(layer: AnalogLayer, x: Tensor) -> Tensor:
             r0 += n
         return y
 
-    return _finish(layer, _chunked(xv, dim, run, scale), dim, shape)
+    return _finish(layer, _chunked(xv, dim, run), dim, shape)
 
 
 def forward_per_tile(layer: AnalogLayer, x: Tensor) -> Tensor:
