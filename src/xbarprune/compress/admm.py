@@ -175,9 +175,7 @@ class ADMMRegularizer:
     ):
         check_range("rho", rho, low=0.0, low_open=True)
         check_range("rho_growth", rho_growth, low=1.0)
-        self.structure = {
-            n: [v] if isinstance(v, tuple) else list(v) for n, v in structure.items()
-        }
+        self.structure = {n: [v] if isinstance(v, tuple) else list(v) for n, v in structure.items()}
         self.level_sets = dict(level_sets)
         self.rho = float(rho)
         self.rho_growth = float(rho_growth)

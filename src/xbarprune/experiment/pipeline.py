@@ -458,4 +458,3 @@ def mapping_clip(info: dict, layout: CrossbarLayout) -> dict[str, float] | None:
         return None
     clip = {n: float(v) for n, v in w_max.items() if n in layout.layers}
     return clip or None
-

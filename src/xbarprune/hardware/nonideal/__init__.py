@@ -19,6 +19,7 @@ from xbarprune.hardware.nonideal.base import (
 from xbarprune.hardware.nonideal.converters import ADC, DAC, levels_per_side, quantize_uniform
 from xbarprune.hardware.nonideal.drift import Drift, drift_factor
 from xbarprune.hardware.nonideal.faults import StuckAtFaults, fault_map
+from xbarprune.hardware.nonideal.io import IOConfig, io_mvm
 from xbarprune.hardware.nonideal.ir_drop import IRDrop, effective_conductance, nodal_solve
 from xbarprune.hardware.nonideal.model import (
     PRESETS,
@@ -51,6 +52,7 @@ __all__ = [
     "DriftConfig",
     "EffectContext",
     "FaultsConfig",
+    "IOConfig",
     "IRDrop",
     "IRDropConfig",
     "NonIdealityConfig",
@@ -69,6 +71,7 @@ __all__ = [
     "drift_factor",
     "effective_conductance",
     "fault_map",
+    "io_mvm",
     "levels_per_side",
     "nodal_solve",
     "preset",

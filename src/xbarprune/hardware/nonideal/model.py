@@ -22,8 +22,8 @@ analog layer applies. Effects whose settings make them a no-op (zero rates, zero
 resistances) are left out, so :attr:`NonIdealityModel.is_ideal` is exact.
 
 Named presets (:data:`PRESETS`, :func:`preset`): ``ideal``, ``prunix``, ``reram``,
-``reram_faulty``, ``pcm``, ``ir_drop``, ``sparse_nonideal`` (see :func:`preset` for their
-sources).
+``reram_faulty``, ``pcm``, ``aihwkit-default``, ``ir_drop``, ``sparse_nonideal`` (see
+:func:`preset` for their sources).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from xbarprune.hardware.nonideal.faults import (
     StuckAtFaults,
     check_fault_rates,
 )
+from xbarprune.hardware.nonideal.io import IOConfig
 from xbarprune.hardware.nonideal.ir_drop import IRDrop, IRMethod, check_ir
 from xbarprune.hardware.nonideal.pcm import PCM_PROG_COEFF, PCMStatistical, check_pcm
 from xbarprune.hardware.nonideal.quantization import Quantization
@@ -249,6 +250,11 @@ class NonIdealityConfig:
             gains by alternating least squares. Undoes the row-wise attenuation through the
             driver resistance, which depends on each tile row's total conductance and which
             a column gain cannot undo (ours; see docs/methods/sparse_nonideal.md).
+        io: peripheral I/O of every analog MVM, aihwkit's ``IOParameters`` (noise and bound
+            management, DAC, output noise, ADC with output bound; see
+            :mod:`xbarprune.hardware.nonideal.io`), or None. It replaces ``dac_bits`` /
+            ``adc_bits`` (``io.per_tile`` selects the per-tile path); with
+            ``drift_compensation`` the gain is read out through it, as aihwkit does.
     """
 
     quantization: QuantizationConfig | None = None
@@ -265,6 +271,7 @@ class NonIdealityConfig:
     drift_compensation: bool = False
     column_calibration: bool = False
     row_calibration: bool = False
+    io: IOConfig | None = None
 
     def __post_init__(self) -> None:
         if self.dac_bits is not None:
@@ -288,6 +295,21 @@ class NonIdealityConfig:
                 "NonIdealityConfig.row_calibration needs column_calibration: true (the row "
                 "gains are fitted jointly with the column gains)"
             )
+        if self.io is not None:
+            if not isinstance(self.io, IOConfig):
+                raise SpecError(f"NonIdealityConfig.io = {self.io!r}; allowed: an IOConfig")
+            for k in ("dac_bits", "adc_bits", "adc_full_scale"):
+                if getattr(self, k) is not None:
+                    raise SpecError(
+                        f"NonIdealityConfig.{k} = {getattr(self, k)!r} with io set; allowed: "
+                        "null (io.inp_res / io.out_res / io.out_bound are the converters; "
+                        "io.per_tile: true selects the per-tile path)"
+                    )
+            if self.row_calibration:
+                raise SpecError(
+                    "NonIdealityConfig.row_calibration is not supported with io (row gains "
+                    "are folded into the cells, which would change what the periphery sees)"
+                )
 
 
 #: sections of NonIdealityConfig in the order their effects run.
@@ -335,6 +357,7 @@ PRESETS: dict[str, NonIdealityConfig] = {
         quantization=QuantizationConfig(levels=16),
         ir_drop=IRDropConfig(r_row=5.0, r_col=10.0, r_source=1000.0, r_sink=1000.0),
     ),
+    "aihwkit-default": NonIdealityConfig(pcm=PCMConfig(), drift_compensation=True, io=IOConfig()),
     "sparse_nonideal": NonIdealityConfig(
         quantization=QuantizationConfig(levels=16),
         variation=VariationConfig(sigma=0.1, mode="relative"),
@@ -363,6 +386,12 @@ def preset(name: str) -> NonIdealityConfig:
     * ``reram_faulty``: ``reram`` with the full Chen et al. rates (SA0 1.75 %, SA1 9.04 %).
     * ``pcm``: aihwkit's statistical PCM model with its default coefficients, global drift
       compensation on, no converters (isolates the device model).
+    * ``aihwkit-default``: what aihwkit 1.1 users get from ``TorchInferenceRPUConfig()``:
+      the ``pcm`` device model, global drift compensation read out through the periphery,
+      and the default forward ``IOParameters`` (:class:`IOConfig` defaults: 7-bit DAC
+      ``inp_res`` 1/126 over ``inp_bound`` 1, abs-max noise management, output noise 0.06,
+      9-bit ADC ``out_res`` 1/510 over ``out_bound`` 12, iterative bound management,
+      unscaled weights ``weight_scaling_omega`` 0, tiles of ``max_input_size`` 512 inputs).
     * ``ir_drop``: the Bhattacharjee et al. / RxNN parasitics (driver and sense 1 kOhm, row
       segment 5 ohm, column segment 10 ohm) with 4-bit (16-level) cells.
     * ``sparse_nonideal``: ``ir_drop`` plus 10 % relative programming variation (RxNN's
@@ -465,8 +494,13 @@ class NonIdealityModel:
 
     @property
     def is_ideal(self) -> bool:
-        """No effect and no converter."""
-        return not self.effects and self.dac is None and self.adc is None
+        """No effect, no converter and no peripheral I/O model."""
+        return not self.effects and self.dac is None and self.adc is None and self.io is None
+
+    @property
+    def io(self) -> IOConfig | None:
+        """The peripheral I/O model (``config.io``), or None."""
+        return None if self.config is None else self.config.io
 
     @property
     def has_read_stage(self) -> bool:
@@ -522,6 +556,7 @@ class NonIdealityModel:
             "adc_full_scale": self.adc_full_scale,
             "drift_compensation": self.drift_compensation,
             "column_calibration": self.column_calibration,
+            **({"io": asdict(self.io)} if self.io is not None else {}),
         }
 
 
