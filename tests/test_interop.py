@@ -8,6 +8,7 @@ import importlib.util
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from xbarprune.errors import CheckpointError, ExportError, SpecError, Translatio
 from xbarprune.experiment.config import load_config
 from xbarprune.experiment.export import export_run, load_run
 from xbarprune.experiment.pipeline import Run
+from xbarprune.hardware.nonideal.io import IOConfig
 from xbarprune.hardware.nonideal.model import (
     AgingConfig,
     DriftConfig,
@@ -30,6 +32,7 @@ from xbarprune.hardware.nonideal.model import (
     PCMConfig,
     QuantizationConfig,
     VariationConfig,
+    preset,
 )
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
 from xbarprune.interop import aihwkit as ak
@@ -262,38 +265,95 @@ def test_translation_lists_what_aihwkit_cannot_express():
     assert (si["drift_nu_mean"], si["drift_nu_std"], si["t_0"]) == (0.05, 0.01, 2.0)
 
 
+def _io_of_bits(dac: int | None, adc: int | None, rows: int) -> IOConfig:
+    """What dac_bits/adc_bits come back as: aihwkit's I/O with our converter grids, no
+    noise, no bound management (out_bound: aihwkit's default 12 when there is an ADC)."""
+    return IOConfig(
+        inp_res=None if dac is None else 1 / (2**dac - 2),
+        out_res=None if adc is None else 1 / (2**adc - 2),
+        out_bound=12.0 if adc is not None else None,
+        out_noise=0.0,
+        bound_management="none",
+        max_input_size=rows,
+    )
+
+
 @pytest.mark.parametrize(
-    "cfg",
+    "cfg, expected",
     [
-        NonIdealityConfig(pcm=PCMConfig(), drift_compensation=True, dac_bits=8, adc_bits=8),
-        NonIdealityConfig(
-            pcm=PCMConfig(prog_coeff=(0.1, 1.0, -0.5), t0=5.0, drift_scale=0.5), adc_bits=6
+        (
+            NonIdealityConfig(pcm=PCMConfig(), drift_compensation=True, dac_bits=8, adc_bits=8),
+            NonIdealityConfig(pcm=PCMConfig(), drift_compensation=True, io=_io_of_bits(8, 8, 64)),
         ),
-        NonIdealityConfig(
-            variation=VariationConfig(0.03, "absolute"), drift=DriftConfig(0.1, 0.02, 1.0)
+        (
+            NonIdealityConfig(
+                pcm=PCMConfig(prog_coeff=(0.1, 1.0, -0.5), t0=5.0, drift_scale=0.5), adc_bits=6
+            ),
+            NonIdealityConfig(
+                pcm=PCMConfig(prog_coeff=(0.1, 1.0, -0.5), t0=5.0, drift_scale=0.5),
+                io=_io_of_bits(None, 6, 64),
+            ),
         ),
-        NonIdealityConfig(),
+        (
+            NonIdealityConfig(
+                variation=VariationConfig(0.03, "absolute"), drift=DriftConfig(0.1, 0.02, 1.0)
+            ),
+            None,
+        ),
+        (NonIdealityConfig(), None),
+        (preset("aihwkit-default"), None),
+        (
+            NonIdealityConfig(
+                pcm=PCMConfig(read_noise_scale=0.5),
+                io=IOConfig(
+                    inp_res=1 / 62,
+                    inp_noise=0.01,
+                    out_bound=10.0,
+                    out_noise=0.02,
+                    noise_management="none",
+                    bound_management="none",
+                    weight_scaling_omega=1.0,
+                    max_input_size=256,
+                ),
+            ),
+            None,
+        ),
     ],
 )
-def test_export_then_import_gives_the_same_config(cfg, tmp_path):
+def test_export_then_import_gives_the_same_config(cfg, expected, tmp_path):
+    expected = expected or cfg
     dev = DeviceSpec(g_min=0.0, g_max=2.5e-5)
     spec = ak.translate_to_aihwkit(cfg, CrossbarSpec(64, 64), dev).spec
     back = ak.nonideal_from_aihwkit(spec)
     if cfg.variation is not None:  # sigma round-trips through uS
         assert back.variation.sigma == pytest.approx(cfg.variation.sigma)
-        back = NonIdealityConfig(**{**back.__dict__, "variation": cfg.variation})
+        back = replace(back, variation=cfg.variation)
     if cfg.pcm is not None:
         assert back.pcm.prog_coeff == pytest.approx(cfg.pcm.prog_coeff)
-        back = NonIdealityConfig(**{**back.__dict__, "pcm": cfg.pcm})
-    assert back == cfg
+        back = replace(back, pcm=cfg.pcm)
+    assert back == expected
     # the same through a YAML file and the config form nonideal: {from_aihwkit: FILE}
     (tmp_path / "rpu.yaml").write_text(yaml.safe_dump(spec))
     c = load_config({"nonideal": {"from_aihwkit": str(tmp_path / "rpu.yaml")}})
-    assert c.nonideal_config().dac_bits == cfg.dac_bits
+    assert c.nonideal_config().io == expected.io
     assert c.nonideal_config().drift_compensation == cfg.drift_compensation
 
 
-def test_import_rescales_programming_coefficients_and_reads_bits():
+def test_aihwkit_default_config_is_our_aihwkit_default_preset():
+    pytest.importorskip("aihwkit")
+    from aihwkit.simulator.configs import TorchInferenceRPUConfig
+
+    assert ak.nonideal_from_aihwkit(TorchInferenceRPUConfig()) == preset("aihwkit-default")
+    # and back: every forward, mapping and noise-model field equals aihwkit's default
+    tr = ak.translate_to_aihwkit(
+        preset("aihwkit-default"), CrossbarSpec(), DeviceSpec(g_min=0, g_max=2.5e-5)
+    )
+    assert tr.untranslated == [] and tr.approximate == []
+    ours = ak.aihwkit_config_dict(ak.build_rpu_config(tr.spec))
+    assert ours == ak.aihwkit_config_dict(TorchInferenceRPUConfig())
+
+
+def test_import_rescales_programming_coefficients_and_reads_io():
     # aihwkit: sigma = poly(x) * g_max / ref; explicit coefficients without a reference are
     # relative to g_max (50 uS here), ours to 25 uS: c * 25 / 50
     d = {
@@ -302,16 +362,23 @@ def test_import_rescales_programming_coefficients_and_reads_bits():
             "prog_coeff": [1.0, 2.0, 3.0],
             "g_converter": {"g_max": 50.0, "g_min": 0.0},
         },
-        "forward": {"inp_res": 1 / 126, "out_res": 510, "out_noise": 0.0},
+        "forward": {"inp_res": 1 / 126, "out_res": 510, "out_noise": 0.0, "out_bound": -1},
+        "mapping": {"max_input_size": 128},
     }
     cfg = ak.nonideal_from_aihwkit(d)
     assert cfg.pcm.prog_coeff == pytest.approx((0.5, 1.0, 1.5))
-    assert (cfg.dac_bits, cfg.adc_bits) == (7, 9)  # 126 = 2**7 - 2 steps; 510 = 2**9 - 2
+    assert cfg.drift_compensation  # left out: aihwkit's default GlobalDriftCompensation
+    io = cfg.io
+    assert (io.inp_res, io.out_res, io.out_bound, io.out_noise) == (1 / 126, 510, None, 0.0)
+    assert io.max_input_size == 128 and io.bound_management == "iterative"  # aihwkit default
+    perfect = ak.nonideal_from_aihwkit({"forward": {"is_perfect": True}, "noise_model": None})
+    assert perfect == NonIdealityConfig(drift_compensation=True)
 
 
 def test_untranslatable_aihwkit_fields_get_one_error_naming_each(tmp_path):
     d = {
-        "forward": {"out_noise": 0.06, "w_noise": 0.01, "inp_res": 0.3},
+        "forward": {"w_noise": 0.01, "ir_drop": 1.0, "noise_management": "AbsMaxNPSum"},
+        "mapping": {"weight_scaling_columnwise": True},
         "noise_model": {"type": "ReRamWan2022NoiseModel"},
         "drift_compensation": {"type": "PerColumnDriftCompensation"},
     }
@@ -319,24 +386,17 @@ def test_untranslatable_aihwkit_fields_get_one_error_naming_each(tmp_path):
         ak.nonideal_from_aihwkit(d)
     msg = str(e.value)
     for name in (
-        "forward.out_noise = 0.06",
-        "forward.w_noise",
-        "forward.inp_res = 0.3",
+        "forward.w_noise = 0.01",
+        "forward.ir_drop = 1.0",
+        "forward.noise_management = 'AbsMaxNPSum'",
+        "mapping.weight_scaling_columnwise",
         "noise_model.type",
         "PerColumnDriftCompensation",
     ):
         assert name in msg
-    ok = ak.nonideal_from_aihwkit(
-        d,
-        ignore=[
-            "forward.out_noise",
-            "forward.w_noise",
-            "forward.inp_res",
-            "noise_model.type",
-            "drift_compensation.type",
-        ],
-    )
-    assert ok == NonIdealityConfig()
+    names = ["forward.w_noise", "forward.ir_drop", "forward.noise_management"]
+    names += ["mapping.weight_scaling_columnwise", "noise_model.type", "drift_compensation.type"]
+    assert ak.nonideal_from_aihwkit(d, ignore=names) == NonIdealityConfig(io=IOConfig())
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(d))
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump({"nonideal": {"from_aihwkit": "bad.yaml"}}))
@@ -381,19 +441,11 @@ def test_aihwkit_export_perfect_io_equals_ours(upr_run, tmp_path):
     with torch.no_grad():
         diff = (analog(x) - ours(x)).abs().max()
     assert diff <= 1e-5
-    # the live aihwkit config dumps and reads back into the run's config
-    assert ak.nonideal_from_aihwkit(mod.rpu_config()) == run.nonideal
-
-
-def test_live_default_aihwkit_config_names_its_output_noise():
-    pytest.importorskip("aihwkit")
-    from aihwkit.simulator.configs import TorchInferenceRPUConfig
-
-    with pytest.raises(TranslationError, match=r"forward.out_noise = 0.06"):
-        ak.nonideal_from_aihwkit(TorchInferenceRPUConfig())
-    cfg = ak.nonideal_from_aihwkit(TorchInferenceRPUConfig(), ignore=["forward.out_noise"])
-    assert (cfg.dac_bits, cfg.adc_bits, cfg.drift_compensation) == (7, 9, True)
-    assert cfg.pcm == PCMConfig()
+    # the live aihwkit config reads back: PCM and compensation as the run's, the 8-bit
+    # converters as aihwkit I/O on the same grids
+    back = ak.nonideal_from_aihwkit(mod.rpu_config())
+    assert back.pcm == run.nonideal.pcm and back.drift_compensation
+    assert back.io == _io_of_bits(8, 8, 32)
 
 
 # ----------------------------------------------------------------------------- API and docs
@@ -477,3 +529,31 @@ def test_cf_physical_run_with_batchnorm_reloads_and_exports(tmp_path):
         bad = copy.deepcopy(cfg)
         bad["method"]["name"] = "xcs"
         Run(load_config(bad), tmp_path / "x", log=lambda s: None).run()
+
+
+@pytest.mark.parametrize("max_input_size", [0, 16])
+def test_translated_io_makes_aihwkit_compute_what_our_periphery_computes(max_input_size):
+    """DAC, abs-max noise management and ADC of IOConfig, translated to aihwkit's forward
+    (noise-free device, no output noise): both outputs equal, and both differ from the
+    digital one by the quantisation (so a wrong translation would show)."""
+    pytest.importorskip("aihwkit")
+    from xbarprune.analog.simulate import convert
+    from xbarprune.hardware.nonideal.model import NonIdealityModel
+    from xbarprune.mapping import map_model
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(40, 20), nn.ReLU(), nn.Linear(20, 7)).eval()
+    x = torch.randn(16, 40)
+    io = IOConfig(out_noise=0.0, bound_management="none", max_input_size=max_input_size)
+    quiet = PCMConfig(prog_noise_scale=0, read_noise_scale=0, drift_scale=0)
+    cfg = NonIdealityConfig(pcm=quiet, io=io)
+    dev, xbar = DeviceSpec(g_min=0, g_max=2.5e-5), CrossbarSpec(64, 64)
+    spec = ak.translate_to_aihwkit(cfg, xbar, dev).spec
+    analog = ak.to_analog_sequential(m, ak.build_rpu_config(spec))
+    analog.program_analog_weights()
+    ours = convert(m, map_model(m, xbar), dev, NonIdealityModel.from_config(cfg))
+    ours.program(torch.Generator().manual_seed(0), 1.0)
+    with torch.no_grad():
+        ya, yo, y = analog(x), ours(x), m(x)
+    assert (ya - yo).abs().max() <= 1e-5
+    assert (ya - y).abs().max() > 1e-3

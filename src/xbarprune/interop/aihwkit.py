@@ -23,7 +23,12 @@ Correspondences (ours -> aihwkit):
 * ``drift_compensation`` -> ``GlobalDriftCompensation`` (approximate: aihwkit reads the tile
   with a one-hot vector after programming noise; our analog layer uses an all-ones read-out
   against the target weights, docs/benchmarks_aihwkit.md).
-* ``dac_bits`` / ``adc_bits`` -> ``forward.inp_res`` / ``forward.out_res`` =
+* ``io`` (:class:`~xbarprune.hardware.nonideal.io.IOConfig`, aihwkit's ``IOParameters``
+  re-implemented with the same field names) -> ``forward`` field by field (None -> aihwkit's
+  ``<= 0``; ``abs_max``/``iterative``/``none`` -> ``AbsMax``/``Iterative``/``None``),
+  ``mapping.weight_scaling_omega`` and ``max_input_size``; exact (``per_tile: true``:
+  aihwkit tiles of the crossbar's rows x weights_per_row, approximate).
+* without ``io``: ``dac_bits`` / ``adc_bits`` -> ``forward.inp_res`` / ``forward.out_res`` =
   ``1 / (2**bits - 2)`` (a signed symmetric grid of ``2**bits - 2`` steps, our
   :func:`~xbarprune.hardware.nonideal.converters.quantize_uniform`); no converter at all ->
   ``forward.is_perfect = True``. Approximate: aihwkit scales each input vector by its own
@@ -42,15 +47,16 @@ Never translated: ``quantization`` (programmed levels), ``aging``, ``faults`` (s
 **Import** (:func:`nonideal_from_aihwkit`) reads an aihwkit config, live or as a plain mapping
 dumped from it (:func:`aihwkit_config_dict`; a YAML/JSON file for ``nonideal: {from_aihwkit:
 FILE}``, so nothing is ever unpickled), into a :class:`NonIdealityConfig` by the inverse of
-the rules above. Settings with an effect we cannot model (e.g. ``forward.out_noise = 0.06``,
-aihwkit's default, or a ReRAM noise model) raise one :class:`~xbarprune.errors.TranslationError`
-naming them all; ``ignore=[...]`` drops named settings on purpose.
+the rules above; a non-perfect ``forward`` becomes ``io`` (so aihwkit's default config reads
+in as our preset ``aihwkit-default``). Settings with an effect we cannot model (e.g.
+``forward.w_noise``, ``forward.ir_drop``, a ReRAM noise model) raise one
+:class:`~xbarprune.errors.TranslationError` naming them all; ``ignore=[...]`` drops named
+settings on purpose.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
@@ -58,7 +64,8 @@ from typing import Any
 
 from torch import nn
 
-from xbarprune.errors import ExportError, TranslationError
+from xbarprune.errors import ExportError, SpecError, TranslationError
+from xbarprune.hardware.nonideal.io import IOConfig
 from xbarprune.hardware.nonideal.model import (
     DriftConfig,
     NonIdealityConfig,
@@ -109,20 +116,6 @@ def _bits_to_res(bits: int) -> float:
     if bits < 2:
         return 1.0  # a signed 1-bit converter has no non-zero level (ours refuses it)
     return 1.0 / (2**bits - 2)
-
-
-def _res_to_bits(res: float, name: str) -> int | None:
-    """Inverse of :func:`_bits_to_res`; ``res <= 0`` is aihwkit's 'no quantisation'."""
-    if res <= 0:
-        return None
-    steps = 1.0 / res if res <= 1.0 else res  # aihwkit: > 1 means a number of steps
-    bits = math.log2(steps + 2)
-    if abs(bits - round(bits)) > 1e-6:
-        raise TranslationError(
-            f"{name} = {res!r} is not a whole number of bits (1/(2**bits - 2)); allowed: "
-            "the resolution of a signed b-bit converter, b = 2..32, or <= 0 (none)"
-        )
-    return int(round(bits))
 
 
 # --------------------------------------------------------------------------- export
@@ -207,18 +200,36 @@ def translate_to_aihwkit(
     # ---- drift compensation
     if cfg.drift_compensation:
         tr.spec["drift_compensation"] = {"type": "GlobalDriftCompensation"}
-        note(
-            approx,
-            "nonideal.drift_compensation",
-            True,
-            "aihwkit reads a one-hot vector after programming noise; our layer an all-ones "
-            "vector against the target weights (docs/benchmarks_aihwkit.md)",
-        )
+        if cfg.io is None:  # with io, our layer reads one-hot vectors through it, as aihwkit
+            note(
+                approx,
+                "nonideal.drift_compensation",
+                True,
+                "aihwkit reads a one-hot vector through its periphery after programming "
+                "noise; without io our layer reads an all-ones vector against the target "
+                "weights (docs/benchmarks_aihwkit.md)",
+            )
     else:
         tr.spec["drift_compensation"] = None
     # ---- forward I/O
     fwd: dict[str, Any]
-    if cfg.dac_bits is None and cfg.adc_bits is None:
+    mapping: dict[str, Any] = {
+        "digital_bias": True,
+        "max_input_size": crossbar.rows,
+        "max_output_size": crossbar.weights_per_row,
+    }
+    if cfg.io is not None:
+        fwd, mapping = _io_to_forward(cfg.io, crossbar)
+        if cfg.io.per_tile:
+            note(
+                approx,
+                "nonideal.io.per_tile",
+                True,
+                "our periphery acts per crossbar tile row band and cell slice; aihwkit per "
+                "tile of max_input_size x max_output_size (set to the crossbar's rows x "
+                "weights_per_row)",
+            )
+    elif cfg.dac_bits is None and cfg.adc_bits is None:
         fwd = {"is_perfect": True}
     else:
         fwd = {
@@ -243,18 +254,15 @@ def translate_to_aihwkit(
         )
     tr.spec["forward"] = fwd
     # ---- mapping
-    tr.spec["mapping"] = {
-        "digital_bias": True,
-        "max_input_size": crossbar.rows,
-        "max_output_size": crossbar.weights_per_row,
-    }
-    note(
-        approx,
-        "crossbar",
-        _asdict(crossbar),
-        "aihwkit splits layers into rows x weights_per_row tiles as we do, but scales weights "
-        "to conductances per tile (ours per layer)",
-    )
+    tr.spec["mapping"] = mapping
+    if cfg.io is None:
+        note(
+            approx,
+            "crossbar",
+            _asdict(crossbar),
+            "aihwkit splits layers into rows x weights_per_row tiles as we do, but scales "
+            "weights to conductances per tile (ours per layer)",
+        )
     if crossbar.encoding != "differential":
         note(
             untr,
@@ -297,6 +305,40 @@ def translate_to_aihwkit(
             "a fixed ADC full scale in our layer's units; aihwkit's out_bound is relative",
         )
     return tr
+
+
+_NM = {"abs_max": "AbsMax", "none": "None"}
+_BM = {"iterative": "Iterative", "none": "None"}
+
+
+def _io_to_forward(io: IOConfig, crossbar: CrossbarSpec) -> tuple[dict, dict]:
+    """aihwkit ``forward`` and ``mapping`` of our :class:`IOConfig` (same field names; None
+    is aihwkit's ``<= 0``)."""
+    fwd = {
+        "is_perfect": False,
+        "inp_res": -1.0 if io.inp_res is None else io.inp_res,
+        "inp_bound": io.inp_bound,
+        "inp_noise": io.inp_noise,
+        "out_res": -1.0 if io.out_res is None else io.out_res,
+        "out_bound": -1.0 if io.out_bound is None else io.out_bound,
+        "out_noise": io.out_noise,
+        "w_noise": 0.0,
+        "noise_management": _NM[io.noise_management],
+        "nm_thres": io.nm_thres,
+        "bound_management": _BM[io.bound_management],
+        "max_bm_factor": io.max_bm_factor,
+        "max_bm_res": io.max_bm_res,
+    }
+    mapping = {
+        "digital_bias": True,
+        "weight_scaling_omega": io.weight_scaling_omega,
+        "max_input_size": crossbar.rows if io.per_tile else io.max_input_size,
+        # aihwkit: both sizes 0 = one tile per layer; else its default output size
+        "max_output_size": crossbar.weights_per_row
+        if io.per_tile
+        else (0 if io.max_input_size == 0 else 512),
+    }
+    return fwd, mapping
 
 
 def _asdict(obj: Any) -> Any:
@@ -400,8 +442,6 @@ def to_analog_sequential(model: nn.Module, rpu_config, layers: list[str] | None 
 #: aihwkit 1.1.0 IOParameters fields whose value has an effect we cannot model, with the value
 #: at which they are neutral (a setting with the neutral value is accepted).
 _IO_NEUTRAL: dict[str, Any] = {
-    "inp_noise": 0.0,
-    "out_noise": 0.0,
     "out_noise_std": 0.0,
     "w_noise": 0.0,
     "inp_asymmetry": 0.0,
@@ -418,21 +458,23 @@ _IO_NEUTRAL: dict[str, Any] = {
     "out_sto_round": False,
     "mv_type": "OnePass",
 }
-#: fields that only change how aihwkit scales / manages its converters (ours calibrate their
-#: own full scale): accepted, listed as approximate.
-_IO_APPROX = (
+#: IOParameters fields that map one to one onto our IOConfig.
+_IO_FIELDS = (
+    "inp_res",
     "inp_bound",
+    "inp_noise",
+    "out_res",
     "out_bound",
+    "out_noise",
     "noise_management",
+    "nm_thres",
     "bound_management",
     "max_bm_factor",
     "max_bm_res",
-    "bm_test_negative_bound",
-    "nm_thres",
-    "ir_drop_g_ratio",
-    "v_offset_w_min",
-    "w_noise_type",
 )
+#: fields without effect while the ones they qualify are neutral (w_noise = 0, v_offset_std =
+#: 0, ir_drop = 0) or that only steer aihwkit's batch-wide bound test.
+_IO_IGNORED = ("bm_test_negative_bound", "ir_drop_g_ratio", "v_offset_w_min", "w_noise_type")
 _PCM_KEYS = {
     "prog_coeff",
     "prog_coeff_g_max_reference",
@@ -526,12 +568,15 @@ def nonideal_from_aihwkit(
     """Our :class:`NonIdealityConfig` from an aihwkit inference RPU config.
 
     ``rpu_config``: a live aihwkit config, a mapping as written by :func:`aihwkit_config_dict`
-    (fields may be left out: aihwkit's defaults then apply to nothing, we take ours), or a
-    path to such a YAML/JSON file. Settings with an effect we cannot model raise one
-    :class:`TranslationError` naming each (``section.field = value``), unless listed in
-    ``ignore`` (same dotted names). ``notes`` (a list) receives the settings taken only
-    approximately. The device window (``g_max``, ``g_min``) belongs to our ``DeviceSpec``,
-    not to this config; the PCM statistics are in ``G/g_max`` and do not depend on it.
+    (a section or field left out takes aihwkit 1.1's default, as an ``InferenceRPUConfig``
+    would: ``PCMLikeNoiseModel()``, ``GlobalDriftCompensation()``, the default
+    ``IOParameters``; give ``drift_compensation: null`` or ``forward: {is_perfect: true}``
+    to turn them off), or a path to such a YAML/JSON file. Settings with an effect we cannot
+    model raise one :class:`TranslationError` naming each (``section.field = value``),
+    unless listed in ``ignore`` (same dotted names). ``notes`` (a list) receives the settings
+    taken only approximately. The device window (``g_max``, ``g_min``) belongs to our
+    ``DeviceSpec``, not to this config; the PCM statistics are in ``G/g_max`` and do not
+    depend on it.
     """
     if isinstance(rpu_config, str | Path):
         d = load_aihwkit_file(rpu_config)
@@ -562,7 +607,7 @@ def nonideal_from_aihwkit(
             flag(k, d[k])
     kw: dict[str, Any] = {}
     # ---- noise model
-    nm = d.get("noise_model")
+    nm = d.get("noise_model", {"type": "PCMLikeNoiseModel"})
     if nm is not None:
         nm = dict(nm)
         kind = nm.pop("type", "PCMLikeNoiseModel")
@@ -612,38 +657,60 @@ def nonideal_from_aihwkit(
         else:
             flag("noise_model.type", kind)
     # ---- drift compensation
-    dc = d.get("drift_compensation", None)
+    dc = d.get("drift_compensation", {"type": "GlobalDriftCompensation"})
     if dc is not None:
         t = dc.get("type") if isinstance(dc, dict) else dc
         if t == "GlobalDriftCompensation":
             kw["drift_compensation"] = True
-            approx.append("drift_compensation: one-hot read-out vs our all-ones read-out")
         else:
             flag("drift_compensation.type", t)
-    # ---- forward I/O
+    # ---- forward I/O -> IOConfig (aihwkit's IOParameters, same names)
     fwd = dict(d.get("forward") or {})
+    mp = d.get("mapping") or {}
     if not fwd.get("is_perfect", False):
-        for name, key in (("dac_bits", "inp_res"), ("adc_bits", "out_res")):
-            if key in fwd:
-                try:
-                    kw[name] = _res_to_bits(float(fwd[key]), f"forward.{key}")
-                except TranslationError:
-                    flag(f"forward.{key}", fwd[key])
+        io_kw: dict[str, Any] = {}
+        for k in ("inp_res", "out_res", "out_bound"):
+            if k in fwd:
+                v = float(fwd[k])
+                io_kw[k] = None if v <= 0 else v
+        for k in ("inp_bound", "inp_noise", "out_noise", "nm_thres", "max_bm_res"):
+            if k in fwd:
+                io_kw[k] = float(fwd[k])
+        if "max_bm_factor" in fwd:
+            io_kw["max_bm_factor"] = int(fwd["max_bm_factor"])
+        for k, table in (("noise_management", _NM), ("bound_management", _BM)):
+            if k in fwd:
+                inv = {v: kk for kk, v in table.items()}
+                if fwd[k] in inv:
+                    io_kw[k] = inv[fwd[k]]
+                else:
+                    flag(f"forward.{k}", fwd[k])
+        if "weight_scaling_omega" in mp:
+            io_kw["weight_scaling_omega"] = float(mp["weight_scaling_omega"])
+        if "max_input_size" in mp:
+            io_kw["max_input_size"] = int(mp["max_input_size"])
         for k, neutral in _IO_NEUTRAL.items():
             if k in fwd and fwd[k] != neutral:
                 flag(f"forward.{k}", fwd[k])
-        taken = {"is_perfect", "inp_res", "out_res", *_IO_NEUTRAL, *_IO_APPROX}
+        taken = {"is_perfect", *_IO_FIELDS, *_IO_NEUTRAL, *_IO_IGNORED}
         for k in sorted(set(fwd) - taken):
             if k.startswith("ir_drop") or k in ("adc_quantization", "adc_frequency"):
                 continue  # ir-drop time-step settings: inert while forward.ir_drop = 0
             if k == "apply_xdep_pcm_read_noise" and not fwd[k]:
                 continue
             flag(f"forward.{k}", fwd[k])
-        approx.extend(f"forward.{k}" for k in _IO_APPROX if k in fwd)
+        try:
+            kw["io"] = IOConfig(**io_kw)
+        except SpecError as exc:
+            bad.append(f"forward: {exc}")
+        if int(mp.get("max_output_size", 0) or 0) > 0:
+            approx.append("mapping.max_output_size: our periphery splits layers by inputs only")
     # ---- mapping and training-time settings
-    mp = d.get("mapping") or {}
     if mp.get("digital_bias", True) is False:
         flag("mapping.digital_bias", False)
+    for k in ("weight_scaling_columnwise", "learn_out_scaling", "out_scaling_columnwise"):
+        if mp.get(k):
+            flag(f"mapping.{k}", mp[k])
     for sec in ("clip", "remap", "modifier"):
         t = (d.get(sec) or {}).get("type")
         if t not in (None, "None"):
