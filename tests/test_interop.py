@@ -158,6 +158,7 @@ def test_admm_upr_run_stores_and_reloads_the_shrunk_network(upr_run):
     assert c["analog_ideal"] == pytest.approx(c["digital"])
     assert c["digital"] == pytest.approx(rep["accuracy"]["compressed_ideal"])
     assert main(["report", str(upr_run)]) == 0
+    assert main(["map", str(upr_run)]) == 0
 
 
 # ----------------------------------------------------------------------------- ONNX

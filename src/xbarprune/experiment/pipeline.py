@@ -227,7 +227,7 @@ class Run:
                 "layout": (res.layout or layout).to_dict(),
                 "info": res.info,
                 "seconds": time.perf_counter() - t0,
-                **_architecture_entry(model, self.build_model),
+                **(_architecture_entry(model, self.build_model) if res.model is not None else {}),
             },
         )
 
