@@ -606,6 +606,21 @@ def nonideal_from_aihwkit(
         if k not in known_top:
             flag(k, d[k])
     kw: dict[str, Any] = {}
+    try:
+        _read_sections(d, kw, flag, approx, bad)
+    except (SpecError, TypeError, ValueError, AttributeError) as exc:  # a malformed value
+        bad.append(f"malformed aihwkit setting ({type(exc).__name__}: {exc})")
+    if bad:
+        raise TranslationError(
+            "aihwkit setting(s) that xbarprune cannot translate: "
+            + "; ".join(bad)
+            + " (set them neutral in aihwkit, or list them under ignore)"
+        )
+    return NonIdealityConfig(**kw)
+
+
+def _read_sections(d: dict, kw: dict, flag, approx: list, bad: list) -> None:
+    """The body of :func:`nonideal_from_aihwkit`: fills ``kw`` (NonIdealityConfig fields)."""
     # ---- noise model
     nm = d.get("noise_model", {"type": "PCMLikeNoiseModel"})
     if nm is not None:
@@ -715,13 +730,6 @@ def nonideal_from_aihwkit(
         t = (d.get(sec) or {}).get("type")
         if t not in (None, "None"):
             approx.append(f"{sec}.type = {t!r} (training-time only; ignored for inference)")
-    if bad:
-        raise TranslationError(
-            "aihwkit setting(s) with no xbarprune counterpart: "
-            + "; ".join(bad)
-            + " (set them neutral in aihwkit, or list them under ignore)"
-        )
-    return NonIdealityConfig(**kw)
 
 
 def resolve_from_aihwkit(section: Any, base: Path | None = None) -> Any:
