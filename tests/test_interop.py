@@ -198,9 +198,13 @@ def test_onnx_export_matches_pytorch_and_layout_places_every_weight(masked_run, 
     assert doc["tiles_needed"] == rep["compressed"]["tiles"]
 
 
-def test_onnx_export_of_a_physically_pruned_run(upr_run, tmp_path):
+def test_onnx_export_of_a_physically_pruned_run(upr_run, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
-    rep = export_run(upr_run, "onnx", tmp_path / "u.onnx")
+    assert (
+        main(["export", str(upr_run), "--format", "onnx", "--out", str(tmp_path / "u.onnx")]) == 0
+    )
+    assert "onnxruntime vs PyTorch: max |diff|" in capsys.readouterr().out
+    rep = json.loads((tmp_path / "u.export.json").read_text())
     assert rep["compressed"]["max_abs_diff"] <= 1e-5
     assert rep["compressed"]["parameters"] <= sum(
         p.numel() for p in load_run(upr_run).compressed.parameters()
@@ -398,6 +402,8 @@ def test_untranslatable_aihwkit_fields_get_one_error_naming_each(tmp_path):
     names = ["forward.w_noise", "forward.ir_drop", "forward.noise_management"]
     names += ["mapping.weight_scaling_columnwise", "noise_model.type", "drift_compensation.type"]
     assert ak.nonideal_from_aihwkit(d, ignore=names) == NonIdealityConfig(io=IOConfig())
+    with pytest.raises(TranslationError, match="malformed"):
+        ak.nonideal_from_aihwkit({"forward": {"inp_res": "fine"}})
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(d))
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump({"nonideal": {"from_aihwkit": "bad.yaml"}}))
