@@ -179,10 +179,13 @@ def prepare_input(
     """DAC of ``u = x / scale``: quantise to ``inp_step``, clip to ``+-inp_bound``, add
     ``inp_noise`` (aihwkit's ``_prepare_input`` order). ``scale`` broadcasts against ``x``.
     Gradients pass straight through the rounding (not through ``scale``)."""
-    u = x / scale
     step = cfg.inp_step
-    if step is not None:
-        u = quantize_step(u, step)
+    if step is None:
+        u = x / scale
+    else:  # round(x / (scale step)) step, rounding with a straight-through gradient
+        u = x / scale
+        q = torch.div(x.detach(), scale * step).round_().mul_(step)
+        u = u + (q - u).detach() if u.requires_grad and torch.is_grad_enabled() else q
     u = u.clamp(-cfg.inp_bound, cfg.inp_bound)
     if cfg.inp_noise > 0:
         u = u + cfg.inp_noise * _randn(u, gen)
@@ -234,9 +237,9 @@ def _pass_fast(
         c, ui = x / s, 1.0
         c.clamp_(-cfg.inp_bound, cfg.inp_bound)
     else:
-        # (x / s) / step, the reference's arithmetic: abs-max elements re-run by bound
+        # x / (s step), the reference's arithmetic: abs-max elements re-run by bound
         # management sit exactly on rounding ties (u = 1/2, 1/4, ...), which must break alike
-        c, ui = (x / s).div_(step).round_(), step
+        c, ui = torch.div(x, s * step).round_(), step
         nb = _code_bound(cfg.inp_bound, step)
         # abs-max management keeps |x / s r| <= 1: the clip is a no-op unless a code beyond
         # inp_bound exists
