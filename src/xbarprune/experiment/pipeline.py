@@ -9,6 +9,7 @@ resolved ``config.yaml``; a run directory made with another config is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import shutil
 import time
@@ -38,6 +39,7 @@ from xbarprune.io import (
     save_checkpoint,
 )
 from xbarprune.mapping.layout import GROUP_KINDS, CrossbarLayout, layer_matrices, map_model
+from xbarprune.training.hwa import check_unmapped
 from xbarprune.training.loop import evaluate_accuracy, train
 from xbarprune.training.masks import MaskSet
 
@@ -209,7 +211,7 @@ class Run:
             device_spec=self.cfg.device,
             train_data=self.splits.train,
             val_data=self._val() or self.splits.test,
-            finetune_cfg=self.cfg.finetune,
+            finetune_cfg=dataclasses.replace(self.cfg.finetune, hwa=None),  # HWA: finetune only
             device=self.device,
             seed=self.cfg.seed,
             run_dir=self.dir,
@@ -236,7 +238,10 @@ class Run:
         model, ck = self._load_model("compress")
         masks = MaskSet(ck["masks"])
         hist = []
-        if len(masks) and self.cfg.finetune.epochs > 0:
+        hwa = self.cfg.finetune.hwa  # hardware-aware fine-tuning (training/hwa.py)
+        if hwa is not None:
+            check_unmapped(hwa, {layer["name"] for layer in ck["layout"]["layers"]})
+        if (len(masks) or hwa is not None) and self.cfg.finetune.epochs > 0:
             h = train(
                 model,
                 self.splits.train,

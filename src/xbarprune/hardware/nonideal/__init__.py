@@ -31,12 +31,14 @@ from xbarprune.hardware.nonideal.model import (
     NonIdealityModel,
     PCMConfig,
     QuantizationConfig,
+    ReadDisturbConfig,
     ReadNoiseConfig,
     VariationConfig,
     preset,
 )
 from xbarprune.hardware.nonideal.pcm import PCMStatistical
 from xbarprune.hardware.nonideal.quantization import Quantization, quantize_levels
+from xbarprune.hardware.nonideal.read_disturb import ReadDisturb
 from xbarprune.hardware.nonideal.read_noise import ReadNoise
 from xbarprune.hardware.nonideal.variation import ProgrammingVariation
 
@@ -62,6 +64,8 @@ __all__ = [
     "ProgrammingVariation",
     "Quantization",
     "QuantizationConfig",
+    "ReadDisturb",
+    "ReadDisturbConfig",
     "ReadNoise",
     "ReadNoiseConfig",
     "Stage",

@@ -152,19 +152,21 @@ def quantize_step(x: Tensor, step: float) -> Tensor:
     return q
 
 
-def _absmax(x: Tensor, dim: int, keepdim: bool = True) -> Tensor:
+def _absmax(x: Tensor, dim: int | tuple[int, ...], keepdim: bool = True) -> Tensor:
     # amax and amin are each much faster than aminmax or abs().amax() on CPU
     return torch.maximum(x.amax(dim, keepdim=keepdim), x.amin(dim, keepdim=keepdim).neg_())
 
 
-def manage_input(x: Tensor, cfg: IOConfig, dim: int = -1) -> Tensor:
-    """Noise-management scale ``s`` of each vector (along ``dim``), kept as a size-1 dim.
+def manage_input(x: Tensor, cfg: IOConfig, dim: int | tuple[int, ...] = -1) -> Tensor:
+    """Noise-management scale ``s`` of each vector (along ``dim``, one dim or several), kept
+    as size-1 dims.
 
     ``abs_max``: ``max_i |x_i|`` (capped at ``nm_thres`` if > 0), 1 where it is 0; ``none``:
     ones. Inputs are divided by it before the DAC and outputs multiplied by it after the ADC.
     """
     shape = list(x.shape)
-    shape[dim] = 1
+    for d in dim if isinstance(dim, tuple) else (dim,):
+        shape[d] = 1
     if cfg.noise_management == "none":
         return torch.ones(shape, dtype=x.dtype, device=x.device)
     s = _absmax(x.detach(), dim)
@@ -179,10 +181,13 @@ def prepare_input(
     """DAC of ``u = x / scale``: quantise to ``inp_step``, clip to ``+-inp_bound``, add
     ``inp_noise`` (aihwkit's ``_prepare_input`` order). ``scale`` broadcasts against ``x``.
     Gradients pass straight through the rounding (not through ``scale``)."""
-    u = x / scale
     step = cfg.inp_step
-    if step is not None:
-        u = quantize_step(u, step)
+    if step is None:
+        u = x / scale
+    else:  # round(x / (scale step)) step, rounding with a straight-through gradient
+        u = x / scale
+        q = torch.div(x.detach(), scale * step).round_().mul_(step)
+        u = u + (q - u).detach() if u.requires_grad and torch.is_grad_enabled() else q
     u = u.clamp(-cfg.inp_bound, cfg.inp_bound)
     if cfg.inp_noise > 0:
         u = u + cfg.inp_noise * _randn(u, gen)
@@ -234,9 +239,9 @@ def _pass_fast(
         c, ui = x / s, 1.0
         c.clamp_(-cfg.inp_bound, cfg.inp_bound)
     else:
-        # (x / s) / step, the reference's arithmetic: abs-max elements re-run by bound
+        # x / (s step), the reference's arithmetic: abs-max elements re-run by bound
         # management sit exactly on rounding ties (u = 1/2, 1/4, ...), which must break alike
-        c, ui = (x / s).div_(step).round_(), step
+        c, ui = torch.div(x, s * step).round_(), step
         nb = _code_bound(cfg.inp_bound, step)
         # abs-max management keeps |x / s r| <= 1: the clip is a no-op unless a code beyond
         # inp_bound exists
@@ -288,10 +293,10 @@ def io_mvm(
 
     ``dim = -1``: ``x`` is ``(..., in)`` and the result ``(..., out)``. ``dim = 1``: ``x`` is
     ``(B, in, L)`` (an unfolded convolution input, one vector per column) and the result
-    ``(B, out, L)``. The result is in the input's units times the tile's. Input and output
-    noise are drawn from ``gen``. ``scale``: the noise-management scale of every vector if
-    already known (as :func:`manage_input` returns it), else computed here. With autograd
-    (hardware-aware training) the roundings pass gradients straight through.
+    ``(B, out, L)``. The result is in the input's units times the tile's.
+    Input and output noise are drawn from ``gen``. ``scale``: the noise-management scale of
+    every vector if already known (as :func:`manage_input` returns it), else computed here.
+    With autograd (hardware-aware training) the roundings pass gradients straight through.
     """
     if dim not in (-1, 1) or (dim == 1 and x.dim() != 3):
         raise ValueError(f"io_mvm: dim must be -1, or 1 for a (B, in, L) input; got {dim}")

@@ -13,7 +13,8 @@ A :class:`NonIdealityConfig` is a plain frozen dataclass tree (one optional sect
 :meth:`NonIdealityModel.from_config` turns it into the ordered effects:
 
 * stage ``program``: quantisation -> aging -> programming variation -> stuck-at faults;
-* stage ``time``: statistical PCM (programming noise, drift, accumulated read noise) -> drift;
+* stage ``time``: statistical PCM (programming noise, drift, accumulated read noise) -> drift
+  -> read disturb;
 * stage ``circuit``: IR drop (effective conductances);
 * stage ``read``: read noise (fresh every inference);
 
@@ -22,8 +23,8 @@ analog layer applies. Effects whose settings make them a no-op (zero rates, zero
 resistances) are left out, so :attr:`NonIdealityModel.is_ideal` is exact.
 
 Named presets (:data:`PRESETS`, :func:`preset`): ``ideal``, ``prunix``, ``reram``,
-``reram_faulty``, ``pcm``, ``aihwkit-default``, ``ir_drop``, ``sparse_nonideal`` (see
-:func:`preset` for their sources).
+``reram_faulty``, ``reram_read_disturb``, ``pcm``, ``aihwkit-default``, ``ir_drop``,
+``sparse_nonideal`` (see :func:`preset` for their sources).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from xbarprune.hardware.nonideal.io import IOConfig
 from xbarprune.hardware.nonideal.ir_drop import IRDrop, IRMethod, check_ir
 from xbarprune.hardware.nonideal.pcm import PCM_PROG_COEFF, PCMStatistical, check_pcm
 from xbarprune.hardware.nonideal.quantization import Quantization
+from xbarprune.hardware.nonideal.read_disturb import ReadDisturb
 from xbarprune.hardware.nonideal.read_noise import READ_NOISE_MODES, ReadNoise, ReadNoiseMode
 from xbarprune.hardware.nonideal.variation import (
     VARIATION_MODES,
@@ -130,6 +132,34 @@ class DriftConfig:
         if self.nu_mean == 0 and self.nu_std == 0:
             return None
         return Drift(self.nu_mean, self.nu_std, self.t0)
+
+
+@dataclass(frozen=True)
+class ReadDisturbConfig:
+    """Read-disturb decay with the reads accumulated over the evaluation time (see
+    :mod:`.read_disturb` for the law of Jiang et al. 2021 and its constants)."""
+
+    v_read: float = 0.2
+    t_read: float = 1e-8
+    inferences_per_second: float = 1.0
+    reads_per_inference: float = 1.0
+    cycles: float = 0.0
+    t0: float = 1.55e-8
+    f: float = 1.43339
+    c1: float = 0.0068
+    alpha: float = 0.11
+    k: float = 0.003
+    m: float = 0.41
+    temperature: float = 300.0
+
+    def __post_init__(self) -> None:
+        self.build()  # validates (names the field as ReadDisturb.<field>)
+
+    def build(self) -> ReadDisturb | None:
+        e = ReadDisturb(**{f.name: getattr(self, f.name) for f in fields(self)})
+        if self.inferences_per_second == 0 or self.reads_per_inference == 0:
+            return None
+        return e
 
 
 @dataclass(frozen=True)
@@ -232,7 +262,7 @@ class NonIdealityConfig:
 
     Attributes:
         quantization, aging, variation, faults: "program" stage effects (in that order).
-        pcm, drift: "time" stage effects.
+        pcm, drift, read_disturb: "time" stage effects.
         ir_drop: "circuit" stage.
         read_noise: "read" stage (every inference).
         dac_bits: input DAC resolution (None = ideal inputs).
@@ -263,6 +293,7 @@ class NonIdealityConfig:
     faults: FaultsConfig | None = None
     pcm: PCMConfig | None = None
     drift: DriftConfig | None = None
+    read_disturb: ReadDisturbConfig | None = None
     ir_drop: IRDropConfig | None = None
     read_noise: ReadNoiseConfig | None = None
     dac_bits: int | None = None
@@ -320,6 +351,7 @@ EFFECT_SECTIONS: tuple[str, ...] = (
     "faults",
     "pcm",
     "drift",
+    "read_disturb",
     "ir_drop",
     "read_noise",
 )
@@ -353,6 +385,21 @@ PRESETS: dict[str, NonIdealityConfig] = {
         adc_bits=8,
     ),
     "pcm": NonIdealityConfig(pcm=PCMConfig(), drift_compensation=True),
+    "reram_read_disturb": NonIdealityConfig(
+        quantization=QuantizationConfig(levels=16),
+        variation=VariationConfig(sigma=0.05, mode="relative"),
+        faults=FaultsConfig(sa0=0.00175, sa1=0.00904),
+        read_disturb=ReadDisturbConfig(
+            v_read=0.2,
+            t_read=1e-8,
+            inferences_per_second=1000.0,
+            reads_per_inference=8.0,
+            cycles=1e4,
+        ),
+        read_noise=ReadNoiseConfig(sigma=0.02, mode="relative"),
+        dac_bits=8,
+        adc_bits=8,
+    ),
     "ir_drop": NonIdealityConfig(
         quantization=QuantizationConfig(levels=16),
         ir_drop=IRDropConfig(r_row=5.0, r_col=10.0, r_source=1000.0, r_sink=1000.0),
@@ -386,6 +433,11 @@ def preset(name: str) -> NonIdealityConfig:
     * ``reram_faulty``: ``reram`` with the full Chen et al. rates (SA0 1.75 %, SA1 9.04 %).
     * ``pcm``: aihwkit's statistical PCM model with its default coefficients, global drift
       compensation on, no converters (isolates the device model).
+    * ``reram_read_disturb``: ``reram`` plus read disturb (:mod:`.read_disturb`, Jiang et
+      al. 2021): 0.2 V, 10 ns read pulses, 8 per inference (8-bit bit-serial inputs), 1000
+      inferences per second, cells cycled 1e4 times before (onset of the decay after 15 ms
+      of read stress, i.e. 190 s of use; conductances x0.907 after a day, x0.826 after a
+      year). No drift compensation, so the decay shrinks every weight against the biases.
     * ``aihwkit-default``: what aihwkit 1.1 users get from ``TorchInferenceRPUConfig()``:
       the ``pcm`` device model, global drift compensation read out through the periphery,
       and the default forward ``IOParameters`` (:class:`IOConfig` defaults: 7-bit DAC
