@@ -31,6 +31,7 @@ from xbarprune.hardware.nonideal.model import (
     NonIdealityConfig,
     PCMConfig,
     QuantizationConfig,
+    ReadDisturbConfig,
     VariationConfig,
     preset,
 )
@@ -240,6 +241,7 @@ def test_translation_lists_what_aihwkit_cannot_express():
         adc_bits=6,
         drift_compensation=True,
         column_calibration=True,
+        read_disturb=ReadDisturbConfig(),
     )
     tr = ak.translate_to_aihwkit(cfg, CrossbarSpec(128, 128, 2), DeviceSpec(g_min=0, g_max=5e-5))
     assert {r["setting"] for r in tr.untranslated} == {
@@ -249,6 +251,7 @@ def test_translation_lists_what_aihwkit_cannot_express():
         "nonideal.faults",
         "nonideal.ir_drop",
         "nonideal.column_calibration",
+        "nonideal.read_disturb",
         "crossbar.cells_per_weight",
     }
     s = tr.spec

@@ -42,7 +42,8 @@ Never translated: ``quantization`` (programmed levels), ``aging``, ``faults`` (s
 ``ir_drop`` (our nodal solve; aihwkit's ``forward.ir_drop`` is another, simplified model),
 ``read_noise`` (fresh per inference), ``lognormal`` variation, ``variation``/``drift`` next to
 ``pcm`` (aihwkit has one noise model per tile), ``column_calibration``, ``row_calibration``,
-``adc_full_scale``, the ``offset`` encoding and bit slicing (``cells_per_weight > 1``).
+``adc_full_scale``, ``read_disturb`` (and any section this translation does not know), the
+``offset`` encoding and bit slicing (``cells_per_weight > 1``).
 
 **Import** (:func:`nonideal_from_aihwkit`) reads an aihwkit config, live or as a plain mapping
 dumped from it (:func:`aihwkit_config_dict`; a YAML/JSON file for ``nonideal: {from_aihwkit:
@@ -297,6 +298,14 @@ def translate_to_aihwkit(
     ):
         if getattr(cfg, flag):
             note(untr, f"nonideal.{flag}", True, why + " has no aihwkit counterpart")
+    # any other section set (e.g. read_disturb, or one added after this translation)
+    for f in fields(cfg):
+        if f.name in _HANDLED:
+            continue
+        val = getattr(cfg, f.name)
+        if val is not None and val is not False:
+            why = _OTHER_REASONS.get(f.name, "no aihwkit counterpart known to this translation")
+            note(untr, f"nonideal.{f.name}", _asdict(val), why)
     if cfg.adc_full_scale is not None:
         note(
             untr,
@@ -306,6 +315,16 @@ def translate_to_aihwkit(
         )
     return tr
 
+
+#: NonIdealityConfig fields the translation handles; any other field set is untranslated
+_HANDLED = frozenset(
+    {"quantization", "aging", "variation", "faults", "pcm", "drift", "ir_drop", "read_noise",
+     "dac_bits", "adc_bits", "adc_full_scale", "drift_compensation", "column_calibration",
+     "row_calibration", "io"}
+)  # fmt: skip
+_OTHER_REASONS = {
+    "read_disturb": "aihwkit has no read-disturb model (conductance change under repeated reads)",
+}
 
 _NM = {"abs_max": "AbsMax", "none": "None"}
 _BM = {"iterative": "Iterative", "none": "None"}
