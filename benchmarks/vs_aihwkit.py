@@ -39,6 +39,22 @@ initialisation from a fixed seed, a fixed N(0, 1) input batch. With ``--json`` t
 one JSON object: ``ours_s``, ``aihwkit_s`` and ``error`` (time label -> ``[ours, aihwkit]``)
 of the first case, and every case under ``cases``.
 
+``--trained`` (issue #17) compares instead what users look at: the **test accuracy of a
+trained network** under the realistic periphery. LeNet-5 is trained on the embedded MNIST
+subset with a fixed seed (or its checkpoint, saved under ``runs/vs_aihwkit/``, is loaded), and
+both simulators evaluate the 3,000 test images at 1 s, 1 h, 1 d and 1 y over ``--trials``
+trials: ours = preset ``aihwkit-default`` (``pcm`` + aihwkit's default forward I/O + global
+drift compensation read out through it), aihwkit = ``TorchInferenceRPUConfig()`` (its default
+forward: 7-bit DAC, abs-max noise management, output noise 0.06, 9-bit ADC over +-12,
+iterative bound management; default mapping, max_input_size 512) + ``PCMLikeNoiseModel(g_max=
+25)`` + ``GlobalDriftCompensation()``. It also reports the output error of the logits on the
+first ``--batch`` test images and the time of one Monte Carlo evaluation (program, drift to
+1 d, forward of ``--batch`` images) under that periphery. With ``--json`` the last line gains
+``accuracy`` (time label -> ``[ours, aihwkit]`` mean test accuracy), ``accuracy_std``,
+``digital_accuracy``, ``error``, ``ours_s``, ``aihwkit_s``.
+
+    python benchmarks/vs_aihwkit.py --trained [--trials 20] [--json]
+
 aihwkit is optional and never a dependency of xbarprune; without it the script says how to
 install it and exits 0 (with ``--json``, the last line is ``{"skipped": true, ...}``).
 """
@@ -57,6 +73,7 @@ import torch
 from torch import Tensor, nn
 
 from xbarprune.analog import convert, trial_generator
+from xbarprune.data import load_splits
 from xbarprune.hardware import CrossbarSpec, DeviceSpec
 from xbarprune.hardware.nonideal.model import NonIdealityModel, preset
 from xbarprune.mapping import map_model
@@ -129,8 +146,8 @@ def _median_times(fns, repeat: int) -> list[float]:
 
 
 # --------------------------------------------------------------------------- ours
-def ours_model(model: nn.Module, compensation: bool = True):
-    cfg = preset("pcm")
+def ours_model(model: nn.Module, compensation: bool = True, name: str = "pcm"):
+    cfg = preset(name)
     if not compensation:
         cfg = replace(cfg, drift_compensation=False)
     nonideal = NonIdealityModel.from_config(cfg)
@@ -150,9 +167,9 @@ def run_ours(model, x, y0, trials, seed, compensation=True) -> dict[str, list[fl
     return errs
 
 
-def ours_trial_fn(model, x):
+def ours_trial_fn(model, x, name: str = "pcm"):
     """One Monte Carlo evaluation of ours: program (+ drift to TIMING_T) and forward."""
-    am = ours_model(model)
+    am = ours_model(model, name=name)
     counter = iter(range(10**9))
 
     @torch.no_grad()
@@ -165,7 +182,11 @@ def ours_trial_fn(model, x):
 
 # --------------------------------------------------------------------------- aihwkit
 def aihwkit_model(
-    model: nn.Module, api, compensation: str | None = "global", fixed_scale: bool = False
+    model: nn.Module,
+    api,
+    compensation: str | None = "global",
+    fixed_scale: bool = False,
+    realistic: bool = False,
 ):
     """``model`` converted by aihwkit with the aligned ``TorchInferenceRPUConfig``.
 
@@ -173,12 +194,14 @@ def aihwkit_model(
     baseline after programming noise), ``"ours"`` (the read-out our analog layer makes: an
     all-ones input vector, baseline on the target weights), or None. ``fixed_scale``
     (diagnostic): keep the programming-time weight-to-conductance scale when drifting.
+    ``realistic``: keep ``TorchInferenceRPUConfig()``'s default forward I/O and mapping.
     """
     RPU, PCM, GDC, convert_to_analog = api
     rpu = RPU()
-    rpu.forward.is_perfect = True  # no DAC/ADC, no output noise, no bound/noise management
-    rpu.mapping.max_input_size = 0  # one tile per layer (no splitting)
-    rpu.mapping.max_output_size = 0
+    if not realistic:
+        rpu.forward.is_perfect = True  # no DAC/ADC, no output noise, no bound/noise management
+        rpu.mapping.max_input_size = 0  # one tile per layer (no splitting)
+        rpu.mapping.max_output_size = 0
     rpu.noise_model = (_fixed_scale_pcm(PCM) if fixed_scale else PCM)(g_max=G_MAX_US)
     if compensation == "global":
         rpu.drift_compensation = GDC()
@@ -240,10 +263,10 @@ def run_aihwkit(model, x, y0, trials, seed, api, compensation="global", fixed_sc
     return errs
 
 
-def aihwkit_trial_fn(model, x, api):
+def aihwkit_trial_fn(model, x, api, realistic: bool = False):
     """One Monte Carlo evaluation of aihwkit: program, drift to TIMING_T (incl. its
     compensation read-out) and forward."""
-    am = aihwkit_model(model, api)
+    am = aihwkit_model(model, api, realistic=realistic)
 
     @torch.no_grad()
     def one():
@@ -252,6 +275,135 @@ def aihwkit_trial_fn(model, x, api):
         return am(x)
 
     return one
+
+
+# --------------------------------------------------------------------------- trained
+CKPT_DIR = "runs/vs_aihwkit"  # ignored by git
+
+
+def trained_lenet5(seed: int, epochs: int) -> tuple[nn.Module, Tensor, Tensor, str]:
+    """LeNet-5 trained on the embedded MNIST subset (fixed seed), its checkpoint reused when
+    present; returns (model, test images, test labels, where the weights came from)."""
+    from pathlib import Path
+
+    from xbarprune.io import load_checkpoint, save_checkpoint
+    from xbarprune.training.loop import TrainConfig, train
+
+    data = load_splits("mnist-embedded", seed=seed)
+    model = build_model("lenet5", in_channels=1, image_size=28, seed=seed)
+    path = Path(CKPT_DIR) / f"lenet5_mnist-embedded_seed{seed}_ep{epochs}.pt"
+    if path.is_file():
+        model.load_state_dict(load_checkpoint(path)["model"])
+        src = f"loaded {path}"
+    else:
+        torch.manual_seed(seed)
+        train(model, data.train, TrainConfig(epochs=epochs, progress=False), seed=seed)
+        save_checkpoint(path, {"model": model.state_dict(), "seed": seed, "epochs": epochs})
+        src = f"trained ({epochs} epochs, seed {seed}), saved to {path}"
+    x, y = data.test.tensors
+    return model.eval(), x, y, src
+
+
+@torch.no_grad()
+def _acc(am, x: Tensor, y: Tensor, batch: int = 500) -> float:
+    hits = 0
+    for s in range(0, len(x), batch):
+        hits += int((am(x[s : s + batch]).argmax(1) == y[s : s + batch]).sum())
+    return hits / len(x)
+
+
+@torch.no_grad()
+def run_trained_ours(model, x, y, xb, yb0, trials, seed):
+    am = ours_model(model, name="aihwkit-default")
+    acc: dict[str, list[float]] = {k: [] for k in TIMES}
+    err: dict[str, list[float]] = {k: [] for k in TIMES}
+    for i in range(trials):
+        for k, t in TIMES.items():
+            am.program(trial_generator(seed, i), time_s=t)
+            err[k].append(rel_err(am(xb), yb0))
+            acc[k].append(_acc(am, x, y))
+    return acc, err
+
+
+@torch.no_grad()
+def run_trained_aihwkit(model, x, y, xb, yb0, trials, seed, api):
+    am = aihwkit_model(model, api, realistic=True)
+    acc: dict[str, list[float]] = {k: [] for k in TIMES}
+    err: dict[str, list[float]] = {k: [] for k in TIMES}
+    for i in range(trials):
+        torch.manual_seed(int(seed) * 1_000_003 + i)
+        am.program_analog_weights()
+        for k, t in TIMES.items():
+            am.drift_analog_weights(t)
+            err[k].append(rel_err(am(xb), yb0))
+            acc[k].append(_acc(am, x, y))
+    return acc, err
+
+
+def run_trained(a, api) -> tuple[dict, list[str]]:
+    model, x, y, src = trained_lenet5(a.seed, a.epochs)
+    if a.test_subset:
+        x, y = x[: a.test_subset], y[: a.test_subset]
+    xb = x[: a.batch]
+    with torch.no_grad():
+        yb0 = model(xb)
+    digital = _acc(model, x, y)
+    t0 = time.perf_counter()
+    acc_o, err_o = run_trained_ours(model, x, y, xb, yb0, a.trials, a.seed)
+    t1 = time.perf_counter()
+    acc_r, err_r = run_trained_aihwkit(model, x, y, xb, yb0, a.trials, a.seed, api)
+    t2 = time.perf_counter()
+    ao, ar = _summary(acc_o), _summary(acc_r)
+    eo, er = _summary(err_o), _summary(err_r)
+    ours_s, aihwkit_s = _median_times(
+        [
+            ours_trial_fn(model, xb, "aihwkit-default"),
+            aihwkit_trial_fn(model, xb, api, realistic=True),
+        ],
+        a.repeat,
+    )
+    acc_ok = all(abs(ao[k][0] - ar[k][0]) <= a.acc_tolerance for k in TIMES)
+    err_ok = all(abs(eo[k][0] / er[k][0] - 1) <= a.tolerance for k in TIMES)
+    lines = [
+        f"[lenet5, trained] weights: {src}; digital test accuracy {100 * digital:.2f} % "
+        f"({len(x)} test images)",
+        f"  test accuracy under aihwkit-default vs aihwkit TorchInferenceRPUConfig() "
+        f"(mean ± std over {a.trials} trials, %)",
+        f"  {'time':>4}  {'ours':>15}  {'aihwkit':>15}  {'ours - aihwkit':>14}",
+    ]
+    for k in TIMES:
+        (mo, so), (ma, sa) = ao[k], ar[k]
+        lines.append(
+            f"  {k:>4}  {100 * mo:7.2f} ± {100 * so:5.2f}  {100 * ma:7.2f} ± {100 * sa:5.2f}  "
+            f"{100 * (mo - ma):+13.2f}pp"
+        )
+    lines.append(
+        f"  within ±{100 * a.acc_tolerance:.1f} pp at every time: {'yes' if acc_ok else 'NO'}"
+    )
+    lines += _table(f"  output error of the logits on {len(xb)} test images (mean ± std)", eo, er)
+    lines.append(f"  within ±{100 * a.tolerance:.0f}% at every time: {'yes' if err_ok else 'NO'}")
+    lines.append(
+        f"  time per Monte Carlo evaluation (program + drift to 1 d + forward of {len(xb)}), "
+        f"median of {a.repeat}: ours {1e3 * ours_s:.2f} ms, aihwkit {1e3 * aihwkit_s:.2f} ms, "
+        f"speed-up aihwkit/ours {aihwkit_s / ours_s:.2f}x; whole accuracy sweep ours "
+        f"{t1 - t0:.0f} s, aihwkit {t2 - t1:.0f} s"
+    )
+    res = {
+        "model": "lenet5-trained",
+        "weights": src,
+        "digital_accuracy": digital,
+        "accuracy": {k: [ao[k][0], ar[k][0]] for k in TIMES},
+        "accuracy_std": {k: [ao[k][1], ar[k][1]] for k in TIMES},
+        "error": {k: [eo[k][0], er[k][0]] for k in TIMES},
+        "error_std": {k: [eo[k][1], er[k][1]] for k in TIMES},
+        "ours_s": ours_s,
+        "aihwkit_s": aihwkit_s,
+        "sweep_s": [t1 - t0, t2 - t1],
+        "accuracy_within_tolerance": acc_ok,
+        "within_tolerance": acc_ok and err_ok,
+        "test_images": len(x),
+    }
+    return res, lines
 
 
 # --------------------------------------------------------------------------- main
@@ -367,6 +519,22 @@ def main(argv=None) -> dict | None:
         action="store_true",
         help="also run the ablations that locate the differences (see the module docstring)",
     )
+    ap.add_argument(
+        "--trained",
+        action="store_true",
+        help="compare the test accuracy of a trained LeNet-5 under the realistic periphery "
+        "(aihwkit-default vs TorchInferenceRPUConfig()) instead of the --model cases",
+    )
+    ap.add_argument("--epochs", type=int, default=3, help="--trained: training epochs")
+    ap.add_argument(
+        "--test-subset", type=int, default=0, help="--trained: first N test images (0: all)"
+    )
+    ap.add_argument(
+        "--acc-tolerance",
+        type=float,
+        default=0.005,
+        help="--trained: allowed difference of the mean accuracies (fraction; 0.005 = 0.5 pp)",
+    )
     ap.add_argument("--json", action="store_true", help="last line: one JSON object")
     a = ap.parse_args(argv)
     if a.trials < 10:
@@ -386,6 +554,28 @@ def main(argv=None) -> dict | None:
     import aihwkit
 
     torch.set_num_threads(a.threads)
+    if a.trained:
+        if "--tolerance" not in (argv if argv is not None else sys.argv):
+            a.tolerance = 0.10
+        print(
+            f"xbarprune aihwkit-default vs aihwkit {aihwkit.__version__} on a trained LeNet-5 "
+            f"(torch {torch.__version__}, {a.threads} thread(s), {a.trials} trials, seed "
+            f"{a.seed})"
+        )
+        res, lines = run_trained(a, api)
+        print("\n".join(lines))
+        out = {
+            **res,
+            "batch": a.batch,
+            "trials": a.trials,
+            "seed": a.seed,
+            "threads": a.threads,
+            "torch": torch.__version__,
+            "aihwkit": aihwkit.__version__,
+        }
+        if a.json:
+            print(json.dumps(out))
+        return out
     print(
         f"xbarprune pcm preset vs aihwkit {aihwkit.__version__} (torch {torch.__version__}, "
         f"{a.threads} thread(s), batch {a.batch}, {a.trials} trials, seed {a.seed})"

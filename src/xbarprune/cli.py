@@ -216,6 +216,45 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- export (issue #19)
+def _cmd_export(a: argparse.Namespace) -> int:
+    from xbarprune.experiment.export import export_run
+
+    rep = export_run(a.run, a.format, a.out, shrink=not a.no_shrink)
+    for kind, path in rep["files"].items():
+        print(f"{kind:<15} {path}")
+    if a.format == "onnx":
+        c, d = rep["compressed"], rep["dense"]
+        print(
+            f"onnxruntime vs PyTorch: max |diff| {c['max_abs_diff']:.2e}; {c['bytes']} bytes, "
+            f"{c['parameters']} parameters, {c['mapped_layers']} Conv/Linear layers "
+            f"(dense: {d['bytes']} bytes, {d['parameters']} parameters)"
+        )
+    else:
+        print(f"not translated to aihwkit: {', '.join(rep['untranslated']) or 'nothing'}")
+    return 0
+
+
+def _add_export_parser(sub) -> None:
+    e = sub.add_parser(
+        "export",
+        help="export a finished run's compressed model: ONNX (+ crossbar layout JSON) or an "
+        "aihwkit AnalogSequential script with the translated InferenceRPUConfig",
+    )
+    e.add_argument("run", help="run directory")
+    e.add_argument("--format", required=True, help="onnx or aihwkit")
+    e.add_argument(
+        "--out", help="output file (default <run>/export/<name>.onnx or <name>_aihwkit.py)"
+    )
+    e.add_argument(
+        "--no-shrink",
+        action="store_true",
+        help="keep pruned filters/channels as zeros (default: remove unused paths physically)",
+    )
+    e.set_defaults(fn=_cmd_export)
+
+
+# ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="xbarprune",
@@ -309,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--executor", choices=["local", "ray"], default="local")
     b.add_argument("--set", action="append", metavar="KEY=VALUE")
     b.set_defaults(fn=_cmd_bench)
+    _add_export_parser(sub)
     return p
 
 

@@ -64,3 +64,11 @@ def check_range(
         lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
         hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
         raise SpecError(f"{name} = {value!r} is out of range; allowed: {lo}, {hi}")
+
+
+class ExportError(XbarpruneError):
+    """A model cannot be exported (unknown format, unfinished run, failed check)."""
+
+
+class TranslationError(ConfigError):
+    """A setting has no counterpart in another simulator's configuration (names each one)."""

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xbarprune.analog import periphery
 from xbarprune.hardware.conductance import decode, decode_slices, encode, slice_significance
 from xbarprune.hardware.conductance import weight_scale as _weight_scale
 from xbarprune.hardware.nonideal.base import EffectContext
@@ -86,6 +87,8 @@ class AnalogLayer(nn.Module):
         self.drift_compensation = cfg.drift_compensation
         self.column_calibration = cfg.column_calibration
         self.row_calibration = cfg.row_calibration
+        self.io = cfg.io  # peripheral I/O model (analog/periphery.py) or None
+        self._io_gains: Tensor | None = None  # per-tile drift gains read out through it
         self._col_gain: Tensor | None = None
         self._row_gain: Tensor | None = None  # (R, C): the gain of each cell's tile row
         self._row_keys: Tensor | None = None
@@ -108,7 +111,7 @@ class AnalogLayer(nn.Module):
     # ------------------------------------------------------------------ programming
     @property
     def tile_mode(self) -> bool:
-        return self.adc_bits is not None
+        return self.adc_bits is not None or (self.io is not None and self.io.per_tile)
 
     def _ctx(self, gen: torch.Generator, time_s: float, used: Tensor) -> EffectContext:
         return EffectContext(
@@ -150,6 +153,7 @@ class AnalogLayer(nn.Module):
         self._gain = 1.0
         self._col_gain = None
         self._row_gain = None
+        self._io_gains = None
         self._time_s = time_s
         if ideal or self.nonideal.is_ideal:
             self._phys = None
@@ -184,6 +188,8 @@ class AnalogLayer(nn.Module):
             wt = self._state_weights(state, placed)
             ref0, reft = float(w0.abs().sum()), float(wt.abs().sum())
             self._gain = ref0 / reft if reft > 0 else 1.0
+            if self.io is not None and not self.tile_mode:  # aihwkit: read out through the I/O
+                self._io_gains = periphery.drift_gains(w0, wt, self.io, self._w_max, generator)
         if self.column_calibration:
             if wt is None:
                 wt = self._state_weights(state, placed)
@@ -204,7 +210,10 @@ class AnalogLayer(nn.Module):
             self._set_state(state, placed)
 
     def _calibrated(self, w: Tensor) -> Tensor:
-        """Decoded weights times the drift gain and the column and row calibration gains."""
+        """Decoded weights times the drift gain and the column and row calibration gains
+        (with ``io`` the physical weights: the gains are applied after its ADC)."""
+        if self.io is not None:
+            return w
         w = w * self._gain
         if self._col_gain is not None:
             w = w * self._col_gain
@@ -276,6 +285,10 @@ class AnalogLayer(nn.Module):
             raise RuntimeError(
                 f"analog layer '{self.layout.name}' is not programmed; call program() first"
             )
+        if self.io is not None:  # peripheral I/O model (aihwkit IOParameters)
+            if self.tile_mode:
+                return periphery.forward_per_tile(self, x)
+            return periphery.forward_weight_level(self, x)
         if self.dac_bits is not None:
             x = self._dac(x)
         if not self.tile_mode:

@@ -39,7 +39,11 @@ from torch.utils.data import DataLoader
 
 from xbarprune.compress.base import CompressContext, CompressResult, Method, plain_info, register
 from xbarprune.compress.pruning import group_scores
-from xbarprune.compress.purification import network_purification, remove_unused_paths
+from xbarprune.compress.purification import (
+    network_purification,
+    remove_unused_paths,
+    shrink,
+)
 from xbarprune.compress.quantize import (
     LevelSet,
     distill_quantize,
@@ -171,9 +175,7 @@ class ADMMRegularizer:
     ):
         check_range("rho", rho, low=0.0, low_open=True)
         check_range("rho_growth", rho_growth, low=1.0)
-        self.structure = {
-            n: [v] if isinstance(v, tuple) else list(v) for n, v in structure.items()
-        }
+        self.structure = {n: [v] if isinstance(v, tuple) else list(v) for n, v in structure.items()}
         self.level_sets = dict(level_sets)
         self.rho = float(rho)
         self.rho_growth = float(rho_growth)
@@ -317,6 +319,9 @@ class ADMMParams:
     # result
     pack: bool = True
     upr_report: bool = True
+    #: remove unused filters/channels physically (Torch-Pruning); the run stores the shrunk
+    #: architecture and every later stage works on the smaller network
+    physical: bool = False
 
     def __post_init__(self) -> None:
         p = "method.params"
@@ -612,11 +617,19 @@ def run_admm(
     info["val_accuracy"] = acc
     info["compression"] = stats
     masks = MaskSet.from_model(model, list(layout.layers))
-    if p.upr_report:
+    small = None
+    if p.physical:
+        small, small_layout, masks, upr = shrink(model, layout, example)
+        info["unused_path_removal"] = upr
+        info["physical"] = True
+    elif p.upr_report:
         _, upr = remove_unused_paths(model, example, crossbar=layout.crossbar)
         upr.pop("removed_channels", None)
         info["unused_path_removal"] = upr
-    new_layout = best_packed_layout(model, layout) if p.pack else None
+    if small is not None:
+        new_layout = best_packed_layout(small, small_layout) if p.pack else small_layout
+    else:
+        new_layout = best_packed_layout(model, layout) if p.pack else None
     if new_layout is not None:
         info["tiles"] = {"dense": layout.dense_tiles, "packed": new_layout.n_tiles}
     info["note"] = (
@@ -625,7 +638,7 @@ def run_admm(
         if p.quantize
         else ""
     )
-    return CompressResult(masks=masks, layout=new_layout, info=plain_info(info))
+    return CompressResult(masks=masks, layout=new_layout, info=plain_info(info), model=small)
 
 
 @register

@@ -79,6 +79,10 @@ class CompressResult:
     masks: MaskSet
     layout: CrossbarLayout | None = None  # a new placement (packing/permutation), if any
     info: dict = field(default_factory=dict)
+    #: a physically smaller replacement of ``ctx.model`` (filters/channels removed, e.g. by
+    #: unused path removal); ``masks`` and ``layout`` then refer to it. The pipeline stores
+    #: its shapes (:mod:`xbarprune.interop.architecture`) so that the run reloads it.
+    model: nn.Module | None = None
 
 
 def plain_info(o: Any) -> Any:

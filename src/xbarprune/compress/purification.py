@@ -526,3 +526,20 @@ def remove_unused_paths(
         "tiles": tiles,
     }
     return small, report
+
+
+def shrink(
+    model: nn.Module, layout, example_input: Tensor
+) -> tuple[nn.Module, object, MaskSet, dict]:
+    """The physically smaller model of a masked one, for a method's result (issue #19).
+
+    :func:`remove_unused_paths` on ``model``, then the smaller model's dense layout over the
+    same layers and its masks (its zeros). Returns ``(small, layout, masks, report)``.
+    """
+    from xbarprune.mapping.layout import map_model
+
+    small, rep = remove_unused_paths(model, example_input, crossbar=layout.crossbar)
+    rep.pop("removed_channels", None)
+    names = list(layout.layers)
+    lay = map_model(small, layout.crossbar, include=names)
+    return small, lay, MaskSet.from_model(small, names), rep

@@ -47,6 +47,7 @@ from xbarprune.compress.purification import (
     Trace,
     _bn_after,
     remove_unused_paths,
+    shrink,
     trace_channel_groups,
 )
 from xbarprune.compress.regularizers import GroupLasso
@@ -72,6 +73,9 @@ class StructuredParams:
     exclude_first_last: bool = True
     exclude: tuple[str, ...] = field(default_factory=tuple)
     pack: bool = True
+    #: ``cf`` only: remove the pruned channels/filters physically (Torch-Pruning); the run
+    #: stores the shrunk architecture and later stages work on the smaller network
+    physical: bool = False
 
     def __post_init__(self) -> None:
         check_range("method.params.sparsity", self.sparsity, low=0.0, high=1.0, high_open=True)
@@ -310,6 +314,24 @@ def structured_prune(ctx: CompressContext, scheme: str, p: StructuredParams) -> 
     if p.ft_epochs > 0:
         ctx.finetune(masks, p.ft_epochs, tag=f"{scheme}_ft", post_step=post)
     info["weight_sparsity"] = weight_sparsity(ctx.model, ctx.layout)
+    small = None
+    if p.physical:
+        if scheme != "cf":
+            raise SpecError(
+                f"method.physical = true is for 'cf' (it removes whole channels/filters); "
+                f"'{scheme}' prunes tile columns/rows, which packing frees instead"
+            )
+        small, small_layout, masks, rep = shrink(
+            ctx.model, ctx.layout, example_batch(ctx.train_data).to(ctx.device)
+        )
+        info["unused_path_removal"] = rep
+        packed = small_layout.packed(small, PACK_KIND[scheme]) if p.pack else small_layout
+        info.update(crossbar_counts(small, ctx.layout, packed))
+        info["physical"] = True
+        ctx.log(
+            f"  cf: physically removed, {rep['weights_before']} -> {rep['weights_after']} weights"
+        )
+        return CompressResult(masks=masks, layout=packed, info=plain_info(info), model=small)
     packed = ctx.layout.packed(ctx.model, PACK_KIND[scheme]) if p.pack else ctx.layout
     info.update(crossbar_counts(ctx.model, ctx.layout, packed))
     ctx.log(

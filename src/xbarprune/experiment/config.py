@@ -190,6 +190,11 @@ def load_config(source: str | Path | dict | Any) -> ExperimentConfig:
     bad = [k for k in data if not isinstance(k, str)]
     if bad:
         raise ConfigError(f"config keys must be names, got {bad[0]!r}")
+    if isinstance(data.get("nonideal"), dict) and "from_aihwkit" in data["nonideal"]:
+        from xbarprune.interop.aihwkit import resolve_from_aihwkit  # issue #19
+
+        base = Path(source).parent if isinstance(source, str | Path) else None
+        data = {**data, "nonideal": resolve_from_aihwkit(data["nonideal"], base)}
     return from_dict(ExperimentConfig, resolve_hardware(data))
 
 

@@ -17,6 +17,7 @@ The run directory also holds the latest resolved ``config.yaml``.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import shutil
 import time
@@ -47,6 +48,7 @@ from xbarprune.io import (
 )
 from xbarprune.mapping.coverage import Coverage, check_tile_memory, coverage
 from xbarprune.mapping.layout import GROUP_KINDS, CrossbarLayout, layer_matrices, map_model
+from xbarprune.training.hwa import check_unmapped
 from xbarprune.training.loop import evaluate_accuracy, train
 from xbarprune.training.masks import MaskSet
 
@@ -288,6 +290,10 @@ class Run:
     def _load_model(self, stage: str) -> tuple[nn.Module, dict]:
         ck = load_checkpoint(self._path(stage), map_location="cpu")
         model = self.build_model()
+        if ck.get("architecture") is not None:  # physically shrunk (issue #19)
+            from xbarprune.interop.architecture import apply_architecture
+
+            apply_architecture(model, ck["architecture"])
         load_state_into(model, ck["model"], str(self._path(stage)))
         return model.to(self.device), ck
 
@@ -386,7 +392,7 @@ class Run:
             device_spec=self.cfg.device,
             train_data=self.splits.train,
             val_data=self._val(),  # never the test split (preflight checks it exists)
-            finetune_cfg=self.cfg.finetune,
+            finetune_cfg=dataclasses.replace(self.cfg.finetune, hwa=None),  # HWA: finetune only
             device=self.device,
             seed=self.cfg.seed,
             run_dir=self.dir,
@@ -394,6 +400,7 @@ class Run:
             log=self.log,
         )
         res = method.compress(ctx)
+        model = res.model if res.model is not None else model  # physically shrunk
         res.masks.apply(model)
         save_checkpoint(
             self._path("compress"),
@@ -403,6 +410,7 @@ class Run:
                 "layout": (res.layout or layout).to_dict(),
                 "info": res.info,
                 "seconds": time.perf_counter() - t0,
+                **(_architecture_entry(model, self.build_model) if res.model is not None else {}),
             },
         )
 
@@ -411,7 +419,10 @@ class Run:
         model, ck = self._load_model("compress")
         masks = MaskSet(ck["masks"])
         hist = []
-        if len(masks) and self.cfg.finetune.epochs > 0:
+        hwa = self.cfg.finetune.hwa  # hardware-aware fine-tuning (training/hwa.py)
+        if hwa is not None:
+            check_unmapped(hwa, {layer["name"] for layer in ck["layout"]["layers"]})
+        if (len(masks) or hwa is not None) and self.cfg.finetune.epochs > 0:
             h = train(
                 model,
                 self.splits.train,
@@ -434,6 +445,7 @@ class Run:
                 "info": ck["info"],
                 "history": hist,
                 "seconds": time.perf_counter() - t0,
+                **({"architecture": ck["architecture"]} if ck.get("architecture") else {}),
             },
         )
 
@@ -489,7 +501,9 @@ class Run:
                 "coverage": coverage(comp, cl, self.cfg.model.digital).to_dict(),
                 "sparsity": {
                     "weight": weight_sparsity(comp, cl),
-                    "group": {k: group_sparsity(comp, dl, k) for k in GROUP_KINDS},
+                    "group": {
+                        k: group_sparsity(comp, _own_layout(comp, dl), k) for k in GROUP_KINDS
+                    },
                 },
                 "cost": {
                     "dense": cost["total"]["dense"],
@@ -580,6 +594,23 @@ class Run:
         write_report(self)
 
 
+def _architecture_entry(model: nn.Module, build: Callable[[], nn.Module]) -> dict:
+    """``{"architecture": ...}`` when ``model`` was physically shrunk (issue #19), else {}."""
+    from xbarprune.interop.architecture import describe_architecture
+
+    arch = describe_architecture(model, build())
+    return {"architecture": arch} if arch else {}
+
+
+def _own_layout(model: nn.Module, layout: CrossbarLayout) -> CrossbarLayout:
+    """``layout`` when ``model`` has its shapes, else ``model``'s dense layout (a physically
+    shrunk model: its group sparsity is that of its remaining groups)."""
+    mods = dict(model.named_modules())
+    if all(tuple(mods[n].weight.shape) == lay.weight_shape for n, lay in layout.layers.items()):
+        return layout
+    return map_model(model, layout.crossbar, include=list(layout.layers))
+
+
 def _describe_nonideal(cfg: ExperimentConfig) -> Any:
     """The non-ideality settings that are on (disabled sections omitted), with the preset name."""
     from xbarprune.config import to_dict
@@ -648,7 +679,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         key = f"{prefix}{k}"
         if isinstance(v, dict) and v:
             out.update(_flatten(v, key + "."))
-        else:
+        elif v is not None:  # an unset optional key: a new optional field never invalidates
             out[key] = json.loads(json.dumps(v, sort_keys=True, default=str))
     return out
 

@@ -248,8 +248,14 @@ def _apply_quick(data: dict, q: dict) -> dict:
     for sec in ("train", "finetune"):
         if "epochs" in q:
             d.setdefault(sec, {})["epochs"] = q["epochs"]
-    for k in ("trials", "crossbars", "schemes", "mitigations", "ablation_trials",
-              "uncalibrated_trials"):
+    for k in (
+        "trials",
+        "crossbars",
+        "schemes",
+        "mitigations",
+        "ablation_trials",
+        "uncalibrated_trials",
+    ):
         if k in q:
             d[k] = q[k]
     for k in ("reg_epochs", "ft_epochs"):

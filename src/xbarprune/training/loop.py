@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from xbarprune.errors import SpecError, TrainingError, check_range
 from xbarprune.io import load_checkpoint, load_state_into, save_checkpoint
 from xbarprune.metrics import accuracy
+from xbarprune.training.hwa import HWAConfig, install_hwa
 from xbarprune.training.masks import MaskSet
 
 Regularizer = Callable[[nn.Module, float], Tensor]
@@ -46,6 +47,7 @@ class TrainConfig:
     step_size: int = 10
     gamma: float = 0.1
     progress: bool = True
+    hwa: HWAConfig | None = None  # hardware-aware training (training/hwa.py); None = off
 
     def __post_init__(self) -> None:
         check_range("train.epochs", self.epochs, low=0)
@@ -132,6 +134,7 @@ def train(
     if masks is not None:
         masks.apply(model, opt)
     val_loader = _loader(val_data, 512, False, seed) if val_data is not None else None
+    restore_hwa = install_hwa(model, cfg.hwa, seed + start) if cfg.hwa is not None else None
     show = cfg.progress and sys.stderr.isatty()
     for epoch in range(start, n_epochs):
         factor = _lr_factor(cfg, epoch, n_epochs)
@@ -204,4 +207,6 @@ def train(
                     "history": hist.epochs,
                 },
             )
+    if restore_hwa is not None:
+        restore_hwa()
     return hist

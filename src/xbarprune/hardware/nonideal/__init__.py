@@ -19,6 +19,7 @@ from xbarprune.hardware.nonideal.base import (
 from xbarprune.hardware.nonideal.converters import ADC, DAC, levels_per_side, quantize_uniform
 from xbarprune.hardware.nonideal.drift import Drift, drift_factor
 from xbarprune.hardware.nonideal.faults import StuckAtFaults, fault_map
+from xbarprune.hardware.nonideal.io import IOConfig, io_mvm
 from xbarprune.hardware.nonideal.ir_drop import IRDrop, effective_conductance, nodal_solve
 from xbarprune.hardware.nonideal.model import (
     PRESETS,
@@ -30,12 +31,14 @@ from xbarprune.hardware.nonideal.model import (
     NonIdealityModel,
     PCMConfig,
     QuantizationConfig,
+    ReadDisturbConfig,
     ReadNoiseConfig,
     VariationConfig,
     preset,
 )
 from xbarprune.hardware.nonideal.pcm import PCMStatistical
 from xbarprune.hardware.nonideal.quantization import Quantization, quantize_levels
+from xbarprune.hardware.nonideal.read_disturb import ReadDisturb
 from xbarprune.hardware.nonideal.read_noise import ReadNoise
 from xbarprune.hardware.nonideal.variation import ProgrammingVariation
 
@@ -51,6 +54,7 @@ __all__ = [
     "DriftConfig",
     "EffectContext",
     "FaultsConfig",
+    "IOConfig",
     "IRDrop",
     "IRDropConfig",
     "NonIdealityConfig",
@@ -60,6 +64,8 @@ __all__ = [
     "ProgrammingVariation",
     "Quantization",
     "QuantizationConfig",
+    "ReadDisturb",
+    "ReadDisturbConfig",
     "ReadNoise",
     "ReadNoiseConfig",
     "Stage",
@@ -69,6 +75,7 @@ __all__ = [
     "drift_factor",
     "effective_conductance",
     "fault_map",
+    "io_mvm",
     "levels_per_side",
     "nodal_solve",
     "preset",

@@ -13,7 +13,8 @@ A :class:`NonIdealityConfig` is a plain frozen dataclass tree (one optional sect
 :meth:`NonIdealityModel.from_config` turns it into the ordered effects:
 
 * stage ``program``: quantisation -> aging -> programming variation -> stuck-at faults;
-* stage ``time``: statistical PCM (programming noise, drift, accumulated read noise) -> drift;
+* stage ``time``: statistical PCM (programming noise, drift, accumulated read noise) -> drift
+  -> read disturb;
 * stage ``circuit``: IR drop (effective conductances);
 * stage ``read``: read noise (fresh every inference);
 
@@ -22,8 +23,8 @@ analog layer applies. Effects whose settings make them a no-op (zero rates, zero
 resistances) are left out, so :attr:`NonIdealityModel.is_ideal` is exact.
 
 Named presets (:data:`PRESETS`, :func:`preset`): ``ideal``, ``prunix``, ``reram``,
-``reram_faulty``, ``pcm``, ``ir_drop``, ``sparse_nonideal`` (see :func:`preset` for their
-sources).
+``reram_faulty``, ``reram_read_disturb``, ``pcm``, ``aihwkit-default``, ``ir_drop``,
+``sparse_nonideal`` (see :func:`preset` for their sources).
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ from xbarprune.hardware.nonideal.faults import (
     StuckAtFaults,
     check_fault_rates,
 )
+from xbarprune.hardware.nonideal.io import IOConfig
 from xbarprune.hardware.nonideal.ir_drop import IRDrop, IRMethod, check_ir
 from xbarprune.hardware.nonideal.pcm import PCM_PROG_COEFF, PCMStatistical, check_pcm
 from xbarprune.hardware.nonideal.quantization import Quantization
+from xbarprune.hardware.nonideal.read_disturb import ReadDisturb
 from xbarprune.hardware.nonideal.read_noise import READ_NOISE_MODES, ReadNoise, ReadNoiseMode
 from xbarprune.hardware.nonideal.variation import (
     VARIATION_MODES,
@@ -129,6 +132,34 @@ class DriftConfig:
         if self.nu_mean == 0 and self.nu_std == 0:
             return None
         return Drift(self.nu_mean, self.nu_std, self.t0)
+
+
+@dataclass(frozen=True)
+class ReadDisturbConfig:
+    """Read-disturb decay with the reads accumulated over the evaluation time (see
+    :mod:`.read_disturb` for the law of Jiang et al. 2021 and its constants)."""
+
+    v_read: float = 0.2
+    t_read: float = 1e-8
+    inferences_per_second: float = 1.0
+    reads_per_inference: float = 1.0
+    cycles: float = 0.0
+    t0: float = 1.55e-8
+    f: float = 1.43339
+    c1: float = 0.0068
+    alpha: float = 0.11
+    k: float = 0.003
+    m: float = 0.41
+    temperature: float = 300.0
+
+    def __post_init__(self) -> None:
+        self.build()  # validates (names the field as ReadDisturb.<field>)
+
+    def build(self) -> ReadDisturb | None:
+        e = ReadDisturb(**{f.name: getattr(self, f.name) for f in fields(self)})
+        if self.inferences_per_second == 0 or self.reads_per_inference == 0:
+            return None
+        return e
 
 
 @dataclass(frozen=True)
@@ -231,7 +262,7 @@ class NonIdealityConfig:
 
     Attributes:
         quantization, aging, variation, faults: "program" stage effects (in that order).
-        pcm, drift: "time" stage effects.
+        pcm, drift, read_disturb: "time" stage effects.
         ir_drop: "circuit" stage.
         read_noise: "read" stage (every inference).
         dac_bits: input DAC resolution (None = ideal inputs).
@@ -249,6 +280,11 @@ class NonIdealityConfig:
             gains by alternating least squares. Undoes the row-wise attenuation through the
             driver resistance, which depends on each tile row's total conductance and which
             a column gain cannot undo (ours; see docs/methods/sparse_nonideal.md).
+        io: peripheral I/O of every analog MVM, aihwkit's ``IOParameters`` (noise and bound
+            management, DAC, output noise, ADC with output bound; see
+            :mod:`xbarprune.hardware.nonideal.io`), or None. It replaces ``dac_bits`` /
+            ``adc_bits`` (``io.per_tile`` selects the per-tile path); with
+            ``drift_compensation`` the gain is read out through it, as aihwkit does.
     """
 
     quantization: QuantizationConfig | None = None
@@ -257,6 +293,7 @@ class NonIdealityConfig:
     faults: FaultsConfig | None = None
     pcm: PCMConfig | None = None
     drift: DriftConfig | None = None
+    read_disturb: ReadDisturbConfig | None = None
     ir_drop: IRDropConfig | None = None
     read_noise: ReadNoiseConfig | None = None
     dac_bits: int | None = None
@@ -265,6 +302,7 @@ class NonIdealityConfig:
     drift_compensation: bool = False
     column_calibration: bool = False
     row_calibration: bool = False
+    io: IOConfig | None = None
 
     def __post_init__(self) -> None:
         if self.dac_bits is not None:
@@ -288,6 +326,21 @@ class NonIdealityConfig:
                 "NonIdealityConfig.row_calibration needs column_calibration: true (the row "
                 "gains are fitted jointly with the column gains)"
             )
+        if self.io is not None:
+            if not isinstance(self.io, IOConfig):
+                raise SpecError(f"NonIdealityConfig.io = {self.io!r}; allowed: an IOConfig")
+            for k in ("dac_bits", "adc_bits", "adc_full_scale"):
+                if getattr(self, k) is not None:
+                    raise SpecError(
+                        f"NonIdealityConfig.{k} = {getattr(self, k)!r} with io set; allowed: "
+                        "null (io.inp_res / io.out_res / io.out_bound are the converters; "
+                        "io.per_tile: true selects the per-tile path)"
+                    )
+            if self.row_calibration:
+                raise SpecError(
+                    "NonIdealityConfig.row_calibration is not supported with io (row gains "
+                    "are folded into the cells, which would change what the periphery sees)"
+                )
 
 
 #: sections of NonIdealityConfig in the order their effects run.
@@ -298,6 +351,7 @@ EFFECT_SECTIONS: tuple[str, ...] = (
     "faults",
     "pcm",
     "drift",
+    "read_disturb",
     "ir_drop",
     "read_noise",
 )
@@ -331,10 +385,26 @@ PRESETS: dict[str, NonIdealityConfig] = {
         adc_bits=8,
     ),
     "pcm": NonIdealityConfig(pcm=PCMConfig(), drift_compensation=True),
+    "reram_read_disturb": NonIdealityConfig(
+        quantization=QuantizationConfig(levels=16),
+        variation=VariationConfig(sigma=0.05, mode="relative"),
+        faults=FaultsConfig(sa0=0.00175, sa1=0.00904),
+        read_disturb=ReadDisturbConfig(
+            v_read=0.2,
+            t_read=1e-8,
+            inferences_per_second=1000.0,
+            reads_per_inference=8.0,
+            cycles=1e4,
+        ),
+        read_noise=ReadNoiseConfig(sigma=0.02, mode="relative"),
+        dac_bits=8,
+        adc_bits=8,
+    ),
     "ir_drop": NonIdealityConfig(
         quantization=QuantizationConfig(levels=16),
         ir_drop=IRDropConfig(r_row=5.0, r_col=10.0, r_source=1000.0, r_sink=1000.0),
     ),
+    "aihwkit-default": NonIdealityConfig(pcm=PCMConfig(), drift_compensation=True, io=IOConfig()),
     "sparse_nonideal": NonIdealityConfig(
         quantization=QuantizationConfig(levels=16),
         variation=VariationConfig(sigma=0.1, mode="relative"),
@@ -363,6 +433,17 @@ def preset(name: str) -> NonIdealityConfig:
     * ``reram_faulty``: ``reram`` with the full Chen et al. rates (SA0 1.75 %, SA1 9.04 %).
     * ``pcm``: aihwkit's statistical PCM model with its default coefficients, global drift
       compensation on, no converters (isolates the device model).
+    * ``reram_read_disturb``: ``reram`` plus read disturb (:mod:`.read_disturb`, Jiang et
+      al. 2021): 0.2 V, 10 ns read pulses, 8 per inference (8-bit bit-serial inputs), 1000
+      inferences per second, cells cycled 1e4 times before (onset of the decay after 15 ms
+      of read stress, i.e. 190 s of use; conductances x0.907 after a day, x0.826 after a
+      year). No drift compensation, so the decay shrinks every weight against the biases.
+    * ``aihwkit-default``: what aihwkit 1.1 users get from ``TorchInferenceRPUConfig()``:
+      the ``pcm`` device model, global drift compensation read out through the periphery,
+      and the default forward ``IOParameters`` (:class:`IOConfig` defaults: 7-bit DAC
+      ``inp_res`` 1/126 over ``inp_bound`` 1, abs-max noise management, output noise 0.06,
+      9-bit ADC ``out_res`` 1/510 over ``out_bound`` 12, iterative bound management,
+      unscaled weights ``weight_scaling_omega`` 0, tiles of ``max_input_size`` 512 inputs).
     * ``ir_drop``: the Bhattacharjee et al. / RxNN parasitics (driver and sense 1 kOhm, row
       segment 5 ohm, column segment 10 ohm) with 4-bit (16-level) cells.
     * ``sparse_nonideal``: ``ir_drop`` plus 10 % relative programming variation (RxNN's
@@ -465,8 +546,13 @@ class NonIdealityModel:
 
     @property
     def is_ideal(self) -> bool:
-        """No effect and no converter."""
-        return not self.effects and self.dac is None and self.adc is None
+        """No effect, no converter and no peripheral I/O model."""
+        return not self.effects and self.dac is None and self.adc is None and self.io is None
+
+    @property
+    def io(self) -> IOConfig | None:
+        """The peripheral I/O model (``config.io``), or None."""
+        return None if self.config is None else self.config.io
 
     @property
     def has_read_stage(self) -> bool:
@@ -522,6 +608,7 @@ class NonIdealityModel:
             "adc_full_scale": self.adc_full_scale,
             "drift_compensation": self.drift_compensation,
             "column_calibration": self.column_calibration,
+            **({"io": asdict(self.io)} if self.io is not None else {}),
         }
 
 
