@@ -459,6 +459,11 @@ def train_epochs(
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             loss = _loss(model(x), y, p.loss)
+            if not torch.isfinite(loss.detach()):
+                raise CompressionError(
+                    f"trannsformer: the training loss became {float(loss)} in epoch {epoch}; "
+                    f"lower method.params.lr (= {p.lr:g}) or use method.params.loss: ce"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if masks is not None:

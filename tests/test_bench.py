@@ -1,0 +1,257 @@
+"""The benchmark engine (issue #21): statistics against their formulas, arms identical to
+`xbarprune run`, the arm cache, validation-only selection, Ray = local, the quick bench."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from xbarprune.experiment.bench import (
+    build_rows,
+    interpolate,
+    load_bench,
+    load_bench_file,
+    matched,
+    mean_ci95,
+    plan_arms,
+    ranking,
+    run_bench,
+)
+from xbarprune.experiment.config import load_config
+from xbarprune.experiment.pipeline import Run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MINI = {
+    "name": "mini",
+    "seeds": [0],
+    "presets": ["pcm", "reram"],
+    "match_savings": [0.3],
+    "rank_at": 0.3,
+    "base": {
+        "model": {"name": "lenet5"},
+        "data": {
+            "name": "mnist-embedded",
+            "train_subset": 600,
+            "test_subset": 200,
+            "val_size": 0.1,
+            "batch_size_eval": 200,
+        },  # fmt: skip
+        "train": {"epochs": 1, "batch_size": 50, "progress": False},
+        "finetune": {"epochs": 1, "batch_size": 50, "progress": False},
+        "crossbar": {"rows": 32, "cols": 32},
+        "evaluate": {"times": ["1d"], "trials": 2, "seed": 0},
+        "runtime": {"device": "cpu", "threads": 1},
+    },
+    "methods": [
+        {
+            "name": "group-magnitude",
+            "knob": "sparsity",
+            "budgets": [0.4, 0.7],
+            "params": {
+                "kind": "tile_column",
+                "steps": 1,
+                "epochs_per_step": 0,
+                "exclude": ["features.conv1", "classifier.fc3"],
+            },
+        },  # fmt: skip
+    ],
+}
+
+
+# ---------------------------------------------------------------- statistics by hand
+def test_mean_ci95_against_the_t_formula():
+    m, ci = mean_ci95([0.9, 0.8, 0.7])
+    assert m == pytest.approx(0.8)
+    # t_{0.975, 2} = 4.302653; s = 0.1; half-width = t s / sqrt(3)
+    assert ci == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-6)
+    assert mean_ci95([0.5]) == (0.5, None)
+
+
+def test_interpolation_never_extrapolates():
+    pts = [(0.2, 0.9), (0.6, 0.7), (0.6, 0.5), (1.0, 0.1)]
+    assert interpolate(pts, 0.4) == pytest.approx(0.9 + (0.6 - 0.9) * 0.5)  # (0.6 averaged)
+    assert interpolate(pts, 0.8) == pytest.approx(0.6 + (0.1 - 0.6) * 0.5)
+    assert interpolate(pts, 0.2) == pytest.approx(0.9)
+    assert interpolate(pts, 0.1) is None and interpolate(pts, 1.1) is None
+
+
+def _rec(method, budget, seed, saving, ideal, trials):
+    return {"method": method, "method_name": method, "budget": budget, "seed": seed,
+            "acc_ideal": ideal, "crossbars_dense": 40,
+            "crossbars_compressed": round(40 * (1 - saving)),
+            "crossbar_saving": 1 - round(40 * (1 - saving)) / 40, "weight_sparsity": saving,
+            "time_s": 1.0, "nonideal": {"pcm": {"1y": trials}}}  # fmt: skip
+
+
+def test_rows_matched_savings_and_paired_ranking_by_hand():
+    recs = [
+        _rec("a", 0.5, 0, 0.5, 0.9, [0.8, 0.6]),
+        _rec("a", 0.5, 1, 0.5, 0.9, [0.9, 0.7]),
+        _rec("a", 0.9, 0, 0.9, 0.8, [0.4, 0.4]),
+        _rec("a", 0.9, 1, 0.9, 0.8, [0.5, 0.5]),
+        _rec("b", 0.7, 0, 0.7, 0.9, [0.5, 0.5]),
+        _rec("b", 0.7, 1, 0.7, 0.9, [0.5, 0.7]),
+    ]
+    rows = build_rows(recs, "m", "d")
+    a5 = next(r for r in rows if r["method"] == "a" and r["budget"] == 0.5)
+    assert a5["acc_nonideal_per_seed"] == pytest.approx([0.7, 0.8])  # trial means per seed
+    m, ci = mean_ci95([0.7, 0.8])
+    assert a5["acc_nonideal_mean"] == pytest.approx(m) and a5["acc_nonideal_ci95"] == ci
+    for r in rows:  # savings recount from the crossbar counts
+        for s, d, c in zip(r["crossbar_saving_per_seed"], r["crossbars_dense"],
+                           r["crossbars_compressed"], strict=True):  # fmt: skip
+            assert s == pytest.approx(1 - c / d)
+    mt = matched(rows, [0.7])
+    a7 = next(r for r in mt if r["method"] == "a")
+    # seed 0: 0.7 at 0.5, 0.4 at 0.9 -> 0.55 at 0.7; seed 1: 0.8, 0.5 -> 0.65
+    assert a7["acc_nonideal_per_seed"] == pytest.approx([0.55, 0.65])
+    rk = ranking(mt, 0.7)
+    assert [r["method"] for r in rk] == ["a", "b"]
+    b = rk[1]
+    # paired differences b - a per seed: 0.5 - 0.55, 0.6 - 0.65 -> -0.05 both
+    assert b["diff_to_best_mean"] == pytest.approx(-0.05)
+    assert b["diff_to_best_ci95"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_bad_bench_configs_name_the_key():
+    from xbarprune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="methods"):
+        load_bench({**MINI, "methods": []})
+    with pytest.raises(ConfigError, match="budgets"):
+        load_bench({**MINI, "methods": [{"name": "magnitude", "knob": "sparsity"}]})
+    with pytest.raises(ConfigError, match="seeds"):
+        load_bench({**MINI, "seeds": [0, 0]})
+    bad = copy.deepcopy(MINI)
+    bad["base"]["data"]["val_size"] = 0.0
+    with pytest.raises(ConfigError, match="val_size"):
+        run_bench(bad, out="/nonexistent/never-written", log=lambda s: None)
+    bad = copy.deepcopy(MINI)
+    bad["methods"][0]["params"]["exclude"] = ["conv9"]
+    with pytest.raises(ConfigError, match="method.params.exclude"):
+        run_bench(bad, out="/nonexistent/never-written", log=lambda s: None)
+
+
+# ---------------------------------------------------------------- arms are pipeline runs
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    summary = run_bench(copy.deepcopy(MINI), out=str(out), log=lambda s: None)
+    return out, summary
+
+
+def test_arm_equals_xbarprune_run(mini, tmp_path):
+    """For the same seed, `xbarprune run` with the method and the engine's arm give identical
+    masks and accuracies."""
+    out, summary = mini
+    arm = next(a for a in plan_arms(load_bench(MINI), out) if a.budget == 0.7)
+    run = Run(load_config(arm.config), tmp_path / "run", log=lambda s: None)
+    rep = run.run()
+    arm_dir = Path(arm.dir)
+    a = torch.load(arm_dir / "stages" / "compress.pt", weights_only=True)
+    b = torch.load(tmp_path / "run" / "stages" / "compress.pt", weights_only=True)
+    assert a["masks"].keys() == b["masks"].keys()
+    for k in a["masks"]:
+        assert torch.equal(a["masks"][k], b["masks"][k]), k
+    arm_rep = json.loads((arm_dir / "report.json").read_text())
+    assert arm_rep["accuracy"]["compressed_ideal"] == rep["accuracy"]["compressed_ideal"]
+    assert (arm_rep["accuracy"]["compressed_nonideal"]["1d"]["per_trial"]
+            == rep["accuracy"]["compressed_nonideal"]["1d"]["per_trial"])  # fmt: skip
+    row = next(r for r in summary["rows"] if r["budget"] == 0.7 and r["nonideal"] == "pcm")
+    assert row["acc_ideal_per_seed"] == [rep["accuracy"]["compressed_ideal"]]
+    assert row["selection_split"] == "val"
+
+
+def test_unchanged_arms_are_reused_and_a_changed_arm_is_rebuilt(mini):
+    out, _ = mini
+    arms = plan_arms(load_bench(MINI), out)
+    stamp = {a.key: (Path(a.dir) / "stages" / "compress.pt").stat().st_mtime_ns for a in arms}
+    run_bench(copy.deepcopy(MINI), out=str(out), log=lambda s: None)
+    again = {a.key: (Path(a.dir) / "stages" / "compress.pt").stat().st_mtime_ns for a in arms}
+    assert again == stamp
+    changed = copy.deepcopy(MINI)
+    changed["methods"][0]["params"]["kind"] = "tile_row"
+    run_bench(changed, out=str(out), log=lambda s: None)
+    after = {a.key: (Path(a.dir) / "stages" / "compress.pt").stat().st_mtime_ns for a in arms}
+    for a in arms:
+        if a.method == "none":
+            assert after[a.key] == stamp[a.key], a.key  # the dense arm is untouched
+        else:
+            assert after[a.key] != stamp[a.key], a.key
+    # the dense model was not retrained for the changed arms
+    for a in arms:
+        t = (Path(a.dir) / "stages" / "train.pt").stat().st_mtime_ns
+        assert t <= min(stamp.values())
+
+
+def test_random_test_labels_change_no_selection(tmp_path):
+    """Replacing the test set's labels with random ones leaves the method's choices (masks,
+    layout) unchanged: selection reads the validation split only."""
+    from torch.utils.data import TensorDataset
+
+    cfg = load_config(plan_arms(load_bench(MINI), tmp_path)[-1].config)
+    runs = []
+    for k, shuffle in enumerate((False, True)):
+        run = Run(cfg, tmp_path / f"r{k}", log=lambda s: None)
+        if shuffle:
+            s = run.splits
+            x = torch.stack([s.test[i][0] for i in range(len(s.test))])
+            y = torch.randint(0, 10, (len(s.test),), generator=torch.Generator().manual_seed(1))
+            s.test = TensorDataset(x, y)
+        run.run()
+        runs.append(torch.load(run.stages / "compress.pt", weights_only=True))
+    for key in runs[0]["masks"]:
+        assert torch.equal(runs[0]["masks"][key], runs[1]["masks"][key])
+    assert runs[0]["layout"] == runs[1]["layout"]
+
+
+def test_ray_executor_gives_the_same_rows(mini, tmp_path):
+    pytest.importorskip("ray")
+    import ray
+
+    out, summary = mini
+    one = copy.deepcopy(MINI)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        s2 = run_bench(one, out=str(tmp_path / "ray"), executor="ray", log=lambda s: None)
+    finally:
+        ray.shutdown()
+    keys = ("method", "budget", "nonideal", "time", "acc_ideal_per_seed",
+            "acc_nonideal_per_seed", "crossbar_saving_per_seed")  # fmt: skip
+    assert [{k: r[k] for k in keys} for r in s2["rows"]] == [
+        {k: r[k] for k in keys} for r in summary["rows"]
+    ]
+
+
+def test_quick_bench_of_every_method(tmp_path):
+    """`xbarprune bench examples/bench_lenet5.yaml --quick`: every registered method at three
+    budgets, both presets, both times; rows recount."""
+    from xbarprune.cli import main
+    from xbarprune.compress import list_methods
+
+    out = tmp_path / "q"
+    assert main(["bench", str(ROOT / "examples" / "bench_lenet5.yaml"), "--quick",
+                 "--out", str(out)]) == 0  # fmt: skip
+    s = json.loads((out / "summary.json").read_text())
+    methods = {r["method"] for r in s["rows"]}
+    assert methods == set(list_methods())
+    cfg = load_bench(yaml.safe_load((ROOT / "examples" / "bench_lenet5.yaml").read_text()))
+    n_arms = 1 + sum(len(m.budgets) for m in cfg.methods)
+    assert len(s["rows"]) == n_arms * 2 * 2
+    for r in s["rows"]:
+        assert r["seeds"] == [0] and r["selection_split"] == "val"
+        assert r["acc_nonideal_ci95"] is None  # one seed: no interval
+        for sv, d, c in zip(r["crossbar_saving_per_seed"], r["crossbars_dense"],
+                            r["crossbars_compressed"], strict=True):  # fmt: skip
+            assert sv == pytest.approx(1 - c / d)
+    for f in ("summary.md", "pareto.png", "report.html"):
+        assert (out / f).stat().st_size > 500, f
+    assert "single-seed" in (out / "summary.md").read_text()
+    assert load_bench_file(ROOT / "examples" / "bench_lenet5.yaml")["kind"] == "bench"
