@@ -201,10 +201,12 @@ def test_random_test_labels_change_no_selection(tmp_path):
     for k, shuffle in enumerate((False, True)):
         run = Run(cfg, tmp_path / f"r{k}", log=lambda s: None)
         if shuffle:
+            import dataclasses
+
             s = run.splits
             x = torch.stack([s.test[i][0] for i in range(len(s.test))])
             y = torch.randint(0, 10, (len(s.test),), generator=torch.Generator().manual_seed(1))
-            s.test = TensorDataset(x, y)
+            run._splits = dataclasses.replace(s, test=TensorDataset(x, y))
         run.run()
         runs.append(torch.load(run.stages / "compress.pt", weights_only=True))
     for key in runs[0]["masks"]:
