@@ -48,6 +48,7 @@ from xbarprune.mapping.matrix import matrix_to_weight
 CHUNK_ELEMS = 1 << 21
 _EXACT_F32 = float(1 << 24)
 OUTPUT_CONTIGUOUS = False
+TRIALS_CHANNELS_LAST = True
 
 
 def partial_sum_max(p: Tensor) -> float:
@@ -331,3 +332,58 @@ def tile_linear(layer, x: Tensor) -> Tensor:
         placed = lay.placed.to(x.device).to(x.dtype)
         y = 2 * y - (x @ placed) * (layer._w_max * layer._gain)
     return y
+
+
+# ---------------------------------------------------------------- batched Monte Carlo trials
+def trials_forward(layer, x: Tensor) -> Tensor:
+    """Weight-level forward of K programmed trials at once (``layer._trial_w``: (K, R, C)
+    effective weight matrices, the same as K sequential ``program`` calls give).
+
+    The batch is trial-interleaved: row ``b*K + t`` is sample ``b`` of trial ``t``, so every
+    per-sample module between analog layers (activations, pooling, eval BatchNorm, flatten)
+    runs unchanged on the stacked batch, a convolution reads it as ``(B, K*C_in, H, W)``
+    without a copy and runs as one grouped convolution (group ``t``: trial ``t``'s weights),
+    and a linear layer as one batched matmul over trials. The DAC full scale, if not yet
+    calibrated, is taken from trial 0's rows only, as the sequential trials would (trial 0
+    runs first and the calibration is kept)."""
+    m = layer.inner
+    w_stack = layer._trial_w
+    K = w_stack.shape[0]
+    if layer.dac_bits is not None:
+        if layer.x_fs is None:
+            layer._dac(x.reshape(-1, K, *x.shape[1:])[:, 0])
+        x = layer._dac(x)
+    cache = getattr(layer, "_trial_cache", None)
+    if cache is None or cache[0] is not w_stack or cache[1] != x.dtype:
+        w = w_stack.transpose(1, 2).to(x.dtype)  # (K, C, R): matrix_to_weight per trial
+        if isinstance(m, torch.nn.Conv2d):
+            w = w.reshape(K * w.shape[1], *layer.layout.weight_shape[1:])
+            if TRIALS_CHANNELS_LAST:
+                w = w.contiguous(memory_format=torch.channels_last)
+            bias = None if m.bias is None else m.bias.to(x.dtype).repeat(K)
+        else:
+            w = w.transpose(1, 2).contiguous()  # (K, R, C) for x @ w
+            bias = None if m.bias is None else m.bias.to(x.dtype)
+        layer._trial_cache = cache = (w_stack, x.dtype, w, bias)
+    _, _, w, bias = cache
+    if isinstance(m, torch.nn.Conv2d):
+        B = x.shape[0] // K
+        xg = x.reshape(B, K * x.shape[1], *x.shape[2:])
+        if TRIALS_CHANNELS_LAST:
+            xg = xg.contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(
+            xg,
+            w,
+            bias,
+            m.stride,
+            m.padding,
+            m.dilation,
+            K * m.groups,
+        )
+        return y.reshape(B * K, -1, *y.shape[2:])
+    R = x.shape[-1]
+    B = x.shape[0] // K
+    xk = x.reshape(B, K, -1, R).transpose(0, 1).reshape(K, -1, R)  # (K, B*rest, R)
+    y = torch.bmm(xk, w) if bias is None else torch.baddbmm(bias, xk, w)
+    y = y.reshape(K, B, -1, y.shape[-1]).transpose(0, 1)
+    return y.reshape(B * K, *x.shape[1:-1], y.shape[-1])

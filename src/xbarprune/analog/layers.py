@@ -51,7 +51,6 @@ from xbarprune.mapping.layout import LayerLayout
 from xbarprune.mapping.matrix import matrix_to_weight, weight_to_matrix
 
 
-
 class AnalogLayer(nn.Module):
     """A Conv2d/Linear computed through its crossbar tiles."""
 
@@ -96,6 +95,7 @@ class AnalogLayer(nn.Module):
         self.x_signed = True
         self.adc_fs: float | None = adc_full_scale_or_none(cfg.adc_full_scale)
         self._conv_w: tuple | None = None
+        self._trial_w: Tensor | None = None  # (K, R, C): K batched trials (kernels.py)
         self._init_conv_bands()
         self._cell_mode = layout.crossbar.encoding == "differential" and all(
             e.elementwise for e in nonideal.effects
@@ -129,6 +129,7 @@ class AnalogLayer(nn.Module):
         lay = self.layout
         placed = lay.placed.to(mat.device)
         mat = mat * placed
+        self._trial_w = None
         self._w_max = _weight_scale(mat, self.weight_clip)
         dev, xbar = self.device_spec, lay.crossbar
         cells = encode(mat, self._w_max, xbar, dev)
@@ -255,6 +256,8 @@ class AnalogLayer(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
+        if self._trial_w is not None:
+            return _kernels.trials_forward(self, x)
         self._current()
         if self._w_eff is None and self._slices is None:
             raise RuntimeError(
