@@ -267,9 +267,7 @@ def tile_matmul(layer, xm: Tensor, chunk_elems: int | None = None) -> Tensor:
         return parts
 
     if layer.adc_fs is None:  # calibration: the whole batch, before any quantisation
-        layer.adc_fs = max(
-            partial_sum_max(p) for s in range(0, B, chunk) for p in partials(s)
-        )
+        layer.adc_fs = max(partial_sum_max(p) for s in range(0, B, chunk) for p in partials(s))
     fs = float(layer.adc_fs)
     for s in range(0, B, chunk):
         parts = partials(s)
