@@ -127,24 +127,25 @@ def _x_fs(layer) -> float:
 
 
 # ---------------------------------------------------------------- convolution (grouped)
-def _conv_weights_cl(layer, dtype: torch.dtype, dev: torch.device, x_fs: float):
-    """The layer's grouped-conv band weights divided by ``x_fs``, channels-last, and each
-    band's input channel range ``(c0, c1)``; cached for the layer's current programmed weights
-    (``layer._conv_w``) and ``x_fs``."""
-    if layer._conv_w is None or layer._conv_w[0].dtype != dtype:
-        layer._conv_w = layer._conv_group_weights(dtype, dev)
-    cache = getattr(layer, "_kernel_cache", None)
-    if cache is not None and cache[0] is layer._conv_w and cache[1] == x_fs:
-        return cache[2]
-    wg = layer._conv_w[0] / x_fs
-    wg = wg.contiguous(memory_format=torch.channels_last)
+def _conv_weights_cl(layer, dtype: torch.dtype, dev: torch.device, x_fs: float) -> tuple:
+    """``layer._conv_w`` for the kernel: the grouped-conv band weights of the current programmed
+    slices divided by ``x_fs``, channels-last, then ``(c_b, same_cols, cols, colmap)`` as
+    :meth:`AnalogLayer._conv_group_weights` gives them, then ``x_fs`` and each band's input
+    channel range ``(c0, c1)``. Stored in place of the unscaled weights (one copy, not two) and
+    rebuilt when the layer is reprogrammed (``_conv_w`` reset to None) or the dtype or
+    ``x_fs`` changes."""
+    cw = layer._conv_w
+    if cw is not None and len(cw) == 7 and cw[5] == x_fs and cw[0].dtype == dtype:
+        return cw
+    base = layer._conv_group_weights(dtype, dev)
+    wg = base[0].div_(x_fs).contiguous(memory_format=torch.channels_last)
     cb = layer._conv_bands
     nb, width = cb["rows"].shape[0], cb["width"]
     ch = cb["ch"].view(nb, width)
     cin = layer.layout.in_channels
     ranges = [(int(ch[j, 0]), int(ch[j, 0]) + int((ch[j] < cin).sum())) for j in range(nb)]
-    layer._kernel_cache = (layer._conv_w, x_fs, (wg, ranges))
-    return wg, ranges
+    layer._conv_w = (wg, *base[1:], x_fs, ranges)
+    return layer._conv_w
 
 
 def _gather_bands(
@@ -175,8 +176,7 @@ def tile_conv(layer, x: Tensor, chunk_elems: int | None = None) -> Tensor:
     nb, width = cb["rows"].shape[0], cb["width"]
     dev = x.device
     x_fs = _x_fs(layer)
-    wg, ranges = _conv_weights_cl(layer, x.dtype, dev, x_fs)
-    _, c_b, same_cols, cols, colmap = layer._conv_w
+    wg, c_b, same_cols, cols, colmap, _, ranges = _conv_weights_cl(layer, x.dtype, dev, x_fs)
     pw, _ = _slice_weights(layer)
     B = x.shape[0]
     per_img = nb * k * c_b * x.shape[2] * x.shape[3]

@@ -129,7 +129,8 @@ class AnalogLayer(nn.Module):
         lay = self.layout
         placed = lay.placed.to(mat.device)
         mat = mat * placed
-        self._trial_w = None
+        # free the previous trial's state before sampling this one (peak memory, issue #20)
+        self._trial_w = self._phys = self._w_eff = self._slices = self._conv_w = None
         self._w_max = _weight_scale(mat, self.weight_clip)
         dev, xbar = self.device_spec, lay.crossbar
         cells = encode(mat, self._w_max, xbar, dev)
@@ -158,7 +159,7 @@ class AnalogLayer(nn.Module):
                 state = eff.apply(state, ctx)
         for eff in self.nonideal.stage("circuit"):
             state = eff.apply(state, ctx)
-        self._phys = state
+        self._phys = state if self.nonideal.has_read_stage else None  # kept for read noise
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         self._read_gen = torch.Generator(device=mat.device).manual_seed(seed)
         wt = None
