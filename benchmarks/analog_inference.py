@@ -15,7 +15,7 @@ Measures, on the same model, weights and batch (median of ``--repeat`` interleav
   batch), against ``sequential10_s``, the same trials one by one;
 * ``peak_mem_mb``: the peak memory of one trial (programming + forward) of ``--mem-model``
   (VGG-16 on 32x32 inputs, batch 256) per path, each in a fresh subprocess: on CPU the peak
-  resident set (``getrusage`` ``ru_maxrss``) minus the resident set just before the trial (the
+  resident set (``VmHWM`` of /proc/self/status) minus the resident set just before the trial (the
   model, its analog copy and the input already built; glibc's mmap threshold fixed at 64 KiB
   so that freed memory leaves the resident set); on CUDA ``max_memory_allocated`` minus
   the allocation before the trial.
@@ -97,6 +97,16 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _hwm_mb() -> float:
+    """Peak resident set of this process image (``VmHWM``; unlike ``getrusage``'s
+    ``ru_maxrss`` it starts afresh at ``exec``, not at the parent's size at ``fork``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _mem_child(a) -> None:
     """One peak-memory measurement (``--mem-child MODE``), printed as JSON."""
     dev = torch.device(a.device)
@@ -124,7 +134,7 @@ def _mem_child(a) -> None:
         peak = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
         total = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
-        total = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        total = _hwm_mb()
         peak = total - base
     print(json.dumps({"peak_mb": round(peak, 1), "total_mb": round(total, 1)}))
 
@@ -177,6 +187,7 @@ def main(argv=None) -> dict:
     if a.mem_child:
         _mem_child(a)
         return {}
+    mem = None if a.no_mem else _peak_memory(a)  # first: fresh subprocesses, small parent
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     clock = time.process_time if (a.clock == "cpu" and dev.type == "cpu") else time.perf_counter
@@ -238,8 +249,7 @@ def main(argv=None) -> dict:
         v = res[f"{k}_s"]
         out[f"{k}_ratio"] = None if v is None else round(v / d, 3)
     out["peak_mem_mb"] = None
-    if not a.no_mem:
-        mem = _peak_memory(a)
+    if mem is not None:
         dm = mem["digital"]["peak_mb"]
         out["peak_mem_mb"] = {
             "model": f"{a.mem_model} {a.mem_image_size}x{a.mem_image_size} batch {a.mem_batch}",
