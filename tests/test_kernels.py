@@ -269,3 +269,23 @@ def test_batched_trials_fall_back_when_they_do_not_apply():
     assert a[0].per_trial == b[0].per_trial
     with pytest.raises(ConfigError, match="batch_trials"):
         evaluate(net, _data(), lay, DeviceSpec(), ni, trials=3, batch_trials=0)
+
+
+@pytest.mark.parametrize("idx", [2, 5])
+def test_pre_adc_hook_sees_every_partial_sum(idx):
+    """A hook doubling the partial sums with a doubled ADC full scale gives the same codes and
+    twice the output, bit for bit (powers of two scale exactly); without it nothing changes."""
+    net = _net()
+    lay = map_model(net, CrossbarSpec(16, 8))
+    layer = _dyadic_layer(net, lay, idx, bits=6)
+    shape = (5, 6, 8, 8) if idx == 2 else (5, 63)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(8))
+    layer.adc_fs = 1.7
+    kernel = K.tile_conv if idx == 2 else K.tile_linear
+    with torch.no_grad():
+        y = kernel(layer, x)
+        layer.pre_adc_hook = lambda p: p * 2
+        layer.adc_fs = 3.4
+        y2 = kernel(layer, x)
+    assert torch.equal(y2, 2 * y)
+    assert not torch.equal(y, torch.zeros_like(y))

@@ -56,10 +56,14 @@ def partial_sum_max(p: Tensor) -> float:
     return float(p.detach().abs().max()) or 1.0
 
 
-def _ensure_adc_fs(layer, p: Tensor) -> float:
-    if layer.adc_fs is None:
-        layer.adc_fs = partial_sum_max(p)
-    return float(layer.adc_fs)
+def _pre_adc(layer, p: Tensor) -> Tensor:
+    """Partial sums (units ``x_fs * dG``) as the ADC sees them: ``layer.pre_adc_hook(p)`` if the
+    layer has one (the place for elementwise analog output effects such as output noise), else
+    ``p``. The kernels' layouts of ``p`` differ (conv: (n, h, w, bands*k*c), matmul:
+    (n, bands, k*c, L), linear: (bands, n, k*c)), hence elementwise only. On the calibration
+    batch (``adc_fs`` None) the hook runs twice per chunk: calibration pass, then quantisation."""
+    hook = getattr(layer, "pre_adc_hook", None)
+    return p if hook is None else hook(p)
 
 
 def adc_codes_(p: Tensor, bits: int, full_scale: float) -> Tensor:
@@ -188,7 +192,7 @@ def tile_conv(layer, x: Tensor, chunk_elems: int | None = None) -> Tensor:
         xe = _gather_bands(x[s : s + chunk], ranges, width, buf)
         p = F.conv2d(xe, wg, None, m.stride, m.padding, m.dilation, groups=nb)
         ph = p.permute(0, 2, 3, 1)
-        return ph if ph.is_contiguous() else ph.contiguous()
+        return _pre_adc(layer, ph if ph.is_contiguous() else ph.contiguous())
 
     if layer.adc_fs is None:  # calibration: the whole batch, before any quantisation
         layer.adc_fs = max(partial_sum_max(partials(s)) for s in range(0, B, chunk))
@@ -263,7 +267,7 @@ def tile_matmul(layer, xm: Tensor, chunk_elems: int | None = None) -> Tensor:
             if wr is not None:
                 ps.append(torch.matmul(wr, xb[:, -wr.shape[1] :]).unsqueeze(1))
             p = ps[0] if len(ps) == 1 else torch.cat(ps, 1)
-            parts.append(p.div_(x_fs) if x_fs != 1.0 else p)
+            parts.append(_pre_adc(layer, p.div_(x_fs) if x_fs != 1.0 else p))
         return parts
 
     if layer.adc_fs is None:  # calibration: the whole batch, before any quantisation
@@ -316,7 +320,7 @@ def tile_linear(layer, x: Tensor) -> Tensor:
         w = w.view(k, nb, xbar.rows, len(cols)).permute(1, 2, 0, 3)
         w = w.reshape(nb, xbar.rows, k * len(cols))
         xb = xb.view(n, nb, xbar.rows).transpose(0, 1)
-        parts.append((cols, torch.bmm(xb, w) / x_fs))  # (nb, n, k*c_b)
+        parts.append((cols, _pre_adc(layer, torch.bmm(xb, w) / x_fs)))  # (nb, n, k*c_b)
     if layer.adc_fs is None:
         layer.adc_fs = max(partial_sum_max(p) for _, p in parts)
     fs = float(layer.adc_fs)
