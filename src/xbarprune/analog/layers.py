@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xbarprune.analog import kernels as _kernels
 from xbarprune.analog import periphery
-from xbarprune.hardware.conductance import decode, decode_slices, encode, slice_significance
+from xbarprune.hardware.conductance import decode, decode_slices, encode
 from xbarprune.hardware.conductance import weight_scale as _weight_scale
 from xbarprune.hardware.nonideal.base import EffectContext
 from xbarprune.hardware.nonideal.converters import quantize_uniform
@@ -52,9 +53,6 @@ from xbarprune.hardware.nonideal.model import NonIdealityModel
 from xbarprune.hardware.spec import DeviceSpec
 from xbarprune.mapping.layout import LayerLayout
 from xbarprune.mapping.matrix import conv_unfold, matrix_to_weight, weight_to_matrix
-
-# bound on the elements of the gathered per-tile input (N x T x rows) per chunk
-_CHUNK_ELEMS = 1 << 24
 
 
 class AnalogLayer(nn.Module):
@@ -103,6 +101,7 @@ class AnalogLayer(nn.Module):
         self.x_signed = True
         self.adc_fs: float | None = adc_full_scale_or_none(cfg.adc_full_scale)
         self._conv_w: tuple | None = None
+        self._trial_w: Tensor | None = None  # (K, R, C): K batched trials (kernels.py)
         self._init_conv_bands()
         self._cell_mode = layout.crossbar.encoding == "differential" and all(
             e.elementwise for e in nonideal.effects
@@ -147,6 +146,8 @@ class AnalogLayer(nn.Module):
         lay = self.layout
         placed = lay.placed.to(mat.device)
         mat = mat * placed
+        # free the previous trial's state before sampling this one (peak memory, issue #20)
+        self._trial_w = self._phys = self._w_eff = self._slices = self._conv_w = None
         self._w_max = _weight_scale(mat, self.weight_clip)
         dev, xbar = self.device_spec, lay.crossbar
         cells = encode(mat, self._w_max, xbar, dev)
@@ -177,7 +178,7 @@ class AnalogLayer(nn.Module):
                 state = eff.apply(state, ctx)
         for eff in self.nonideal.stage("circuit"):
             state = eff.apply(state, ctx)
-        self._phys = state
+        self._phys = state if self.nonideal.has_read_stage else None  # kept for read noise
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         self._read_gen = torch.Generator(device=mat.device).manual_seed(seed)
         wt = None
@@ -280,6 +281,8 @@ class AnalogLayer(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
+        if self._trial_w is not None:
+            return _kernels.trials_forward(self, x)
         self._current()
         if self._w_eff is None and self._slices is None:
             raise RuntimeError(
@@ -413,97 +416,14 @@ class AnalogLayer(nn.Module):
         return wg, c_b, same_cols, cols, colmap
 
     def _tile_conv(self, x: Tensor) -> Tensor:
-        m = self.inner
-        lay = self.layout
-        xbar = lay.crossbar
-        k = xbar.cells_per_weight
-        R, C = lay.matrix_shape
-        cb = self._conv_bands
-        dev = x.device
-        nb = cb["rows"].shape[0]
-        x_fs = self.x_fs if (self.dac_bits is not None and self.x_fs) else 1.0
-        if self._conv_w is None or self._conv_w[0].dtype != x.dtype:
-            self._conv_w = self._conv_group_weights(x.dtype, dev)
-        wg, c_b, same_cols, cols, colmap = self._conv_w
-        wg = wg / x_fs
-        sig = slice_significance(xbar, self.device_spec, dev).to(x.dtype)
-        xz = torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], 1)
-        B = x.shape[0]
-        out = None
-        per_img = nb * k * c_b * max(1, (x.shape[2] * x.shape[3]))
-        chunk = max(1, _CHUNK_ELEMS // per_img)
-        for s in range(0, B, chunk):
-            xe = xz[s : s + chunk, cb["ch"].to(dev)]  # (n, nb*width, H, W)
-            p = F.conv2d(xe, wg, None, m.stride, m.padding, m.dilation, groups=nb)
-            n, _, ho, wo = p.shape
-            if self.adc_fs is None:
-                self.adc_fs = float(p.detach().abs().max()) or 1.0
-            p = quantize_uniform(p, self.adc_bits, self.adc_fs, signed=True)
-            p = p.view(n, nb, k, c_b, ho, wo)
-            if k > 1:
-                p = (p * sig.view(1, 1, k, 1, 1, 1)).sum(2)
-            else:
-                p = p.squeeze(2)  # (n, nb, c_b, ho, wo)
-            if out is None:
-                out = x.new_zeros(B, C, ho, wo)
-            if same_cols:
-                summed = p.sum(1)
-                if len(cols) == C:
-                    out[s : s + n] += summed
-                else:
-                    out[s : s + n].index_add_(1, cols, summed)
-            else:
-                o = x.new_zeros(n, C + 1, ho, wo)
-                o.index_add_(1, colmap.reshape(-1), p.reshape(n, nb * c_b, ho, wo))
-                out[s : s + n] += o[:, :C]
-        y = out * (x_fs * self._w_max * self._gain)
-        if xbar.encoding == "offset":
-            placed = lay.placed.to(dev).to(x.dtype)  # (R, C)
-            w_off = matrix_to_weight(placed, lay.weight_shape)
-            y = 2 * y - F.conv2d(x, w_off, None, m.stride, m.padding, m.dilation) * (
-                self._w_max * self._gain
-            )
+        y = _kernels.tile_conv(self, x)
         if self._col_gain is not None:
             y = y * self._col_gain.to(y.dtype).view(1, -1, 1, 1)
         return y
 
     # ---- linear: one batched matmul over the row bands of each block
     def _tile_linear(self, x: Tensor) -> Tensor:
-        lay = self.layout
-        xbar = lay.crossbar
-        R, C = lay.matrix_shape
-        k = xbar.cells_per_weight
-        n = x.shape[0]
-        x_fs = self.x_fs if (self.dac_bits is not None and self.x_fs) else 1.0
-        sig = slice_significance(xbar, self.device_spec, x.device).to(x.dtype)
-        slices = self._slices.to(x.dtype)
-        out = x.new_zeros(n, C)
-        parts = []
-        for b in lay.blocks:
-            rows, cols = b.rows.to(x.device), b.cols.to(x.device)
-            nb = -(-len(rows) // xbar.rows)
-            pad = nb * xbar.rows - len(rows)
-            w = slices[:, rows][:, :, cols]  # (k, r_b, c_b)
-            if b.mask is not None:  # holes: weights held by another block
-                w = w * b.mask.to(w.device, w.dtype)
-            xb = x[:, rows]
-            if pad:
-                w = torch.cat([w, w.new_zeros(k, pad, len(cols))], 1)
-                xb = torch.cat([xb, xb.new_zeros(n, pad)], 1)
-            w = w.view(k, nb, xbar.rows, len(cols)).permute(1, 2, 0, 3)
-            w = w.reshape(nb, xbar.rows, k * len(cols))
-            xb = xb.view(n, nb, xbar.rows).transpose(0, 1)
-            parts.append((cols, torch.bmm(xb, w) / x_fs))  # (nb, n, k*c_b)
-        if self.adc_fs is None:
-            self.adc_fs = max(float(p.detach().abs().max()) for _, p in parts) or 1.0
-        for cols, p in parts:
-            p = quantize_uniform(p, self.adc_bits, self.adc_fs, signed=True).sum(0)
-            p = (p.view(n, k, len(cols)) * sig.view(1, k, 1)).sum(1)
-            out.index_add_(1, cols, p)
-        y = out * (x_fs * self._w_max * self._gain)
-        if xbar.encoding == "offset":
-            placed = lay.placed.to(x.device).to(x.dtype)
-            y = 2 * y - (x @ placed) * (self._w_max * self._gain)
+        y = _kernels.tile_linear(self, x)
         if self._col_gain is not None:
             y = y * self._col_gain.to(y.dtype)
         return y
@@ -541,48 +461,7 @@ class AnalogLayer(nn.Module):
         inside a band does not change any column's current) and no copy of the unfolded input
         for the dense natural-order layout.
         """
-        lay = self.layout
-        xbar = lay.crossbar
-        R, C = lay.matrix_shape
-        k = xbar.cells_per_weight
-        B, _, L = xm.shape
-        x_fs = self.x_fs if (self.dac_bits is not None and self.x_fs) else 1.0
-        sig = slice_significance(xbar, self.device_spec, xm.device).to(xm.dtype)
-        bands = self._band_weights(xm.dtype)
-        out = xm.new_zeros(B, C, L)
-        widest = max(k * len(c) * (len(r) // xbar.rows + 1) for r, c, *_ in bands) * L
-        chunk = max(1, _CHUNK_ELEMS // max(widest, 1))
-        for s in range(0, B, chunk):
-            xc = xm[s : s + chunk]
-            n = xc.shape[0]
-            parts = []
-            for rows, _, nat_r, _, wf, wr in bands:
-                xb = xc if nat_r else xc[:, rows]  # (n, r_b, L)
-                ps = []
-                if wf is not None:
-                    nf = wf.shape[0]
-                    xf = xb[:, : nf * xbar.rows].reshape(n, nf, xbar.rows, L)
-                    ps.append(torch.matmul(wf, xf))  # (n, nf, k*c_b, L)
-                if wr is not None:
-                    ps.append(torch.matmul(wr, xb[:, -wr.shape[1] :]).unsqueeze(1))
-                p = ps[0] if len(ps) == 1 else torch.cat(ps, 1)
-                parts.append(p.div_(x_fs) if x_fs != 1.0 else p)  # units x_fs * dG
-            if self.adc_fs is None:
-                self.adc_fs = max(float(p.detach().abs().max()) for p in parts) or 1.0
-            for (_, cols, _, nat_c, _, _), p in zip(bands, parts, strict=True):
-                p = quantize_uniform(p, self.adc_bits, self.adc_fs, signed=True).sum(1)
-                c_b = len(cols)
-                if k > 1:
-                    p = (p.view(n, k, c_b, L) * sig.view(1, k, 1, 1)).sum(1)
-                if nat_c:
-                    out[s : s + n] += p
-                else:
-                    out[s : s + n].index_add_(1, cols, p)
-        y = out * (x_fs * self._w_max * self._gain)
-        if xbar.encoding == "offset":
-            # u-values give w = w_max (2u - 1): y = w_max (2 sum x u - sum_{placed} x)
-            placed = lay.placed.to(xm.device).to(xm.dtype)  # (R, C)
-            y = 2 * y - torch.matmul(placed.t(), xm) * (self._w_max * self._gain)
+        y = _kernels.tile_matmul(self, xm)
         if self._col_gain is not None:
             y = y * self._col_gain.to(y.dtype).view(1, -1, 1)
         return y

@@ -76,6 +76,32 @@ class AnalogModel(nn.Module):
                 layer.program(None, ideal=True)
         self.model(x)
 
+    def can_batch_trials(self) -> bool:
+        """Whether :meth:`program_trials` applies: every layer on the weight-level path
+        (no per-tile ADC) and no read stage (read noise is drawn anew at every forward)."""
+        return all(
+            not layer.tile_mode and not layer.nonideal.has_read_stage
+            for layer in self.analog_layers()
+        )
+
+    @torch.no_grad()
+    def program_trials(self, generators: Sequence[torch.Generator], time_s: float = 1.0) -> None:
+        """Program K trials at once (one generator each, programmed in turn exactly as K
+        :meth:`program` calls would be) and stack their effective weights, so that a forward
+        pass on the trial-interleaved batch (row ``b*K + t``: sample ``b`` of trial ``t``; see
+        :func:`xbarprune.analog.kernels.trials_forward`) evaluates all K in one pass. A later
+        :meth:`program` call returns to single-trial mode."""
+        if not self.can_batch_trials():
+            raise RuntimeError("batched trials need the weight-level path without read noise")
+        layers = self.analog_layers()
+        stacks: list[list[Tensor]] = [[] for _ in layers]
+        for g in generators:
+            self.program(g, time_s)
+            for st, layer in zip(stacks, layers, strict=True):
+                st.append(layer._w_eff)
+        for st, layer in zip(stacks, layers, strict=True):
+            layer._trial_w = torch.stack(st)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
@@ -135,6 +161,22 @@ def trial_generator(seed: int, trial: int, device: torch.device | str = "cpu") -
 
 
 @torch.no_grad()
+def accuracy_trials(model: nn.Module, data: Iterable, trials: int, device) -> list[float]:
+    """Top-1 accuracy of each of ``trials`` batched trials (trial-interleaved batches, see
+    :meth:`AnalogModel.program_trials`); the same counts as :func:`accuracy` per trial."""
+    model.eval()
+    correct = torch.zeros(trials, dtype=torch.long)
+    total = 0
+    for x, y in data:
+        x, y = x.to(device), y.to(device)
+        logits = model(x.repeat_interleave(trials, 0))
+        pred = logits.view(x.shape[0], trials, -1).argmax(2)
+        correct += (pred == y.view(-1, 1)).sum(0).cpu()
+        total += int(y.numel())
+    return [int(c) / max(total, 1) for c in correct]
+
+
+@torch.no_grad()
 def evaluate(
     model: nn.Module,
     data: Iterable,
@@ -149,6 +191,7 @@ def evaluate(
     weight_clip: dict[str, float] | None = None,
     bn_calibration: BNCalibration | None = None,
     calibration: Tensor | None = None,
+    batch_trials: int = 1,
 ) -> list[EvalResult]:
     """Monte Carlo accuracy of ``model`` on non-ideal crossbars, one result per time.
 
@@ -165,7 +208,18 @@ def evaluate(
     measurement), hence every (trial, time) result is the same whichever other trials and
     times are evaluated. With ``bn_calibration`` they are re-fitted on each re-calibrated chip,
     with the same images.
+
+    ``batch_trials = K > 1`` evaluates K trials per forward pass (stacked weights, one grouped
+    convolution / batched matmul per layer; :meth:`AnalogModel.program_trials`) where that
+    applies (weight-level path, no read noise, no BatchNorm calibration; otherwise trials run
+    one by one). The per-trial numbers are those of the sequential trials: the same seeds,
+    the same programmed weights; only the float summation order of the layer products may
+    differ (an argmax flips only on a tie within a few ulps). Memory grows K-fold.
     """
+    from xbarprune.errors import ConfigError
+
+    if not isinstance(batch_trials, int) or batch_trials < 1:
+        raise ConfigError(f"batch_trials = {batch_trials!r}; allowed: an integer >= 1")
     if device is None:
         device = next(model.parameters()).device
     am = convert(model, layout, device_spec, nonideal, weight_clip=weight_clip).to(device)
@@ -178,6 +232,17 @@ def evaluate(
     timeless = not nonideal.stage("time")  # no effect depends on t: one pass serves every t
     bn_state = batchnorm_state(am) if bn_calibration is not None else None
     out = [EvalResult(time_s=float(t)) for t in times]
+    if batch_trials > 1 and bn_calibration is None and am.can_batch_trials() and n_trials > 1:
+        for i0 in range(0, n_trials, batch_trials):
+            group = range(i0, min(i0 + batch_trials, n_trials))
+            for j, t in enumerate(times):
+                if timeless and j > 0:
+                    out[j].per_trial.extend(out[0].per_trial[-len(group) :])
+                    continue
+                gens = [trial_generator(seed, i, device) for i in group]
+                am.program_trials(gens, time_s=float(t))
+                out[j].per_trial.extend(accuracy_trials(am, data, len(group), device))
+        return out
     for i in range(n_trials):
         for j, t in enumerate(times):
             if timeless and j > 0:

@@ -257,8 +257,8 @@ class LayerLayout:
         """(R, C) bool: weight lies in some block (is on the crossbar)."""
         R, C = self.matrix_shape
         m = torch.zeros(R * C, dtype=torch.bool)
-        cells = self.tile_cells.reshape(-1)
-        m[cells[cells >= 0]] = True
+        for b in self.blocks:  # not via tile_cells: that (T, rows, wpr) long table is 8x larger
+            m[b._flat(C)] = True
         return m.reshape(R, C)
 
     # ------------------------------------------------------------------ groups
