@@ -64,6 +64,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import statistics
 import sys
 import time
@@ -370,13 +371,16 @@ def run_trained(a, api) -> tuple[dict, list[str]]:
         f"({len(x)} test images)",
         f"  test accuracy under aihwkit-default vs aihwkit TorchInferenceRPUConfig() "
         f"(mean ± std over {a.trials} trials, %)",
-        f"  {'time':>4}  {'ours':>15}  {'aihwkit':>15}  {'ours - aihwkit':>14}",
+        f"  {'time':>4}  {'ours':>15}  {'aihwkit':>15}  {'ours - aihwkit':>14}  "
+        "(standard error of the difference)",
     ]
+    # Monte Carlo standard error of the difference of the two means
+    se = {k: math.sqrt((ao[k][1] ** 2 + ar[k][1] ** 2) / a.trials) for k in times}
     for k in times:
         (mo, so), (ma, sa) = ao[k], ar[k]
         lines.append(
             f"  {k:>4}  {100 * mo:7.2f} ± {100 * so:5.2f}  {100 * ma:7.2f} ± {100 * sa:5.2f}  "
-            f"{100 * (mo - ma):+13.2f}pp"
+            f"{100 * (mo - ma):+13.2f}pp  ({100 * se[k]:.2f} pp)"
         )
     lines.append(
         f"  within ±{100 * a.acc_tolerance:.1f} pp at every time: {'yes' if acc_ok else 'NO'}"
@@ -395,6 +399,7 @@ def run_trained(a, api) -> tuple[dict, list[str]]:
         "digital_accuracy": digital,
         "accuracy": {k: [ao[k][0], ar[k][0]] for k in times},
         "accuracy_std": {k: [ao[k][1], ar[k][1]] for k in times},
+        "accuracy_diff_se": se,
         "error": {k: [eo[k][0], er[k][0]] for k in times},
         "error_std": {k: [eo[k][1], er[k][1]] for k in times},
         "ours_s": ours_s,
