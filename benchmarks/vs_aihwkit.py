@@ -64,6 +64,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import statistics
 import sys
 import time
@@ -313,12 +314,12 @@ def _acc(am, x: Tensor, y: Tensor, batch: int = 500) -> float:
 
 
 @torch.no_grad()
-def run_trained_ours(model, x, y, xb, yb0, trials, seed):
+def run_trained_ours(model, x, y, xb, yb0, trials, seed, times=TIMES):
     am = ours_model(model, name="aihwkit-default")
-    acc: dict[str, list[float]] = {k: [] for k in TIMES}
-    err: dict[str, list[float]] = {k: [] for k in TIMES}
+    acc: dict[str, list[float]] = {k: [] for k in times}
+    err: dict[str, list[float]] = {k: [] for k in times}
     for i in range(trials):
-        for k, t in TIMES.items():
+        for k, t in times.items():
             am.program(trial_generator(seed, i), time_s=t)
             err[k].append(rel_err(am(xb), yb0))
             acc[k].append(_acc(am, x, y))
@@ -326,14 +327,14 @@ def run_trained_ours(model, x, y, xb, yb0, trials, seed):
 
 
 @torch.no_grad()
-def run_trained_aihwkit(model, x, y, xb, yb0, trials, seed, api):
+def run_trained_aihwkit(model, x, y, xb, yb0, trials, seed, api, times=TIMES):
     am = aihwkit_model(model, api, realistic=True)
-    acc: dict[str, list[float]] = {k: [] for k in TIMES}
-    err: dict[str, list[float]] = {k: [] for k in TIMES}
+    acc: dict[str, list[float]] = {k: [] for k in times}
+    err: dict[str, list[float]] = {k: [] for k in times}
     for i in range(trials):
         torch.manual_seed(int(seed) * 1_000_003 + i)
         am.program_analog_weights()
-        for k, t in TIMES.items():
+        for k, t in times.items():
             am.drift_analog_weights(t)
             err[k].append(rel_err(am(xb), yb0))
             acc[k].append(_acc(am, x, y))
@@ -348,10 +349,11 @@ def run_trained(a, api) -> tuple[dict, list[str]]:
     with torch.no_grad():
         yb0 = model(xb)
     digital = _acc(model, x, y)
+    times = {k: TIMES[k] for k in a.times}
     t0 = time.perf_counter()
-    acc_o, err_o = run_trained_ours(model, x, y, xb, yb0, a.trials, a.seed)
+    acc_o, err_o = run_trained_ours(model, x, y, xb, yb0, a.trials, a.seed, times)
     t1 = time.perf_counter()
-    acc_r, err_r = run_trained_aihwkit(model, x, y, xb, yb0, a.trials, a.seed, api)
+    acc_r, err_r = run_trained_aihwkit(model, x, y, xb, yb0, a.trials, a.seed, api, times)
     t2 = time.perf_counter()
     ao, ar = _summary(acc_o), _summary(acc_r)
     eo, er = _summary(err_o), _summary(err_r)
@@ -362,20 +364,23 @@ def run_trained(a, api) -> tuple[dict, list[str]]:
         ],
         a.repeat,
     )
-    acc_ok = all(abs(ao[k][0] - ar[k][0]) <= a.acc_tolerance for k in TIMES)
-    err_ok = all(abs(eo[k][0] / er[k][0] - 1) <= a.tolerance for k in TIMES)
+    acc_ok = all(abs(ao[k][0] - ar[k][0]) <= a.acc_tolerance for k in times)
+    err_ok = all(abs(eo[k][0] / er[k][0] - 1) <= a.tolerance for k in times)
     lines = [
         f"[lenet5, trained] weights: {src}; digital test accuracy {100 * digital:.2f} % "
         f"({len(x)} test images)",
         f"  test accuracy under aihwkit-default vs aihwkit TorchInferenceRPUConfig() "
         f"(mean ± std over {a.trials} trials, %)",
-        f"  {'time':>4}  {'ours':>15}  {'aihwkit':>15}  {'ours - aihwkit':>14}",
+        f"  {'time':>4}  {'ours':>15}  {'aihwkit':>15}  {'ours - aihwkit':>14}  "
+        "(standard error of the difference)",
     ]
-    for k in TIMES:
+    # Monte Carlo standard error of the difference of the two means
+    se = {k: math.sqrt((ao[k][1] ** 2 + ar[k][1] ** 2) / a.trials) for k in times}
+    for k in times:
         (mo, so), (ma, sa) = ao[k], ar[k]
         lines.append(
             f"  {k:>4}  {100 * mo:7.2f} ± {100 * so:5.2f}  {100 * ma:7.2f} ± {100 * sa:5.2f}  "
-            f"{100 * (mo - ma):+13.2f}pp"
+            f"{100 * (mo - ma):+13.2f}pp  ({100 * se[k]:.2f} pp)"
         )
     lines.append(
         f"  within ±{100 * a.acc_tolerance:.1f} pp at every time: {'yes' if acc_ok else 'NO'}"
@@ -392,10 +397,11 @@ def run_trained(a, api) -> tuple[dict, list[str]]:
         "model": "lenet5-trained",
         "weights": src,
         "digital_accuracy": digital,
-        "accuracy": {k: [ao[k][0], ar[k][0]] for k in TIMES},
-        "accuracy_std": {k: [ao[k][1], ar[k][1]] for k in TIMES},
-        "error": {k: [eo[k][0], er[k][0]] for k in TIMES},
-        "error_std": {k: [eo[k][1], er[k][1]] for k in TIMES},
+        "accuracy": {k: [ao[k][0], ar[k][0]] for k in times},
+        "accuracy_std": {k: [ao[k][1], ar[k][1]] for k in times},
+        "accuracy_diff_se": se,
+        "error": {k: [eo[k][0], er[k][0]] for k in times},
+        "error_std": {k: [eo[k][1], er[k][1]] for k in times},
         "ours_s": ours_s,
         "aihwkit_s": aihwkit_s,
         "sweep_s": [t1 - t0, t2 - t1],
@@ -416,7 +422,7 @@ def _summary(errs: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
 
 def _table(title, ours, ref, labels=("ours", "aihwkit")) -> list[str]:
     lines = [title, f"  {'time':>4}  {labels[0]:>17}  {labels[1]:>17}  {'ours/ref - 1':>12}"]
-    for k in TIMES:
+    for k in ours:
         (mo, so), (ma, sa) = ours[k], ref[k]
         lines.append(
             f"  {k:>4}  {mo:9.4f} ± {so:6.4f}  {ma:9.4f} ± {sa:6.4f}  {100 * (mo / ma - 1):+11.1f}%"
@@ -527,6 +533,11 @@ def main(argv=None) -> dict | None:
     )
     ap.add_argument("--epochs", type=int, default=3, help="--trained: training epochs")
     ap.add_argument(
+        "--times",
+        default=",".join(TIMES),
+        help=f"--trained: comma-separated times from {', '.join(TIMES)} (default: all)",
+    )
+    ap.add_argument(
         "--test-subset", type=int, default=0, help="--trained: first N test images (0: all)"
     )
     ap.add_argument(
@@ -539,6 +550,10 @@ def main(argv=None) -> dict | None:
     a = ap.parse_args(argv)
     if a.trials < 10:
         ap.error("--trials must be >= 10")
+    a.times = [t.strip() for t in a.times.split(",") if t.strip()]
+    for t in a.times:
+        if t not in TIMES:
+            ap.error(f"unknown time {t!r}; choose from {', '.join(TIMES)}")
     names = [n.strip() for n in a.model.split(",") if n.strip()]
     for n in names:
         if n not in CASES:

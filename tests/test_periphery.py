@@ -176,6 +176,21 @@ def test_conv_weight_level_equals_explicit_per_patch_mvm():
         assert torch.allclose(y, ref, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("k", "stride", "padding", "dilation"), [(5, 1, 2, 1), (3, 2, 1, 1), (3, 1, 0, 2), (2, 3, 1, 2)]
+)
+def test_unfold_equals_torch_unfold(k, stride, padding, dilation):
+    from xbarprune.analog.periphery import unfold
+
+    conv = nn.Conv2d(3, 4, k, stride=stride, padding=padding, dilation=dilation)
+    x = torch.randn(2, 3, 11, 9)
+    ref = F.unfold(x, k, dilation=dilation, padding=padding, stride=stride)
+    assert torch.equal(unfold(conv, x), ref)
+    assert torch.equal(
+        unfold(conv, x[:, :, :, 1:]), F.unfold(x[:, :, :, 1:], k, dilation, padding, stride)
+    )
+
+
 def test_max_input_size_splits_into_tiles_with_own_periphery():
     torch.manual_seed(0)
     lin = nn.Sequential(nn.Linear(10, 3)).eval()

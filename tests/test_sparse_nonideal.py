@@ -496,8 +496,16 @@ def test_new_nonideality_fields_leave_cached_fingerprints_alone():
 
     base = preset("sparse_nonideal")
     ident = _ni_ident(base)
-    assert "row_calibration" not in ident
-    assert ident == {k: v for k, v in to_dict(base).items() if k != "row_calibration"}
+    new = ("row_calibration", "io", "read_disturb")
+    assert not set(new) & set(ident)
+    assert ident == {k: v for k, v in to_dict(base).items() if k not in new}
+    assert _ni_ident(preset("aihwkit-default"))["io"]["out_noise"] == 0.06  # set: it counts
+    from xbarprune.experiment.sparse_nonideal_compare import _train_ident
+    from xbarprune.training.hwa import HWAConfig
+    from xbarprune.training.loop import TrainConfig
+
+    assert "hwa" not in _train_ident(TrainConfig())  # HWA (added later) only when on
+    assert _train_ident(TrainConfig(hwa=HWAConfig(weight_noise=0.1)))["hwa"]["weight_noise"] == 0.1
     on = NonIdealityConfig(column_calibration=True, row_calibration=True)
     assert _ni_ident(on)["row_calibration"] is True
 

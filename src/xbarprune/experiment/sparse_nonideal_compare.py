@@ -199,7 +199,7 @@ def sparse_nonideal_study(
 
 #: NonIdealityConfig fields added after the cache fingerprints existed: they enter an arm's
 #: fingerprint only when set, so adding a field does not invalidate every cached arm.
-_NI_FIELDS_SINCE_FINGERPRINTS = ("row_calibration",)
+_NI_FIELDS_SINCE_FINGERPRINTS = ("row_calibration", "io", "read_disturb")
 
 
 def _ni_ident(cfg: NonIdealityConfig) -> dict:
@@ -207,6 +207,14 @@ def _ni_ident(cfg: NonIdealityConfig) -> dict:
     for k in _NI_FIELDS_SINCE_FINGERPRINTS:
         if d.get(k) == getattr(NonIdealityConfig(), k):
             d.pop(k, None)
+    return d
+
+
+def _train_ident(cfg: TrainConfig) -> dict:
+    """``to_dict(cfg)`` without ``hwa`` when it is off (added after the fingerprints)."""
+    d = to_dict(cfg)
+    if d.get("hwa") is None:
+        d.pop("hwa", None)
     return d
 
 
@@ -288,8 +296,10 @@ class _Experiment:
         ident = dict(ident or {})
         self.ni_ident = ident.pop("nonideal", None)
         # what every cached model of this experiment depends on (see _cached)
-        self.fp_dense = {**ident, "seed": seed, "train": to_dict(train_cfg)}
-        self.fp_pruned = {**self.fp_dense, "finetune": to_dict(ft_cfg), "params": to_dict(params)}
+        self.fp_dense = {**ident, "seed": seed, "train": _train_ident(train_cfg)}
+        self.fp_pruned = {
+            **self.fp_dense, "finetune": _train_ident(ft_cfg), "params": to_dict(params)
+        }  # fmt: skip
         self.work = ensure_dir(work)
         self._verified: set[Path] = set()
         self.splits = load_splits(

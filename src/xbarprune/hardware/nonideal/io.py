@@ -182,10 +182,8 @@ def prepare_input(
     ``inp_noise`` (aihwkit's ``_prepare_input`` order). ``scale`` broadcasts against ``x``.
     Gradients pass straight through the rounding (not through ``scale``)."""
     step = cfg.inp_step
-    if step is None:
-        u = x / scale
-    else:  # round(x / (scale step)) step, rounding with a straight-through gradient
-        u = x / scale
+    u = x / scale
+    if step is not None:  # round(x / (scale step)) step, straight-through gradient
         q = torch.div(x.detach(), scale * step).round_().mul_(step)
         u = u + (q - u).detach() if u.requires_grad and torch.is_grad_enabled() else q
     u = u.clamp(-cfg.inp_bound, cfg.inp_bound)
