@@ -255,13 +255,15 @@ def _experiment(
     return rows
 
 
-def best_row(rows: list[dict]) -> dict | None:
+def best_row(
+    rows: list[dict], min_compression: float = 100.0, min_acc: float = 0.98
+) -> dict | None:
     """The "best" quantised ADMM row: the largest conv compression among rows with
     >= 100× conv compression and >= 98.0 % ideal **validation** accuracy (issue #21: chosen
     on the validation split by :func:`select_best`; its test accuracy is only reported)."""
     return select_best(
         rows,
-        feasible=lambda r: r["compression_conv"] >= 100 and r["acc_val"] >= 0.98,
+        feasible=lambda r: r["compression_conv"] >= min_compression and r["acc_val"] >= min_acc,
         objective=lambda r: r["compression_conv"],
     )
 

@@ -439,7 +439,7 @@ def _targets(arms: dict[tuple, dict[str, dict]]) -> list[str]:
     return out
 
 
-def best_arm(rows: list[dict]) -> dict | None:
+def best_arm(rows: list[dict], min_saving: float = 0.44, max_loss: float = 0.02) -> dict | None:
     """Issue 10's "best" LGD+RPP row of one experiment: the largest compute-crossbar saving
     among ``liang`` rows with saving >= 44 % and at most 2 pp ideal accuracy loss, the loss
     measured on the **validation** split (``acc_dense_val - acc_val``; issue #21). The test
@@ -448,9 +448,9 @@ def best_arm(rows: list[dict]) -> dict | None:
         rows,
         feasible=lambda r: (
             r["method"] == "liang"
-            and r["crossbar_saving"] >= 0.44
+            and r["crossbar_saving"] >= min_saving
             and r.get("acc_dense_val") is not None
-            and r["acc_dense_val"] - r["acc_val"] <= 0.02
+            and r["acc_dense_val"] - r["acc_val"] <= max_loss
         ),
         objective=lambda r: r["crossbar_saving"],
     )
