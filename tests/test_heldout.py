@@ -144,6 +144,9 @@ def test_random_test_labels_leave_liang_ratios_and_best_row_unchanged(tmp_path, 
     # ... the Sec. III-E search did not: same per-layer ratios, stops and validation drops
     assert by_r["optimized"]["layer_search"] == by_x["optimized"]["layer_search"]
     assert layer_ratio_table(real) == layer_ratio_table(rand)
+    table = layer_ratio_table(real)  # summary.json "layer_ratios": the searched arm only
+    assert {t["arm"] for t in table} == {"optimized"}
+    assert {t["layer"]: t["ratio"] for t in table} == by_r["optimized"]["layer_ratios"]
     assert selections(real) == selections(rand)
     # the "best" row: with thresholds this tiny run can meet, a row is chosen, the same one
     pick_r = best_arm(real, min_saving=0.2, max_loss=0.05)
