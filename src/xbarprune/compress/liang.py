@@ -38,8 +38,9 @@ descending order (a row permutation of the layout), which places weak FMs togeth
 row bands. The mapped matrix is unchanged, so the ideal output is too.
 
 **Network level** (Sec. III-E, IV-C). Single-layer sweeps over ``ratios`` (20-70 % in 5 %
-steps), initial ratio from T_d_initial, then the ratio is raised in ``ratio_step`` steps until a
-stop condition holds (accuracy drop > T_d, ratio > T_p, remaining crossbars < T_c); then the
+steps; accuracy drops on the validation split, never the test split), initial ratio from
+T_d_initial, then the ratio is raised in ``ratio_step`` steps until a stop condition holds
+(accuracy drop > T_d, ratio > T_p, remaining crossbars < T_c; ours: one input group left); then the
 whole network is pruned layer by layer with these ratios (statistics from the partly pruned
 network), masks fixed. The first conv and the last FC layer are not pruned. The pipeline's
 fine-tune stage (masks fixed) is the paper's final fine-tuning.
