@@ -3,6 +3,7 @@ network-level selection and a small end-to-end run (all seeded, single-threaded 
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -24,6 +25,7 @@ from xbarprune.compress.liang import (
     keep_for_ratio,
     layer_input,
     reorder_layout,
+    run_liang,
     solve_layer,
 )
 from xbarprune.config import from_dict
@@ -465,3 +467,52 @@ def test_small_layers_skip_or_error():
     )
     assert "classifier.fc2" not in res.masks
     assert "classifier.fc2" in res.info["skipped"]
+
+
+def test_network_search_gives_sensitive_layers_lower_ratios():
+    """Issue #21: with the paper's VGG-8 thresholds (T_d 4 %, T_p 75 %) every layer of a small
+    network runs into a cap (T_p or r = 1) and the Sec. III-E search decides nothing; with
+    thresholds in the range of the measured validation drops (T_d 1 pp) the layers stop on their
+    own drops, and the more sensitive layer gets the lower ratio."""
+    from xbarprune.data.datasets import load_splits
+    from xbarprune.models.registry import build_model
+    from xbarprune.training import TrainConfig, train
+
+    s = load_splits("mnist-embedded", train_subset=2000, test_subset=100, val_size=600, seed=0)
+    model = build_model("lenet5", seed=0)
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=3e-3, progress=False)
+    train(model, s.train, cfg, seed=0, log=lambda *_: None)
+    layout = map_model(model, CrossbarSpec(32, 32))
+
+    def search(**kw):
+        ctx = CompressContext(
+            model=copy.deepcopy(model), layout=layout, device_spec=DeviceSpec(),
+            train_data=s.train, val_data=s.val, finetune_cfg=None, seed=0, log=lambda *_: None,
+        )  # fmt: skip
+        return run_liang(ctx, LiangParams(images=300, eval_samples=None, **kw)).info
+
+    paper = search(td=0.04, tp=0.75)
+    assert not paper["search"]["sensitivity_decided"]
+    assert all(set(st) & {"T_p", "r_min"} for st in paper["search"]["stops"].values())
+    info = search(td_initial=0.005, td=0.01, tp=0.9)
+    srch = info["search"]
+    assert srch["sensitivity_decided"] and srch["selection_split"] == "val"
+    on_drop = srch["stopped_on_drop"]
+    assert len(on_drop) >= 2
+    ratios = {n: srch["ratios"][n] for n in on_drop}
+    assert len(set(ratios.values())) > 1  # the per-layer ratios differ
+    # each layer stopped at the first raise ratio whose validation drop exceeds T_d ...
+    for n in on_drop:
+        rec = info["layers"][n]
+        first = next(c for c in rec["raise_path"] if c["drop"] > 0.01)
+        assert rec["ratio"] == first["ratio"]
+        assert all(c["drop"] <= 0.01 for c in rec["raise_path"] if c["ratio"] < first["ratio"])
+    # ... so the more sensitive layer (larger drop at the largest common sweep ratio) is pruned
+    # less
+    common = max(info["layers"][on_drop[0]]["sweep"], key=lambda c: c["ratio"])["ratio"]
+
+    def drop_at(n):
+        return next(c["drop"] for c in info["layers"][n]["sweep"] if c["ratio"] == common)
+
+    hi, lo = max(on_drop, key=drop_at), min(on_drop, key=drop_at)
+    assert drop_at(hi) > drop_at(lo) and ratios[hi] < ratios[lo]

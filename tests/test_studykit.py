@@ -35,9 +35,15 @@ def test_arm_cache_reuses_same_config_and_rebuilds_a_changed_one(tmp_path):
     rec = bench.arm("x", build(3), config=ADMMParams(iterations=3))
     assert rec["base"]["value"] == 3 and calls == [1, 3]  # changed config: rebuilt
     assert rec["base"]["arm_config"] == config_fingerprint(ADMMParams(iterations=3))
-    # a record without a fingerprint (older runs) is reused
-    (tmp_path / "arm_y.json").write_text(json.dumps({"base": {"value": 7}}))
+    # a record without a fingerprint is reused ...
+    (tmp_path / "arm_y.json").write_text(
+        json.dumps({"base": {"value": 7, "selection_split": "val"}})
+    )
     assert bench.arm("y", build(8), config=a)["base"]["value"] == 7
+    # ... but one stored before held-out selection (issue #21) is rebuilt
+    (tmp_path / "arm_z.json").write_text(json.dumps({"base": {"value": 7}}))
+    rec = bench.arm("z", build(9), config=a)
+    assert rec["base"]["value"] == 9 and rec["base"]["selection_split"] == "val"
 
 
 def test_fingerprint_is_stable_and_sensitive():

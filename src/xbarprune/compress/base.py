@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from xbarprune.data.heldout import selection_data, split_role
 from xbarprune.errors import ConfigError
 from xbarprune.hardware.spec import DeviceSpec
 from xbarprune.mapping.layout import CrossbarLayout
@@ -26,7 +27,14 @@ from xbarprune.training.masks import MaskSet
 
 @dataclass
 class CompressContext:
-    """Everything a method may use. ``finetune`` and ``val_accuracy`` are conveniences."""
+    """Everything a method may use. ``finetune`` and ``val_accuracy`` are conveniences.
+
+    ``val_data`` is the **validation** split, the only data a method may select on
+    (thresholds, ratios, sensitivities): a context handed the test split is refused at
+    construction (:func:`xbarprune.data.heldout.selection_data`, issue #21). ``val_data`` may
+    be None for methods that select nothing; :meth:`selection_data` then raises a clear error
+    for those that do.
+    """
 
     model: nn.Module
     layout: CrossbarLayout
@@ -39,6 +47,14 @@ class CompressContext:
     run_dir: Path | None = None
     nonideal: Any = None  # NonIdealityModel used by non-ideality-aware methods
     log: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        if self.val_data is not None and split_role(self.val_data) == "test":
+            selection_data(self.val_data, "CompressContext.val_data")
+
+    def selection_data(self, what: str = "selection") -> Any:
+        """The validation data for a selection step (never the test split; raises if none)."""
+        return selection_data(self.val_data, what)
 
     def finetune(
         self, masks: MaskSet | None, epochs: int, regularizer=None, tag: str = "ft", post_step=None
@@ -68,7 +84,7 @@ class CompressContext:
     def val_accuracy(self, model: nn.Module | None = None) -> float:
         from torch.utils.data import DataLoader
 
-        data = self.val_data
+        data = self.selection_data("val_accuracy")
         if not isinstance(data, DataLoader):
             data = DataLoader(data, batch_size=512, shuffle=False)
         return evaluate_accuracy(model or self.model, data, self.device)

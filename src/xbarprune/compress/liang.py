@@ -38,8 +38,9 @@ descending order (a row permutation of the layout), which places weak FMs togeth
 row bands. The mapped matrix is unchanged, so the ideal output is too.
 
 **Network level** (Sec. III-E, IV-C). Single-layer sweeps over ``ratios`` (20-70 % in 5 %
-steps), initial ratio from T_d_initial, then the ratio is raised in ``ratio_step`` steps until a
-stop condition holds (accuracy drop > T_d, ratio > T_p, remaining crossbars < T_c); then the
+steps; accuracy drops on the validation split, never the test split), initial ratio from
+T_d_initial, then the ratio is raised in ``ratio_step`` steps until a stop condition holds
+(accuracy drop > T_d, ratio > T_p, remaining crossbars < T_c; ours: one input group left); then the
 whole network is pruned layer by layer with these ratios (statistics from the partly pruned
 network), masks fixed. The first conv and the last FC layer are not pruned. The pipeline's
 fine-tune stage (masks fixed) is the paper's final fine-tuning.
@@ -682,7 +683,11 @@ def choose_ratio(evaluate: Callable[[float], dict], p: LiangParams) -> tuple[flo
     Initial: among sweep ratios whose drop exceeds ``td_initial``, the one whose drop is
     closest to it (ties: the smaller ratio); none: the largest sweep ratio. Raise: from the
     initial ratio in ``ratio_step`` steps until drop > td, ratio > tp or (tc > 0) remaining
-    crossbars < tc, or ``ratio_max``.
+    crossbars < tc, or ``ratio_max``; also when one input group per output group is left
+    (``keep == 1``, stop ``"r_min"``: a higher ratio prunes nothing more).
+
+    ``evaluate`` must measure the drop on held-out **validation** data (``run_liang`` reads
+    ``ctx.selection_data``): the chosen ratios are a selection, never made on the test split.
     """
     curve = [evaluate(r) for r in p.ratios]
     above = [c for c in curve if c["drop"] > p.td_initial]
@@ -705,6 +710,10 @@ def choose_ratio(evaluate: Callable[[float], dict], p: LiangParams) -> tuple[flo
             why.append("T_p")
         if p.tc > 0 and c["tiles"] < p.tc:
             why.append("T_c")
+        if not why and c.get("keep") == 1:
+            # one input group left per output group: a higher ratio prunes nothing more
+            # (r >= 1), so the search ends here and reports the ratio it reached
+            why.append("r_min")
         if why:
             final = ratio if (p.stop_inclusive or prev is None) else prev
             break
@@ -717,8 +726,27 @@ def choose_ratio(evaluate: Callable[[float], dict], p: LiangParams) -> tuple[flo
     return final, rec
 
 
+def search_summary(records: dict[str, dict], ratios: dict[str, float]) -> dict:
+    """What decided the Sec. III-E search: per layer its final ratio and stop reason, and
+    ``sensitivity_decided`` = whether at least one layer stopped on its validation drop
+    (T_d; or on the initial ratio without stop conditions). False means every layer ran into
+    a cap (T_p, ratio_max or r_min) and the sweeps had no effect on the result (the defect of the
+    committed ``optimized`` arms, issue #21: every layer at 0.80 on T_p)."""
+    stops = {n: list(r["stop"]) for n, r in records.items()}
+    finals = {n: ratios[n] for n in records}
+    on_drop = [n for n, st in stops.items() if "T_d" in st or "initial" in st]
+    decided = bool(on_drop)
+    return {
+        "ratios": finals,
+        "stops": stops,
+        "stopped_on_drop": on_drop,
+        "sensitivity_decided": decided,
+        "selection_split": "val",
+    }
+
+
 def _score_fn(ctx: CompressContext, p: LiangParams, seed: int) -> Callable[[nn.Module], float]:
-    val = _base_dataset(ctx.val_data)
+    val = _base_dataset(ctx.selection_data("liang ratio sweeps"))
     n = len(val) if p.eval_samples is None else min(p.eval_samples, len(val))
     if n < len(val):
         idx = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed + 17))[:n]
@@ -837,6 +865,15 @@ def run_liang(ctx: CompressContext, p: LiangParams) -> CompressResult:
                 f" stop {'/'.join(records[n]['stop'])})"
             )
 
+    if records:
+        info["search"] = search_summary(records, ratios)
+        if not info["search"]["sensitivity_decided"]:
+            ctx.log(
+                "  liang: WARNING every searched layer stopped on T_p / ratio_max / r_min: the "
+                "Sec. III-E sensitivity search had no effect (single-layer validation drops "
+                f"stayed below td = {p.td:g}); lower td or raise tp"
+            )
+
     # -- the whole network, layer by layer, masks fixed
     masks = MaskSet()
     new_layout = layout
@@ -920,5 +957,6 @@ __all__: Sequence[str] = (
     "layer_input",
     "reorder_layout",
     "run_liang",
+    "search_summary",
     "solve_layer",
 )

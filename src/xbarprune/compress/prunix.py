@@ -104,8 +104,11 @@ def build_regularizer(p: PrunixParams, ctx: CompressContext):
 
 
 def sensitivity_score(p: PrunixParams, ctx: CompressContext):
-    """Validation accuracy used by APA: ideal, or analog non-ideal mean over K trials."""
-    val = ctx.val_data
+    """Validation accuracy used by APA: ideal, or analog non-ideal mean over K trials.
+
+    Reads the validation split only (``ctx.selection_data``: never the test split).
+    """
+    val = ctx.selection_data("PRUNIX APA sensitivities")
     n = min(p.sens_samples, len(val))
     g = torch.Generator().manual_seed(ctx.seed + 17)
     idx = torch.randperm(len(val), generator=g)[:n].tolist()

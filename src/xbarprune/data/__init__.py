@@ -21,21 +21,33 @@ from xbarprune.data.datasets import (
     make_loader,
     stratified_split,
 )
+from xbarprune.data.heldout import (
+    DEFAULT_VAL_FRACTION,
+    heldout_val_size,
+    mark_split,
+    selection_data,
+    split_role,
+)
 from xbarprune.data.idx import read_idx, write_idx
 
 __all__ = [
     "DATASETS",
+    "DEFAULT_VAL_FRACTION",
     "DataSplits",
     "DatasetInfo",
     "SafeUnpickler",
     "balanced_subset",
     "default_data_roots",
+    "heldout_val_size",
     "list_datasets",
     "load_splits",
     "make_loader",
+    "mark_split",
     "read_cifar_file",
     "read_idx",
     "safe_pickle_load",
+    "selection_data",
+    "split_role",
     "stratified_split",
     "write_idx",
 ]

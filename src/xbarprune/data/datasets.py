@@ -43,6 +43,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from xbarprune.data.cifar import CIFAR_LAYOUT, read_cifar_file
+from xbarprune.data.heldout import mark_split
 from xbarprune.data.idx import read_idx
 from xbarprune.data.imagefolder import find_layout, list_classes, read_image_folder
 from xbarprune.errors import ConfigError, DataError
@@ -797,9 +798,10 @@ def load_splits(
         raise ConfigError(f"{key}: empty training or test set after subsetting")
 
     kw = {"mean": raw.mean, "std": raw.std, "pad_to": pad_to, "channels": c_out}
-    train = _dataset(raw.train_x, raw.train_y, train_idx, **kw)
-    val = _dataset(raw.train_x, raw.train_y, val_idx, **kw) if n_val else None
-    test = _dataset(raw.test_x, raw.test_y, test_idx, **kw)
+    # each split carries its role: selection code refuses the test split (data.heldout)
+    train = mark_split(_dataset(raw.train_x, raw.train_y, train_idx, **kw), "train")
+    val = mark_split(_dataset(raw.train_x, raw.train_y, val_idx, **kw), "val") if n_val else None
+    test = mark_split(_dataset(raw.test_x, raw.test_y, test_idx, **kw), "test")
 
     def official(idx: np.ndarray, table: np.ndarray | None) -> np.ndarray:
         return (np.asarray(table)[idx] if table is not None else idx).astype(np.int64)

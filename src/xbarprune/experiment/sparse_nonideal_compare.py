@@ -48,11 +48,12 @@ from xbarprune.compress.structured import (
 )
 from xbarprune.compress.wct import WCTParams, weight_constrained_training
 from xbarprune.config import from_dict, to_dict
+from xbarprune.data.heldout import heldout_val_size
 from xbarprune.errors import ConfigError, check_range
 from xbarprune.experiment.compare import header, study
 from xbarprune.experiment.config import DataConfig, ModelConfig
 from xbarprune.experiment.study_html import html_plots
-from xbarprune.experiment.studykit import check_keys, config_fingerprint
+from xbarprune.experiment.studykit import check_keys, config_fingerprint, study_splits
 from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel, preset
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
 from xbarprune.io import (
@@ -168,6 +169,13 @@ def sparse_nonideal_study(
         summary["reference"] = REFERENCE
         summary["rows"] = rows
         summary["ablation"] = ablation
+        # nothing here is chosen on accuracy; WCT gets the validation split, never the test
+        # split (issue #21); the rearrangement variant is chosen on training images
+        summary["selection_split"] = "val"
+        summary["selections"] = [
+            {"what": "WCT / compress context val_data", "selection_split": "val"},
+            {"what": "rearrangement variant (non-ideality factor)", "selection_split": "train"},
+        ]
         atomic_write_json(out_dir / "summary.json", summary)
         atomic_write_text(out_dir / "summary.md", _markdown(summary))
         if plots:
@@ -183,7 +191,9 @@ def sparse_nonideal_study(
         run = _Experiment(
             mc, dc, seed, train_cfg, ft_cfg, dev, ni, trials, int(data.get("eval_seed", 0)),
             params, wct_p, variants, nf_cfg, layers, work / f"{mc.name}_{dc.name}", device,
-            ni_unc, unc_trials, bn_cfg, {"model": to_dict(mc), "data": to_dict(dc),
+            ni_unc, unc_trials, bn_cfg, {"model": to_dict(mc),
+                                         "data": {**to_dict(dc),
+                                                  "val_size": heldout_val_size(dc.val)},
                                          "nonideal": _ni_ident(ni_cfg)},
         )  # fmt: skip
         for size in sizes:
@@ -285,8 +295,6 @@ class _Experiment:
                  wct_p, variants, nf_cfg, layers, work: Path, device, ni_unc=None,
                  unc_trials=0, bn_cfg: BNCalibrationConfig | None = None,
                  ident: dict | None = None):  # fmt: skip
-        from xbarprune.data import load_splits
-
         self.mc, self.seed, self.train_cfg, self.ft_cfg = mc, seed, train_cfg, ft_cfg
         self.dev, self.ni, self.trials, self.eval_seed = dev, ni, trials, eval_seed
         self.params, self.wct_p, self.variants, self.nf_cfg = params, wct_p, variants, nf_cfg
@@ -302,10 +310,7 @@ class _Experiment:
         }  # fmt: skip
         self.work = ensure_dir(work)
         self._verified: set[Path] = set()
-        self.splits = load_splits(
-            dc.name, dc.root, val_size=dc.val, train_subset=dc.train_subset,
-            test_subset=dc.test_subset, pad_to=dc.pad_to, seed=seed, download=dc.download,
-        )  # fmt: skip
+        self.splits = study_splits(dc, seed)  # always a validation split (issue #21)
         self.test = DataLoader(self.splits.test, batch_size=dc.batch_size_eval)
         self.calib = example_batch(self.splits.train, int(nf_cfg["calib"])).to(device)
         self.example = self.calib[:8]
@@ -383,7 +388,7 @@ class _Experiment:
     def ctx(self, model: nn.Module, layout: CrossbarLayout) -> CompressContext:
         return CompressContext(
             model=model, layout=layout, device_spec=self.dev, train_data=self.splits.train,
-            val_data=self.splits.test, finetune_cfg=self.ft_cfg, device=self.device,
+            val_data=self.splits.val, finetune_cfg=self.ft_cfg, device=self.device,
             seed=self.seed, run_dir=None, nonideal=self.ni, log=self.log,
         )  # fmt: skip
 

@@ -5,7 +5,12 @@ dataset) *bench*. The bench holds the seeded data splits and a model factory, tr
 model once (cached and resumable in ``<out>/work/<model>_<dataset>/``), and keeps every finished
 arm as a JSON record there, so a killed comparison resumes where it stopped. Each arm is
 evaluated the same way: ideal test accuracy, crossbars of its layout, weight sparsity and Monte
-Carlo accuracy through a non-ideality model at each drift time.
+Carlo accuracy through a non-ideality model at each drift time, plus the ideal validation
+accuracy.
+
+Held-out selection (issue #21): a bench always has a validation split carved from the training
+data (:func:`study_splits`); every selection (method sweeps through :meth:`Bench.context`,
+"best" rows through :func:`select_best`) reads it, never the test split.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch.utils.data import DataLoader
 from xbarprune.analog.simulate import evaluate
 from xbarprune.compress.base import CompressContext
 from xbarprune.config import from_dict, to_dict
+from xbarprune.data.heldout import heldout_val_size, selection_data
 from xbarprune.errors import ConfigError
 from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
 from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel, preset
@@ -144,6 +150,25 @@ def select_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def study_splits(dc: DataConfig, seed: int):
+    """The data splits of a study: ``dc`` with ``download`` passed, and always a validation
+    split carved from the training data (``data.val_size``; 0 or none given:
+    :data:`~xbarprune.data.heldout.DEFAULT_VAL_FRACTION` of it), which every selection reads
+    (issue #21). The test split is read only by the final measurement."""
+    from xbarprune.data import load_splits
+
+    return load_splits(
+        dc.name,
+        dc.root,
+        val_size=heldout_val_size(dc.val),
+        train_subset=dc.train_subset,
+        test_subset=dc.test_subset,
+        pad_to=dc.pad_to,
+        seed=seed,
+        download=dc.download,
+    )
+
+
 @dataclass
 class Bench:
     """One (model, dataset) of a comparison: data, model factory, dense model, arm cache."""
@@ -156,6 +181,7 @@ class Bench:
     splits: Any = None
     log: Callable[[str], None] = print
     _test: DataLoader | None = field(default=None, repr=False)
+    _val: DataLoader | None = field(default=None, repr=False)
 
     @classmethod
     def open(
@@ -167,18 +193,7 @@ class Bench:
         device: torch.device,
         log: Callable[[str], None] = print,
     ) -> Bench:
-        from xbarprune.data import load_splits
-
-        splits = load_splits(
-            dc.name,
-            dc.root,
-            val_size=dc.val,
-            train_subset=dc.train_subset,
-            test_subset=dc.test_subset,
-            pad_to=dc.pad_to,
-            seed=seed,
-        )
-        return cls(mc, dc, seed, ensure_dir(work), device, splits, log)
+        return cls(mc, dc, seed, ensure_dir(work), device, study_splits(dc, seed), log)
 
     @property
     def tag(self) -> str:
@@ -192,8 +207,15 @@ class Bench:
 
     @property
     def val(self):
-        v = self.splits.val
-        return v if v is not None and len(v) else self.splits.test
+        """The validation split: what every selection reads. Never the test split: a bench
+        opened by :meth:`open` always has one (:func:`study_splits`); one without raises."""
+        return selection_data(self.splits.val, f"{self.tag}: selection")
+
+    def val_accuracy(self, model: nn.Module) -> float:
+        """Ideal accuracy on the validation split (what "best" rows are chosen on)."""
+        if self._val is None:
+            self._val = DataLoader(self.val, batch_size=self.data_cfg.batch_size_eval)
+        return evaluate_accuracy(model, self._val, self.device)
 
     def fresh(self) -> nn.Module:
         from xbarprune.models import build_model
@@ -291,13 +313,18 @@ class Bench:
         ``config`` (the arm's parameters, JSON-able) is fingerprinted into the record; a stored
         record with another fingerprint is stale (the config changed since) and is rebuilt, so
         a resumed run never mixes results of two configurations under one name. Records
-        without a fingerprint (older runs) are reused.
+        without a fingerprint are reused, except records stored before held-out selection
+        (no ``selection_split: "val"`` in their base, issue #21), which are rebuilt.
         """
         path = self.work / f"arm_{key}.json"
         fp = config_fingerprint(config) if config is not None else None
-        if path.is_file() and fp is not None:
-            stored = (json.loads(path.read_text()).get("base") or {}).get("arm_config")
-            if stored is not None and stored != fp:
+        if path.is_file():
+            base = json.loads(path.read_text()).get("base") or {}
+            stored = base.get("arm_config")
+            if base.get("selection_split") != "val":
+                self.log(f"[{self.tag}] arm {key}: stored before held-out selection, rebuilding")
+                path.unlink()
+            elif fp is not None and stored is not None and stored != fp:
                 self.log(f"[{self.tag}] arm {key}: config changed since it was stored, rebuilding")
                 path.unlink()
         if not path.is_file():
@@ -306,6 +333,7 @@ class Bench:
             rec = build()
             base = rec.setdefault("base", {})
             base["arm_seconds"] = round(time.perf_counter() - t, 1)
+            base["selection_split"] = "val"  # every selection of this arm read validation data
             if fp is not None:
                 base["arm_config"] = fp
             atomic_write_json(path, rec)
@@ -324,12 +352,16 @@ class Bench:
     ) -> dict:
         """Ideal accuracy, crossbars, sparsity and Monte Carlo accuracy of one arm.
 
+        ``acc_ideal`` (and the Monte Carlo part) is measured on the test split, ``acc_val`` on
+        the validation split: selection ("best" rows) reads ``acc_val`` only.
+
         ``reference`` is the dense layout the saving is counted against (default ``layout``).
         Returns ``{"base": {...}, "nonideal": [EvalResult.to_dict() per time]}``.
         """
         ref = reference or layout
         t = time.perf_counter()
         acc = evaluate_accuracy(model, self.test, self.device)
+        acc_val = self.val_accuracy(model)
         res = (
             evaluate(
                 model,
@@ -357,11 +389,47 @@ class Bench:
             "crossbars": needed,
             "crossbar_saving": 1 - needed / ref.dense_tiles,
             "acc_ideal": acc,
+            "acc_val": acc_val,
             "trials": ev.trials,
             **(extra or {}),
             "eval_seconds": round(time.perf_counter() - t, 1),
         }
         return {"base": base, "nonideal": [r.to_dict() for r in res]}
+
+
+def select_best(
+    rows: list[dict],
+    *,
+    feasible: Callable[[dict], bool],
+    objective: Callable[[dict], float],
+) -> dict | None:
+    """The "best" row of a study: among rows that are ``feasible`` the one of largest
+    ``objective``; None if none is.
+
+    Held-out by construction: ``feasible`` and ``objective`` are called on a *view* of each
+    row that holds no test-split number (``acc_ideal``, ``acc_nonideal_*`` and ``acc_dense``
+    removed; ``acc_val`` / ``acc_dense_val`` kept), so a criterion that reads a test
+    accuracy fails with a ``KeyError`` instead of selecting on it. Rows without ``acc_val``
+    (records of runs before held-out selection) are never selected.
+    """
+    best, best_v = None, None
+    for r in rows:
+        view = selection_view(r)
+        if view.get("acc_val") is None or not feasible(view):
+            continue
+        v = objective(view)
+        if best_v is None or v > best_v:
+            best, best_v = r, v
+    return best
+
+
+_TEST_KEYS = ("acc_ideal", "acc_dense", "acc_pruned", "acc_nonideal_mean", "acc_nonideal_std",
+              "acc_nonideal_trials")  # fmt: skip
+
+
+def selection_view(row: dict) -> dict:
+    """``row`` without its test-split numbers (see :func:`select_best`)."""
+    return {k: v for k, v in row.items() if k not in _TEST_KEYS}
 
 
 def measure_all(
