@@ -281,6 +281,21 @@ class AnalogLayer(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
+        if x.is_cuda:
+            # full float32 on GPUs: cuDNN's default TF32 convolutions keep 10 mantissa bits,
+            # an error as large as an 8-bit ADC's step, and differ between the batched-trial,
+            # per-tile and plain paths (matmuls are float32 by PyTorch's default already)
+            cudnn = torch.backends.cudnn
+            with cudnn.flags(
+                enabled=cudnn.enabled,
+                benchmark=cudnn.benchmark,
+                deterministic=cudnn.deterministic,
+                allow_tf32=False,
+            ):
+                return self._forward(x)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         if self._trial_w is not None:
             return _kernels.trials_forward(self, x)
         self._current()
