@@ -242,7 +242,11 @@ class LayerState:
     def stats(self) -> dict:
         W = self.weight
         nz = W != 0
-        cm = cluster_map(self.shape, self.clusters) if self.clusters else torch.zeros_like(nz)
+        cm = (
+            cluster_map(self.shape, self.clusters).to(nz.device)
+            if self.clusters
+            else torch.zeros_like(nz)
+        )
         inside = int((nz & cm).sum())
         unc = int((nz & ~cm).sum())
         return {
