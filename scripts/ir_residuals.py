@@ -27,6 +27,7 @@ from xbarprune.hardware.nonideal.model import IRDropConfig, NonIdealityConfig, N
 from xbarprune.io import load_checkpoint, load_state_into
 from xbarprune.mapping import CrossbarLayout, map_model
 from xbarprune.mapping.matrix import weight_to_matrix
+from xbarprune.mapping.permute import pack_layout
 from xbarprune.models import build_model
 
 
@@ -74,7 +75,7 @@ def main(argv=None) -> None:
             full = map_model(m, xbar, on_unsupported="digital")
             lay = CrossbarLayout(xbar, {k: v for k, v in full.layers.items() if v.kind == "conv"})
             if scheme != "dense":
-                lay = lay.packed(m, PACK_KIND[scheme])
+                lay = pack_layout(lay, m, PACK_KIND[scheme])
             per, tot = residuals(m, lay, ni)
             per_r, tot_r = residuals(m, lay, ni_rows)
             print(f"{size}x{size} {fname:18s} {lay.n_tiles:4d} tiles  error {tot:5.2f} % "

@@ -31,6 +31,7 @@ from xbarprune.experiment.config import DataConfig, ModelConfig
 from xbarprune.hardware import CrossbarSpec, DeviceSpec
 from xbarprune.hardware.nonideal.model import NonIdealityModel, preset
 from xbarprune.mapping import map_model
+from xbarprune.mapping.permute import pack_layout
 from xbarprune.models import build_model
 from xbarprune.training import TrainConfig, train
 
@@ -104,7 +105,7 @@ def main(argv=None):
             out = evaluate(
                 m,
                 score_val,
-                layout.packed(m, p.kind),
+                pack_layout(layout, m, p.kind),
                 dev,
                 ni,
                 trials=a.trials,

@@ -18,6 +18,7 @@ from xbarprune.hardware.nonideal.model import (
     VariationConfig,
 )
 from xbarprune.mapping import map_model, pack_columns, permuted, weight_to_matrix
+from xbarprune.mapping.permute import pack_layout
 
 IDEAL = NonIdealityModel.from_config(NonIdealityConfig())
 
@@ -209,7 +210,7 @@ def test_packed_conv_layers_keep_ideal_outputs(adc):
         w[4] = 0  # column 4 dead everywhere
         w[6, 3:] = 0
     lay = map_model(net, xbar)
-    packed = lay.packed(net, "tile_column")
+    packed = pack_layout(lay, net, "tile_column")
     assert len(packed["2"].blocks) > 1
     assert packed.tiles_needed(net) <= lay.tiles_needed(net)
     cfg = NonIdealityModel.from_config(NonIdealityConfig(adc_bits=adc)) if adc else IDEAL

@@ -22,6 +22,7 @@ from xbarprune.mapping import (
     packed_tile_count,
     weight_to_matrix,
 )
+from xbarprune.mapping.permute import pack_layout
 
 VGG16_CONV = [
     (3, 64),
@@ -229,5 +230,5 @@ def test_model_packed_layout_frees_tiles_for_column_sparsity():
     with torch.no_grad():
         m[0].weight[::2] = 0  # every other output column: scattered, no tile empties
     assert lay.tiles_needed(m) == 8
-    packed = lay.packed(m, "tile_column")
+    packed = pack_layout(lay, m, "tile_column")
     assert packed.tiles_needed(m) == 4 == packed["0"].n_tiles

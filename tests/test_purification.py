@@ -20,6 +20,7 @@ from xbarprune.compress.purification import (
 from xbarprune.errors import CompressionError
 from xbarprune.hardware import CrossbarSpec
 from xbarprune.mapping import map_model, weight_to_matrix
+from xbarprune.mapping.permute import pack_layout
 from xbarprune.models import build_model
 
 XBAR = CrossbarSpec(16, 16)  # 8 weights per tile row: small enough that removal frees tiles
@@ -117,7 +118,7 @@ def _check_upr(masked: nn.Module, x: torch.Tensor) -> tuple[nn.Module, dict]:
     # crossbar count of the smaller model's dense layout = the masked model's compacted count
     folded = copy.deepcopy(masked)
     mask_unused_paths(folded, x)
-    compacted = map_model(folded, XBAR).packed(folded, "weight").n_tiles
+    compacted = pack_layout(map_model(folded, XBAR), folded, "weight").n_tiles
     dense_small = map_model(small, XBAR).dense_tiles
     assert dense_small == compacted == rep["tiles"]["removed_dense"]
     assert rep["tiles"]["masked_compacted"] == compacted

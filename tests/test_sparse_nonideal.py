@@ -14,6 +14,7 @@ from torch.utils.data import TensorDataset
 from xbarprune.analog import convert, trial_generator
 from xbarprune.analog.parasitics import (
     RRAM_DATE22,
+    choose_rearrangement,
     column_nf,
     low_conductance_share,
     nonideality_factor,
@@ -40,7 +41,8 @@ from xbarprune.hardware.nonideal.model import (
 )
 from xbarprune.mapping import map_model, pack_columns, packed_tile_count
 from xbarprune.mapping.layout import layer_matrices
-from xbarprune.mapping.rearrange import VARIANTS, choose_rearrangement, rearranged
+from xbarprune.mapping.permute import pack_layout
+from xbarprune.mapping.rearrange import VARIANTS, rearranged
 from xbarprune.training.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +187,7 @@ def test_rearrangement_and_packing_leave_ideal_outputs_unchanged():
     base = map_model(m, CrossbarSpec(16, 16))
     mats = layer_matrices(m, base)
     want = m(x)
-    layouts = [base.packed(m, "tile_column"), base.packed(m, "tile_row")]
+    layouts = [pack_layout(base, m, "tile_column"), pack_layout(base, m, "tile_row")]
     for v in VARIANTS:
         for lay in [base, *layouts]:
             new = lay
@@ -274,7 +276,7 @@ def test_cf_prunes_coupled_channels_and_removes_them_physically():
     assert small.conv2.weight.shape[0] < 12 and small.conv3.weight.shape[1] < 12
     assert small.fc.weight.shape[0] == 4  # classifier outputs never pruned
     small_lay = map_model(small, CrossbarSpec(8, 8))
-    compact = lay.packed(m, "weight")
+    compact = pack_layout(lay, m, "weight")
     # the compacted layout of the masked model is the smaller model's dense layout
     assert small_lay.dense_tiles == compact.n_tiles
     c = crossbar_counts(small, lay, small_lay)

@@ -7,9 +7,9 @@ evaluation of any model on a crossbar layout.
 
 from typing import Any
 
+from xbarprune._version import __version__
 from xbarprune.errors import XbarpruneError
 
-__version__ = "0.1.0"
 __all__ = ["XbarpruneError", "__version__", "load_run", "simulate"]
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from xbarprune.hardware.nonideal._checks import check_choice, check_int, check_nonneg
+from xbarprune.checks import check_choice, check_int, check_nonneg
 
 BNMode = Literal["adapt", "finetune"]
 BN_MODES: tuple[str, ...] = ("adapt", "finetune")

@@ -27,12 +27,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from xbarprune.errors import SpecError
 from xbarprune.hardware.conductance import encode, weight_scale
 from xbarprune.hardware.nonideal.base import EffectContext
 from xbarprune.hardware.nonideal.model import NonIdealityModel
 from xbarprune.hardware.spec import DeviceSpec
-from xbarprune.mapping.layout import CrossbarLayout, LayerLayout
+from xbarprune.mapping.layout import CrossbarLayout, LayerLayout, layer_matrices
 from xbarprune.mapping.matrix import conv_unfold, weight_to_matrix
+from xbarprune.mapping.rearrange import VARIANTS, rearranged
 
 #: the RRAM cell of Bhattacharjee et al. (GLSVLSI 2023, Table 1): R_ON 50 kOhm, ON/OFF 10,
 #: 4-bit (16 levels).
@@ -229,3 +231,59 @@ def summarize(per_layer: dict[str, LayerNF]) -> dict:
         "low_g_min": float(low.min()),
         "columns": int(cols.numel()),
     }
+
+
+def choose_rearrangement(
+    model,
+    layout,
+    device,
+    nonideal,
+    batch: Tensor,
+    *,
+    variants: tuple[str, ...] = VARIANTS,
+    weight_clip: dict[str, float] | None = None,
+    max_vectors: int = 128,
+    seed: int = 0,
+):
+    """Per layer, the variant with the lowest mean NF on ``batch``; returns
+    ``(layout, report)`` with report ``{layer: {variant: nf_mean, ..., "chosen": v}}``.
+
+    The variants are those of :mod:`xbarprune.mapping.rearrange` (Bhattacharjee et al., DATE
+    2022, column rearrangement); the score is the mean column NF of :func:`layer_nonideality`."""
+    for v in variants:
+        if v not in VARIANTS:
+            raise SpecError(f"rearrangement = {v!r}; allowed: {', '.join(VARIANTS)}")
+    variants = tuple(dict.fromkeys(("none", *variants)))
+    mats = layer_matrices(model, layout)
+    mods = dict(model.named_modules())
+    inputs = capture_inputs(model, layout.layers, batch)
+    report: dict[str, dict] = {}
+    out = layout
+    for layer in layout:
+        vec = layer_input_vectors(mods[layer.name], inputs[layer.name], max_vectors)
+        scores: dict[str, float] = {}
+        cands: dict[str, LayerLayout] = {}
+        for v in variants:
+            lay = rearranged(layer, mats[layer.name], v)
+            if v != "none" and all(
+                torch.equal(a.cols, b.cols) for a, b in zip(lay.blocks, layer.blocks, strict=True)
+            ):
+                scores[v] = scores.get("none", float("nan"))
+                continue
+            r = layer_nonideality(
+                mods[layer.name],
+                lay,
+                device,
+                nonideal,
+                vec,
+                weight_clip=(weight_clip or {}).get(layer.name),
+                seed=seed,
+            )
+            c = r.columns
+            scores[v] = float(c.mean()) if c.numel() else 0.0
+            cands[v] = lay
+        best = min(cands, key=lambda v: (scores[v], v != "none"))
+        report[layer.name] = {**scores, "chosen": best}
+        if best != "none":
+            out = out.replace(cands[best])
+    return out, report

@@ -15,6 +15,7 @@ from xbarprune.compress.base import CompressContext, CompressResult, Method, reg
 from xbarprune.compress.pruning import magnitude_masks, weight_sparsity
 from xbarprune.errors import SpecError, check_range
 from xbarprune.mapping.layout import GROUP_KINDS
+from xbarprune.mapping.permute import pack_layout
 from xbarprune.training.masks import MaskSet
 
 
@@ -66,7 +67,7 @@ def iterative_magnitude(ctx: CompressContext, p: MagnitudeParams) -> CompressRes
             f"  prune step {i + 1}/{p.steps}: target {s:.3f}, "
             f"weight sparsity {rec['weight_sparsity']:.3f}"
         )
-    layout = ctx.layout.packed(ctx.model, p.kind) if p.pack else None
+    layout = pack_layout(ctx.layout, ctx.model, p.kind) if p.pack else None
     return CompressResult(
         masks=masks,
         layout=layout,

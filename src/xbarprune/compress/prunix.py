@@ -40,6 +40,7 @@ from xbarprune.compress.sawtooth import GroupSawtooth, on_level_fraction
 from xbarprune.errors import SpecError, check_range
 from xbarprune.io import atomic_write_json
 from xbarprune.mapping.layout import GROUP_KINDS
+from xbarprune.mapping.permute import pack_layout
 from xbarprune.training.masks import MaskSet
 
 Regularizer = Literal["none", "l1", "l2", "group_lasso", "group_sawtooth"]
@@ -193,7 +194,7 @@ def run_prunix(ctx: CompressContext, p: PrunixParams) -> CompressResult:
     if ctx.run_dir is not None and p.pruner == "apa":
         atomic_write_json(ctx.run_dir / "prunix_sensitivity.json", rounds)
         _plot_sensitivity(rounds, ctx.run_dir / "plots" / "prunix_sensitivity.png")
-    layout = ctx.layout.packed(ctx.model, p.kind) if p.pack else None
+    layout = pack_layout(ctx.layout, ctx.model, p.kind) if p.pack else None
     return CompressResult(masks=masks, layout=layout, info=plain_info(info))
 
 

@@ -64,6 +64,7 @@ from xbarprune.errors import CompressionError, check_range
 from xbarprune.hardware.spec import CrossbarSpec
 from xbarprune.mapping.layout import mappable_layers
 from xbarprune.mapping.matrix import weight_to_matrix
+from xbarprune.mapping.permute import pack_layout
 from xbarprune.training.masks import MaskSet
 
 _LAYERS = (nn.Conv2d, nn.Linear)
@@ -479,7 +480,7 @@ def remove_unused_paths(
     if crossbar is not None:
         lay = map_model(small, crossbar, on_unsupported="digital")
         tiles["masked_dense"] = lay.dense_tiles
-        tiles["masked_compacted"] = lay.packed(small, "weight").n_tiles
+        tiles["masked_compacted"] = pack_layout(lay, small, "weight").n_tiles
     removed: dict[str, list[int]] = {}
     plans = []
     with torch.no_grad():
@@ -511,7 +512,7 @@ def remove_unused_paths(
     if crossbar is not None:
         lay2 = map_model(small, crossbar, on_unsupported="digital")
         tiles["removed_dense"] = lay2.dense_tiles
-        tiles["removed_compacted"] = lay2.packed(small, "weight").n_tiles
+        tiles["removed_compacted"] = pack_layout(lay2, small, "weight").n_tiles
     report = {
         "layers": {
             n: {"before": shapes_before[n], "after": shapes_after.get(n)} for n in shapes_before

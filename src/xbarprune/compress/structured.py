@@ -53,6 +53,7 @@ from xbarprune.compress.purification import (
 from xbarprune.compress.regularizers import GroupLasso
 from xbarprune.errors import CompressionError, SpecError, check_range
 from xbarprune.mapping.layout import CrossbarLayout, layer_matrices
+from xbarprune.mapping.permute import pack_layout
 from xbarprune.training.masks import MaskSet
 
 SCHEMES: tuple[str, ...] = ("cf", "xcs", "xrs")
@@ -325,14 +326,14 @@ def structured_prune(ctx: CompressContext, scheme: str, p: StructuredParams) -> 
             ctx.model, ctx.layout, example_batch(ctx.train_data).to(ctx.device)
         )
         info["unused_path_removal"] = rep
-        packed = small_layout.packed(small, PACK_KIND[scheme]) if p.pack else small_layout
+        packed = pack_layout(small_layout, small, PACK_KIND[scheme]) if p.pack else small_layout
         info.update(crossbar_counts(small, ctx.layout, packed))
         info["physical"] = True
         ctx.log(
             f"  cf: physically removed, {rep['weights_before']} -> {rep['weights_after']} weights"
         )
         return CompressResult(masks=masks, layout=packed, info=plain_info(info), model=small)
-    packed = ctx.layout.packed(ctx.model, PACK_KIND[scheme]) if p.pack else ctx.layout
+    packed = pack_layout(ctx.layout, ctx.model, PACK_KIND[scheme]) if p.pack else ctx.layout
     info.update(crossbar_counts(ctx.model, ctx.layout, packed))
     ctx.log(
         f"  {scheme}: weight sparsity {info['weight_sparsity']:.3f}, crossbars "

@@ -33,8 +33,8 @@ from xbarprune.compress.purification import remove_unused_paths
 from xbarprune.config import from_dict, to_dict
 from xbarprune.cost.model import estimate_model_cost
 from xbarprune.errors import ConfigError
-from xbarprune.experiment.compare import header, study
 from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
+from xbarprune.experiment.studies import header, study
 from xbarprune.experiment.studykit import (
     Bench,
     apply_quick,

@@ -1,9 +1,11 @@
 """``xbarprune compare CONFIG``: method comparisons that write ``results/<method>/summary.json``.
 
 A comparison YAML names its ``kind`` (the study it runs); each kind is a function registered
-here. Every study shares the helpers below: seeded data and models, dense training cached per
-(model, dataset), resumable arms (finished arms are kept in ``<out>/work`` and skipped), and a
-summary written atomically with the exact command and wall time at its top.
+with :func:`xbarprune.experiment.studies.study`. Every study shares the same helpers
+(:mod:`xbarprune.experiment.studykit`, :func:`xbarprune.experiment.studies.header`): seeded data
+and models, dense training cached per (model, dataset), resumable arms (finished arms are kept
+in ``<out>/work`` and skipped), and a summary written atomically with the exact command and
+wall time at its top.
 """
 
 from __future__ import annotations
@@ -13,22 +15,21 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from xbarprune.config import load_yaml
 from xbarprune.errors import ConfigError
+
+# the studies register themselves with @study on import
+from xbarprune.experiment import (  # noqa: F401
+    admm_compare,
+    liang_compare,
+    prunix_compare,
+    sparse_nonideal_compare,
+    trannsformer_compare,
+)
 from xbarprune.experiment.config import apply_overrides
+from xbarprune.experiment.studies import STUDIES
 from xbarprune.hardware.presets import resolve_hardware
-
-_STUDIES: dict[str, Callable[..., dict]] = {}
-
-
-def study(name: str):
-    def deco(fn):
-        _STUDIES[name] = fn
-        return fn
-
-    return deco
 
 
 def run_compare(
@@ -72,25 +73,5 @@ def run_compare(
 
 
 def _load() -> dict[str, Callable[..., dict]]:
-    import xbarprune.experiment.admm_compare  # noqa: F401
-    import xbarprune.experiment.liang_compare  # noqa: F401
-    import xbarprune.experiment.prunix_compare  # noqa: F401
-    import xbarprune.experiment.sparse_nonideal_compare  # noqa: F401
-    import xbarprune.experiment.trannsformer_compare  # noqa: F401
-
-    return _STUDIES
-
-
-def header(command: str, t0: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    import platform
-
-    import torch
-
-    h = {
-        "command": command,
-        "wall_time_s": round(time.perf_counter() - t0, 1),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
-    }
-    h.update(extra or {})
-    return h
+    """The registered studies (every ``*_compare`` module, imported above, registers its own)."""
+    return STUDIES

@@ -31,8 +31,8 @@ from typing import Any
 from xbarprune.compress.liang import LiangParams, run_liang
 from xbarprune.config import from_dict, to_dict
 from xbarprune.errors import ConfigError
-from xbarprune.experiment.compare import header, study
 from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
+from xbarprune.experiment.studies import header, study
 from xbarprune.experiment.studykit import (
     Bench,
     apply_quick,

@@ -18,7 +18,6 @@ The run directory also holds the latest resolved ``config.yaml``.
 from __future__ import annotations
 
 import dataclasses
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from xbarprune.io import (
 )
 from xbarprune.mapping.coverage import Coverage, check_tile_memory, coverage
 from xbarprune.mapping.layout import GROUP_KINDS, CrossbarLayout, layer_matrices, map_model
+from xbarprune.provenance import describe_nonideal
 from xbarprune.training.hwa import check_unmapped
 from xbarprune.training.loop import evaluate_accuracy, train
 from xbarprune.training.masks import MaskSet
@@ -585,7 +585,7 @@ class Run:
 
     def stage_simulate(self) -> None:
         out = self.simulate()
-        out["nonideal_config"] = _describe_nonideal(self.cfg)
+        out["nonideal_config"] = describe_nonideal(self.cfg)
         atomic_write_json(self.stages / "simulate.json", out)
 
     def stage_report(self) -> None:
@@ -609,34 +609,6 @@ def _own_layout(model: nn.Module, layout: CrossbarLayout) -> CrossbarLayout:
     if all(tuple(mods[n].weight.shape) == lay.weight_shape for n, lay in layout.layers.items()):
         return layout
     return map_model(model, layout.crossbar, include=list(layout.layers))
-
-
-def _describe_nonideal(cfg: ExperimentConfig) -> Any:
-    """The non-ideality settings that are on (disabled sections omitted), with the preset name."""
-    from xbarprune.config import to_dict
-
-    on = {k: v for k, v in to_dict(cfg.nonideal_config()).items() if v not in (None, False)}
-    return {"preset": cfg.nonideal, **on} if isinstance(cfg.nonideal, str) else on
-
-
-def versions() -> dict[str, str]:
-    import numpy
-
-    import xbarprune
-
-    v = {
-        "xbarprune": xbarprune.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-    }
-    try:
-        import torch_pruning
-
-        v["torch_pruning"] = getattr(torch_pruning, "__version__", "?")
-    except ImportError:
-        pass
-    return v
 
 
 def mapping_clip(info: dict, layout: CrossbarLayout) -> dict[str, float] | None:

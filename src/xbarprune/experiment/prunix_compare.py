@@ -20,8 +20,8 @@ from typing import Any
 
 from xbarprune.compress.prunix import PrunixParams, build_regularizer, run_prunix
 from xbarprune.config import from_dict, to_dict
-from xbarprune.experiment.compare import header, study
 from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
+from xbarprune.experiment.studies import header, study
 from xbarprune.experiment.studykit import (
     Bench,
     apply_quick,
@@ -38,6 +38,7 @@ from xbarprune.experiment.studykit import (
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
 from xbarprune.io import atomic_write_json, atomic_write_text, ensure_dir
 from xbarprune.mapping.layout import map_model
+from xbarprune.mapping.permute import pack_layout
 from xbarprune.training.loop import TrainConfig, train
 from xbarprune.units import format_time
 
@@ -207,7 +208,7 @@ def _one_experiment(
                     if pruner == "apa"
                     else None,
                 }
-                packed = layout.packed(m, p.kind) if p.pack else layout
+                packed = pack_layout(layout, m, p.kind) if p.pack else layout
                 return measure(m, reg, pruner, extra, packed)
 
             rows += expand(bench.arm(f"{reg}_{pruner}", build, config=[params, pruner]))

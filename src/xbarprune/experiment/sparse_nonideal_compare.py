@@ -30,7 +30,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from xbarprune.analog.batchnorm import BNCalibration, BNCalibrationConfig
-from xbarprune.analog.parasitics import RRAM_DATE22, nonideality_factor, summarize
+from xbarprune.analog.parasitics import (
+    RRAM_DATE22,
+    choose_rearrangement,
+    nonideality_factor,
+    summarize,
+)
 from xbarprune.analog.simulate import evaluate
 from xbarprune.compress.base import CompressContext
 from xbarprune.compress.pruning import magnitude_masks
@@ -50,8 +55,8 @@ from xbarprune.compress.wct import WCTParams, weight_constrained_training
 from xbarprune.config import from_dict, to_dict
 from xbarprune.data.heldout import heldout_val_size
 from xbarprune.errors import ConfigError, check_range
-from xbarprune.experiment.compare import header, study
 from xbarprune.experiment.config import DataConfig, ModelConfig
+from xbarprune.experiment.studies import header, study
 from xbarprune.experiment.study_html import html_plots
 from xbarprune.experiment.studykit import check_keys, config_fingerprint, study_splits
 from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel, preset
@@ -66,7 +71,8 @@ from xbarprune.io import (
     save_checkpoint,
 )
 from xbarprune.mapping.layout import CrossbarLayout, map_model
-from xbarprune.mapping.rearrange import VARIANTS, choose_rearrangement
+from xbarprune.mapping.permute import pack_layout
+from xbarprune.mapping.rearrange import VARIANTS
 from xbarprune.report.html import LinePlot, Plot, Series
 from xbarprune.training.loop import TrainConfig, evaluate_accuracy, train
 from xbarprune.training.masks import MaskSet
@@ -520,7 +526,7 @@ class _Experiment:
                 self.log(f"  note: C/F kept {len(rep['kept_constant'])} constant channel(s)")
         layout = self.layout(model, size)
         if scheme in ("xcs", "xrs"):
-            layout = layout.packed(model, PACK_KIND[scheme])
+            layout = pack_layout(layout, model, PACK_KIND[scheme])
         clip = {n: w_max[n] for n in layout.layers} if w_max else None
         return model, layout, clip
 

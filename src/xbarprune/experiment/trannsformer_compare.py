@@ -36,8 +36,8 @@ from xbarprune.compress.trannsformer import (
 from xbarprune.config import from_dict, to_dict
 from xbarprune.cost import count_mvms, energy_with_peripheral_share, estimate_cost
 from xbarprune.errors import ConfigError
-from xbarprune.experiment.compare import header, study
 from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
+from xbarprune.experiment.studies import header, study
 from xbarprune.experiment.studykit import (
     Bench,
     apply_quick,

@@ -556,15 +556,6 @@ class CrossbarLayout:
         mats = layer_matrices(model, self) if model is not None else {}
         return [layer.summary(mats.get(layer.name)) for layer in self]
 
-    def packed(self, model: nn.Module, kind: str) -> CrossbarLayout:
-        """Every layer re-packed for its ``kind`` sparsity (see ``permute.pack_for_kind``)."""
-        from xbarprune.mapping.permute import pack_for_kind
-
-        mats = layer_matrices(model, self)
-        return CrossbarLayout(
-            self.crossbar, {n: pack_for_kind(lay, mats[n], kind) for n, lay in self.layers.items()}
-        )
-
     def replace(self, layer: LayerLayout) -> CrossbarLayout:
         layers = dict(self.layers)
         layers[layer.name] = layer

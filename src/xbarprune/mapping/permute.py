@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from xbarprune.errors import MappingError
-from xbarprune.mapping.layout import Block, LayerLayout
+from xbarprune.mapping.layout import Block, CrossbarLayout, LayerLayout, layer_matrices
 
 
 def _check_perm(p: Tensor, n: int, what: str, name: str) -> Tensor:
@@ -135,3 +135,11 @@ def pack_for_kind(layer: LayerLayout, mat: Tensor, kind: str) -> LayerLayout:
     if kind == "tile":
         return layer
     raise MappingError(f"unknown group kind {kind!r} for packing")
+
+
+def pack_layout(layout: CrossbarLayout, model: nn.Module, kind: str) -> CrossbarLayout:
+    """Every layer of ``layout`` re-packed for its ``kind`` sparsity (:func:`pack_for_kind`)."""
+    mats = layer_matrices(model, layout)
+    return CrossbarLayout(
+        layout.crossbar, {n: pack_for_kind(lay, mats[n], kind) for n, lay in layout.layers.items()}
+    )

@@ -21,9 +21,10 @@ Variants (``VARIANTS``):
   tile with the lowest total that still has room), order inside a tile unchanged;
 * ``across_within``: ``across`` then ``within_desc``.
 
-:func:`choose_rearrangement` measures the mean NF of every variant per layer on a calibration
-batch (:mod:`xbarprune.analog.parasitics`) and keeps the lowest (``none`` included, so the
-choice never measures worse than no rearrangement).
+:func:`xbarprune.analog.parasitics.choose_rearrangement` measures the mean NF of every variant
+per layer on a calibration batch with the parasitics simulator and keeps the lowest (``none``
+included, so the choice never measures worse than no rearrangement); it lives next to that
+simulator so that mapping/ does not import analog/.
 """
 
 from __future__ import annotations
@@ -85,63 +86,3 @@ def rearranged(layer: LayerLayout, mat: Tensor, variant: str) -> LayerLayout:
             cols = _within(cols, column_conductance(Block(b.rows, cols), mat), size, False)
         blocks.append(Block(b.rows, cols))
     return layer.with_blocks(blocks)
-
-
-def choose_rearrangement(
-    model,
-    layout,
-    device,
-    nonideal,
-    batch: Tensor,
-    *,
-    variants: tuple[str, ...] = VARIANTS,
-    weight_clip: dict[str, float] | None = None,
-    max_vectors: int = 128,
-    seed: int = 0,
-):
-    """Per layer, the variant with the lowest mean NF on ``batch``; returns
-    ``(layout, report)`` with report ``{layer: {variant: nf_mean, ..., "chosen": v}}``."""
-    from xbarprune.analog.parasitics import (
-        capture_inputs,
-        layer_input_vectors,
-        layer_nonideality,
-    )
-    from xbarprune.mapping.layout import layer_matrices
-
-    for v in variants:
-        if v not in VARIANTS:
-            raise SpecError(f"rearrangement = {v!r}; allowed: {', '.join(VARIANTS)}")
-    variants = tuple(dict.fromkeys(("none", *variants)))
-    mats = layer_matrices(model, layout)
-    mods = dict(model.named_modules())
-    inputs = capture_inputs(model, layout.layers, batch)
-    report: dict[str, dict] = {}
-    out = layout
-    for layer in layout:
-        vec = layer_input_vectors(mods[layer.name], inputs[layer.name], max_vectors)
-        scores: dict[str, float] = {}
-        cands: dict[str, LayerLayout] = {}
-        for v in variants:
-            lay = rearranged(layer, mats[layer.name], v)
-            if v != "none" and all(
-                torch.equal(a.cols, b.cols) for a, b in zip(lay.blocks, layer.blocks, strict=True)
-            ):
-                scores[v] = scores.get("none", float("nan"))
-                continue
-            r = layer_nonideality(
-                mods[layer.name],
-                lay,
-                device,
-                nonideal,
-                vec,
-                weight_clip=(weight_clip or {}).get(layer.name),
-                seed=seed,
-            )
-            c = r.columns
-            scores[v] = float(c.mean()) if c.numel() else 0.0
-            cands[v] = lay
-        best = min(cands, key=lambda v: (scores[v], v != "none"))
-        report[layer.name] = {**scores, "chosen": best}
-        if best != "none":
-            out = out.replace(cands[best])
-    return out, report

@@ -16,13 +16,15 @@ import inspect
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+import xbarprune.models.zoo  # noqa: F401  (registers the built-in models)
 from xbarprune.errors import ConfigError
+from xbarprune.models.catalog import REGISTRY as _REGISTRY
+from xbarprune.models.catalog import register_model
 
 __all__ = ["build_model", "list_models", "register_model", "IMPORT_PREFIX"]
 
@@ -30,44 +32,9 @@ IMPORT_PREFIX = "import:"
 _STANDARD_ARGS = ("num_classes", "in_channels", "image_size", "width")
 
 
-@dataclass(frozen=True)
-class _Entry:
-    builder: Callable[..., nn.Module]
-    description: str
-
-
-_REGISTRY: dict[str, _Entry] = {}
-
-
-def register_model(
-    name: str, description: str
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering ``builder(*, num_classes, in_channels, image_size, width, **kw)``.
-
-    ``description`` is the one line shown by :func:`list_models`.
-    """
-    key = name.lower()
-    if ":" in key:
-        raise ConfigError(f"model name {name!r} may not contain ':' (reserved for import paths)")
-
-    def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if key in _REGISTRY:
-            raise ConfigError(f"model {name!r} is already registered")
-        _REGISTRY[key] = _Entry(builder, description)
-        return builder
-
-    return deco
-
-
 def list_models() -> dict[str, str]:
     """Registered model names -> one-line descriptions (sorted by name)."""
-    _ensure_zoo()
     return {k: _REGISTRY[k].description for k in sorted(_REGISTRY)}
-
-
-def _ensure_zoo() -> None:
-    # The zoo registers itself on import; importing it here keeps registry importable alone.
-    importlib.import_module("xbarprune.models.zoo")
 
 
 def _import_object(target: str) -> Any:
@@ -192,7 +159,6 @@ def build_model(
         "width": float(width),
     }
     key = name.strip()
-    _ensure_zoo()
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from xbarprune.errors import ConfigError
-from xbarprune.models.registry import register_model
+from xbarprune.models.catalog import register_model
 
 __all__ = [
     "LeNet5",

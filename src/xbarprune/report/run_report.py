@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from xbarprune.io import atomic_write_json, atomic_write_text, ensure_dir, load_checkpoint
+from xbarprune.provenance import describe_nonideal, versions
 from xbarprune.report import plots
 from xbarprune.report.html import Image, LinePlot, Series, Table, Text, write_html
 from xbarprune.units import format_time
@@ -19,8 +20,6 @@ def _by_time(rows: list[dict]) -> dict[str, dict]:
 
 
 def build_report(run) -> dict[str, Any]:
-    from xbarprune.experiment.pipeline import _describe_nonideal, versions
-
     cfg = run.cfg
     st = run.stages
     train_ck = load_checkpoint(st / "train.pt")
@@ -44,7 +43,7 @@ def build_report(run) -> dict[str, Any]:
         "method": {"name": cfg.method.name, "params": method_params, "info": comp_ck["info"]},
         "crossbar": asdict(cfg.crossbar),
         "device": asdict(cfg.device),
-        "nonideal": _describe_nonideal(cfg),
+        "nonideal": describe_nonideal(cfg),
         "seeds": {"experiment": cfg.seed, "evaluate": cfg.evaluate.seed},
         "accuracy": {
             "dense_ideal": sim["dense"]["digital"] if "dense" in sim else None,

@@ -1,0 +1,3 @@
+"""The package version (kept equal to ``project.version`` in pyproject.toml)."""
+
+__version__ = "0.1.0"
