@@ -18,9 +18,12 @@ def check_choice(name: str, value: object, allowed: Iterable[str]) -> None:
 
 def check_int(name: str, value: object, *, low: int, high: int | None = None) -> None:
     """Raise :class:`SpecError` unless ``value`` is an integer in ``[low, high]``."""
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    if ok:
-        ok = value >= low and (high is None or value <= high)
+    ok = (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value >= low
+        and (high is None or value <= high)
+    )
     if not ok:
         rng = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
         raise SpecError(f"{name} = {value!r}; allowed: {rng}")

@@ -365,7 +365,7 @@ def _plain_name(name: str, key: str) -> str:
     return name
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 

@@ -118,7 +118,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if value not in get_args(tp):
             raise ConfigError(f"{path}: {value!r} is not one of {list(get_args(tp))}")
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
@@ -203,7 +203,7 @@ def _user_names(msg: str, cls: type, path: str) -> str:
     # a message naming one of this section's fields under another prefix ("train.lr" for the
     # finetune section): name it under the user's path
     m = re.match(r"[A-Za-z_]\w*(?:\.\w+)*\.(\w+)\b", msg)
-    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name for f in dataclasses.fields(cls)}
     if m and m.group(1) in fields:
         return f"{path}.{m.group(1)}{msg[m.end() :]}"
     return f"{path}: {msg}"

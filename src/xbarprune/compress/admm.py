@@ -642,7 +642,7 @@ def run_admm(
 
 
 @register
-class ADMM(Method):
+class ADMM(Method[ADMMParams]):
     name = "admm"
     summary = (
         "ADMM structured pruning + memristor quantisation, network purification and unused path "

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -114,13 +114,19 @@ def plain_info(o: Any) -> Any:
     return float(o)
 
 
-class Method(ABC):
+P = TypeVar("P")
+
+
+class Method(ABC, Generic[P]):
+    """A registered compression method; ``P`` is its params dataclass (``Params``), so that
+    ``self.params`` is typed (``class ADMM(Method[ADMMParams])``)."""
+
     name: ClassVar[str]
     summary: ClassVar[str]
-    Params: ClassVar[type]
+    Params: ClassVar[type[Any]]
 
-    def __init__(self, params: Any):
-        self.params = params
+    def __init__(self, params: P):
+        self.params: P = params
 
     def uses_nonideal(self) -> bool:
         """Whether :meth:`compress` reads ``ctx.nonideal`` (then a change of the non-ideality
@@ -131,15 +137,17 @@ class Method(ABC):
     def compress(self, ctx: CompressContext) -> CompressResult: ...
 
 
-_REGISTRY: dict[str, type[Method]] = {}
+_REGISTRY: dict[str, type[Method[Any]]] = {}
+
+M = TypeVar("M", bound=type[Method[Any]])
 
 
-def register(cls: type[Method]) -> type[Method]:
+def register(cls: M) -> M:
     _REGISTRY[cls.name] = cls
     return cls
 
 
-def get_method(name: str) -> type[Method]:
+def get_method(name: str) -> type[Method[Any]]:
     _load_builtin()
     if name not in _REGISTRY:
         raise ConfigError(

@@ -929,7 +929,7 @@ def run_liang(ctx: CompressContext, p: LiangParams) -> CompressResult:
 
 
 @register
-class Liang(Method):
+class Liang(Method[LiangParams]):
     name = "liang"
     summary = (
         "crossbar-aware L0 pruning (Liang et al. 2018): LGD + relaxant probabilistic "

@@ -76,7 +76,7 @@ def iterative_magnitude(ctx: CompressContext, p: MagnitudeParams) -> CompressRes
 
 
 @register
-class Magnitude(Method):
+class Magnitude(Method[MagnitudeParams]):
     name = "magnitude"
     summary = "unstructured magnitude pruning, iterative (cubic schedule) to a target sparsity"
     Params = MagnitudeParams
@@ -94,7 +94,7 @@ class GroupMagnitudeParams(MagnitudeParams):
 
 
 @register
-class GroupMagnitude(Method):
+class GroupMagnitude(Method[GroupMagnitudeParams]):
     name = "group-magnitude"
     summary = (
         "structured magnitude pruning of crossbar groups (tile, tile_column, tile_row, "
@@ -112,7 +112,7 @@ class NoneParams:
 
 
 @register
-class NoCompression(Method):
+class NoCompression(Method[NoneParams]):
     name = "none"
     summary = "no compression: the dense model, mapped and simulated as it is"
     Params = NoneParams

@@ -232,7 +232,7 @@ def _plot_sensitivity(rounds: list[dict], path) -> None:
 
 
 @register
-class Prunix(Method):
+class Prunix(Method[PrunixParams]):
     name = "prunix"
     summary = (
         "PRUNIX: Group Sawtooth Regularization + Adaptive Pruning Algorithm on crossbar "

@@ -343,7 +343,7 @@ def structured_prune(ctx: CompressContext, scheme: str, p: StructuredParams) -> 
 
 
 @register
-class CFPruning(Method):
+class CFPruning(Method[StructuredParams]):
     name = "cf"
     summary = "C/F pruning: group lasso + threshold on coupled input channels / filters, packed"
     Params = StructuredParams
@@ -353,7 +353,7 @@ class CFPruning(Method):
 
 
 @register
-class XCSPruning(Method):
+class XCSPruning(Method[StructuredParams]):
     name = "xcs"
     summary = "crossbar-column sparsity: group lasso + threshold on tile columns, packed"
     Params = StructuredParams
@@ -363,7 +363,7 @@ class XCSPruning(Method):
 
 
 @register
-class XRSPruning(Method):
+class XRSPruning(Method[StructuredParams]):
     name = "xrs"
     summary = "crossbar-row sparsity: group lasso + threshold on tile rows, packed"
     Params = StructuredParams

@@ -812,7 +812,7 @@ def code_counts(run: TraNNsformerRun, g: int) -> dict:
 
 # ------------------------------------------------------------------------------ the method
 @register
-class TraNNsformer(Method):
+class TraNNsformer(Method[TraNNsformerParams]):
     name = "trannsformer"
     summary = (
         "TraNNsformer (Ankit et al. 2017): magnitude pruning + size-constrained spectral "

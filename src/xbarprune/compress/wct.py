@@ -106,7 +106,7 @@ def weight_constrained_training(
 
 
 @register
-class WCT(Method):
+class WCT(Method[WCTParams]):
     name = "wct"
     summary = "weight-constrained training: NEAT-style rounds of clip to kappa*w_max + training"
     Params = WCTParams

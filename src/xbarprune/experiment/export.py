@@ -249,7 +249,7 @@ def _export_onnx(lr: LoadedRun, target: Path, x: Tensor, *, shrink: bool, tol: f
     dense = check_onnx(dense_bytes, lr.dense, x[:2], tol=tol) | {"bytes": len(dense_bytes)}
     layout_path = _sidecar(target, ".layout.json")
     atomic_write_json(layout_path, layout_document(layout, model))
-    report = {
+    report: dict[str, Any] = {
         "format": "onnx",
         "run": str(lr.dir),
         "files": {"onnx": str(target), "layout": str(layout_path)},

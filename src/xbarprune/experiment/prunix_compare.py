@@ -231,7 +231,7 @@ def _markdown(summary: dict[str, Any]) -> str:
         "ideal % | " + " | ".join(f"non-ideal @ {format_time(t)} %" for t in times) + " |",
         "|---|---|---|---|---|---|---|" + "---|" * len(times),
     ]
-    seen = {}
+    seen: dict[tuple, dict[str, Any]] = {}
     for r in rows:
         key = (r["model"], r["dataset"], r["regularizer"], r["pruner"])
         seen.setdefault(key, {"r": r, "t": {}})["t"][r["drift_time_s"]] = r

@@ -178,5 +178,5 @@ def build_model(
     # How to rebuild this model (for checkpoints); a module that forbids new attributes
     # simply goes without.
     with contextlib.suppress(Exception):
-        model.build_spec = {"name": key, **standard, "seed": seed, **kwargs}
+        setattr(model, "build_spec", {"name": key, **standard, "seed": seed, **kwargs})  # noqa: B010
     return model

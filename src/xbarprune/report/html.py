@@ -197,7 +197,7 @@ def _dasharray(ls: Any) -> str:
     return _DASH.get(str(ls), "")
 
 
-def _swatch(styles: list[Mapping[str, Any]]) -> str:
+def _swatch(styles: Sequence[Mapping[str, Any]]) -> str:
     """A small SVG line in the style the series of one toggle share (grey when they differ)."""
     colors = {str(s.get("color", "")) for s in styles}
     dashes = {_dasharray(s.get("linestyle", "-")) for s in styles}
@@ -457,11 +457,11 @@ def render_html(
             parts.append(_image_html(p, f"p{i}"))
         else:
             raise TypeError(f"plot {i}: expected LinePlot or Image, got {type(p).__name__}")
-    for t in texts:
-        op = " open" if t.open else ""
+    for tx in texts:
+        op = " open" if tx.open else ""
         parts.append(
-            f"<details{op}><summary>{html.escape(t.title)}</summary>"
-            f"<pre>{html.escape(t.text)}</pre></details>"
+            f"<details{op}><summary>{html.escape(tx.title)}</summary>"
+            f"<pre>{html.escape(tx.text)}</pre></details>"
         )
     body = "\n".join(parts)
     return (
