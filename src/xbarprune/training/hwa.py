@@ -40,6 +40,7 @@ from __future__ import annotations
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -120,11 +121,11 @@ def weight_noise_std(w: Tensor, cfg: HWAConfig) -> Tensor:
     return var.sqrt() * (w != 0)
 
 
-def _targets(model: nn.Module, cfg: HWAConfig) -> dict[str, nn.Module]:
+def _targets(model: nn.Module, cfg: HWAConfig) -> dict[str, nn.Conv2d | nn.Linear]:
     mods = dict(model.named_modules())
     if not cfg.layers:
         return {n: m for n, m in mods.items() if isinstance(m, nn.Conv2d | nn.Linear)}
-    out = {}
+    out: dict[str, nn.Conv2d | nn.Linear] = {}
     for n in cfg.layers:
         m = mods.get(n)
         if not isinstance(m, nn.Conv2d | nn.Linear):
@@ -136,7 +137,7 @@ def _targets(model: nn.Module, cfg: HWAConfig) -> dict[str, nn.Module]:
     return out
 
 
-def _forward(m: nn.Module, x: Tensor, w: Tensor, io: IOConfig | None, gen) -> Tensor:
+def _forward(m: nn.Conv2d | nn.Linear, x: Tensor, w: Tensor, io: IOConfig | None, gen) -> Tensor:
     if io is None:
         if isinstance(m, nn.Conv2d):
             return F.conv2d(x, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
@@ -145,11 +146,14 @@ def _forward(m: nn.Module, x: Tensor, w: Tensor, io: IOConfig | None, gen) -> Te
     if isinstance(m, nn.Conv2d):
         if m.groups != 1:
             raise ConfigError("hwa.io: grouped convolutions are not supported")
+        pad = m.padding
+        if isinstance(pad, str):
+            raise ConfigError(f"hwa.io: padding={pad!r} is not supported; give integer padding")
         B, _, H, W_ = x.shape
-        cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)
+        cols = F.unfold(x, m.kernel_size, m.dilation, pad, m.stride)
         y = io_mvm(cols, mat, io, gen, dim=1)
-        ho = (H + 2 * m.padding[0] - m.dilation[0] * (m.kernel_size[0] - 1) - 1) // m.stride[0]
-        wo = (W_ + 2 * m.padding[1] - m.dilation[1] * (m.kernel_size[1] - 1) - 1) // m.stride[1]
+        ho = (H + 2 * pad[0] - m.dilation[0] * (m.kernel_size[0] - 1) - 1) // m.stride[0]
+        wo = (W_ + 2 * pad[1] - m.dilation[1] * (m.kernel_size[1] - 1) - 1) // m.stride[1]
         y = y.view(B, -1, ho + 1, wo + 1)
         return y if m.bias is None else y + m.bias.view(1, -1, 1, 1)
     y = io_mvm(x, mat, io, gen)
@@ -168,27 +172,29 @@ def install_hwa(model: nn.Module, cfg: HWAConfig, seed: int = 0) -> Callable[[],
     noisy = cfg.weight_noise > 0 or (
         ni is not None and (ni.pcm is not None or ni.variation is not None)
     )
-    originals = {}
+    originals: dict[str, Any] = {}
     for name, m in targets.items():
         originals[name] = m.__dict__.get("forward")
 
         def fwd(self: nn.Module, x: Tensor) -> Tensor:
             if not self.training:
                 return type(self).forward(self, x)
-            w = self.weight
+            layer = cast("nn.Conv2d | nn.Linear", self)  # only such layers are targets
+            w = layer.weight
             if noisy:
                 std = weight_noise_std(w, cfg)
                 w = w + std * torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)
-            return _forward(self, x, w, io, gen)
+            return _forward(layer, x, w, io, gen)
 
-        m.forward = types.MethodType(fwd, m)
+        # an instance attribute shadows the class's forward (restored below)
+        m.__dict__["forward"] = types.MethodType(fwd, m)
 
     def restore() -> None:
         for name, m in targets.items():
             if originals[name] is None:
                 m.__dict__.pop("forward", None)
             else:
-                m.forward = originals[name]
+                m.__dict__["forward"] = originals[name]
 
     return restore
 
