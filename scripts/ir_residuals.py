@@ -21,7 +21,7 @@ import torch
 
 from xbarprune.analog import convert
 from xbarprune.analog.parasitics import RRAM_DATE22
-from xbarprune.compress.structured import PACK_KIND
+from xbarprune.compress.methods.structured import PACK_KIND
 from xbarprune.hardware import CrossbarSpec
 from xbarprune.hardware.nonideal.model import IRDropConfig, NonIdealityConfig, NonIdealityModel
 from xbarprune.io import load_checkpoint, load_state_into

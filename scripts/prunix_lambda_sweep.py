@@ -18,7 +18,7 @@ import json
 
 import torch
 
-from xbarprune.compress.prunix import PrunixParams, build_regularizer
+from xbarprune.compress.methods.prunix import PrunixParams, build_regularizer
 from xbarprune.compress.sawtooth import on_level_fraction
 from xbarprune.data import load_splits
 from xbarprune.hardware import CrossbarSpec, DeviceSpec

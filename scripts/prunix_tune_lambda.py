@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from xbarprune.analog import evaluate
 from xbarprune.compress.base import CompressContext
-from xbarprune.compress.prunix import PrunixParams, build_regularizer, run_prunix
+from xbarprune.compress.methods.prunix import PrunixParams, build_regularizer, run_prunix
 from xbarprune.config import from_dict, load_yaml
 from xbarprune.data import load_splits
 from xbarprune.experiment.config import DataConfig, ModelConfig

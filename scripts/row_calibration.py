@@ -23,8 +23,8 @@ import torch
 
 from xbarprune.analog.parasitics import RRAM_DATE22
 from xbarprune.analog.simulate import evaluate
-from xbarprune.compress.structured import StructuredParams
-from xbarprune.compress.wct import WCTParams
+from xbarprune.compress.methods.structured import StructuredParams
+from xbarprune.compress.methods.wct import WCTParams
 from xbarprune.config import from_dict, load_yaml
 from xbarprune.experiment.config import DataConfig, ModelConfig
 from xbarprune.experiment.sparse_nonideal_compare import _Experiment, _section

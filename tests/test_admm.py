@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
-from xbarprune.compress.admm import (
+from xbarprune.compress.methods.admm import (
     MA2020_DEVICE,
     ADMMParams,
     ADMMRegularizer,
@@ -321,7 +321,7 @@ def test_tiny_admm_run_end_to_end():
 
 
 def test_unknown_layer_in_params_is_refused():
-    from xbarprune.compress.admm import prunable_layers
+    from xbarprune.compress.methods.admm import prunable_layers
     from xbarprune.models import build_model
 
     lay = map_model(build_model("lenet5-caffe", seed=0), CrossbarSpec(32, 32))

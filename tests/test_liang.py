@@ -14,7 +14,7 @@ from torch import nn
 from xbarprune.analog import convert, trial_generator
 from xbarprune.compress.base import CompressContext, get_method, list_methods
 from xbarprune.compress.lgd import lgd, lgd_gram, rpp, top_r
-from xbarprune.compress.liang import (
+from xbarprune.compress.methods.liang import (
     LayerStats,
     LiangParams,
     build_problem,

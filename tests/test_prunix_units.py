@@ -224,7 +224,7 @@ def test_every_round_including_the_last_is_finetuned():
     """Docs (docs/methods/prunix.md, APA step 3): each of the R rounds is followed by
     ``ft_epochs`` of fine-tuning with the masks of that round; the last round too."""
     from xbarprune.compress.base import CompressContext
-    from xbarprune.compress.prunix import PrunixParams, run_prunix
+    from xbarprune.compress.methods.prunix import PrunixParams, run_prunix
     from xbarprune.hardware import DeviceSpec
 
     torch.manual_seed(0)

@@ -21,14 +21,14 @@ from xbarprune.analog.parasitics import (
     summarize,
 )
 from xbarprune.compress.base import CompressContext, get_method
-from xbarprune.compress.structured import (
+from xbarprune.compress.methods.structured import (
     StructuredParams,
     cf_prune,
     crossbar_counts,
     remove_cf,
     structured_prune,
 )
-from xbarprune.compress.wct import WCTParams, check_kappa, weight_constrained_training
+from xbarprune.compress.methods.wct import WCTParams, check_kappa, weight_constrained_training
 from xbarprune.config import from_dict, load_yaml
 from xbarprune.errors import ConfigError, SpecError
 from xbarprune.hardware import CrossbarSpec

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import torch
 
-from xbarprune.compress.admm import ADMMParams
+from xbarprune.compress.methods.admm import ADMMParams
 from xbarprune.experiment.config import DataConfig, ModelConfig
 from xbarprune.experiment.studykit import Bench, config_fingerprint
 

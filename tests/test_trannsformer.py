@@ -15,6 +15,18 @@ from torch.utils.data import TensorDataset
 
 from xbarprune.analog import convert, trial_generator
 from xbarprune.compress.base import get_method, list_methods
+from xbarprune.compress.methods.trannsformer import (
+    LayerState,
+    TraNNsformerParams,
+    TraNNsformerRun,
+    cdp,
+    cluster_prune,
+    code_counts,
+    layer_blocks,
+    resolve_xbar,
+    run_trannsformer,
+    trannsformer_layout,
+)
 from xbarprune.compress.scic import (
     Cluster,
     cluster_map,
@@ -26,18 +38,6 @@ from xbarprune.compress.scic import (
     sc_pass,
     scic,
     spectral_embedding,
-)
-from xbarprune.compress.trannsformer import (
-    LayerState,
-    TraNNsformerParams,
-    TraNNsformerRun,
-    cdp,
-    cluster_prune,
-    code_counts,
-    layer_blocks,
-    resolve_xbar,
-    run_trannsformer,
-    trannsformer_layout,
 )
 from xbarprune.config import from_dict
 from xbarprune.errors import CompressionError, ConfigError, UnsupportedLayerError
@@ -245,7 +245,7 @@ def test_epoch_schedule():
 )
 def test_default_cluster_size_follows_the_crossbar(crossbar, expected, monkeypatch):
     """X = min(rows, weights_per_row) unless ``xbar`` is given (was a fixed 64)."""
-    import xbarprune.compress.trannsformer as tr
+    import xbarprune.compress.methods.trannsformer as tr
     from xbarprune.compress.base import CompressContext
 
     p = from_dict(TraNNsformerParams, {}, "params")

@@ -162,20 +162,13 @@ def list_methods() -> dict[str, str]:
     return {n: c.summary for n, c in sorted(_REGISTRY.items())}
 
 
-_BUILTIN_MODULES = (
-    "xbarprune.compress.magnitude",
-    "xbarprune.compress.prunix",
-    "xbarprune.compress.liang",
-    "xbarprune.compress.admm",
-    "xbarprune.compress.structured",
-    "xbarprune.compress.wct",
-    "xbarprune.compress.trannsformer",
-)
-
-
 def _load_builtin() -> None:
-    """Import the built-in method modules (importing a module registers its methods)."""
+    """Import every module of :mod:`xbarprune.compress.methods` (found with :mod:`pkgutil`, so
+    a new method is one new file there); importing a module registers its methods."""
     import importlib
+    import pkgutil
 
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
+    from xbarprune.compress import methods
+
+    for info in sorted(pkgutil.iter_modules(methods.__path__), key=lambda i: i.name):
+        importlib.import_module(f"{methods.__name__}.{info.name}")

@@ -3,7 +3,8 @@
 Liang, Deng, Zeng, Hu, Ji, Ma, Li, Xie, "Crossbar-aware neural network pruning", IEEE Access 6
 (2018), arXiv 1807.10816, Sec. III-B, Eq. (7)-(8), Algorithms 1 and 2. Pure tensor functions,
 batched over any number of independent problems (leading dimensions); no Python loop over
-problems. The crossbar-specific assembly of X and Y lives in :mod:`xbarprune.compress.liang`.
+problems. The crossbar-specific assembly of X and Y lives in
+:mod:`xbarprune.compress.methods.liang`.
 
 The problem (Eq. 7), for one output FM group::
 

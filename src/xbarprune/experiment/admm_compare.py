@@ -1,9 +1,9 @@
 """The "Tiny but Accurate" reproduction (Ma et al. ASP-DAC 2020; issue 7): ``kind: admm``.
 
 Per experiment (model, dataset): train the dense model once; for each *arm* (an
-:class:`~xbarprune.compress.admm.ADMMParams` override: a budget, or ``iterations: 0`` for the
-structured magnitude baseline on the same groups and budget) run ``admm`` on a copy of the dense
-model and keep the model after each of its steps — pruned (``admm``), after Network
+:class:`~xbarprune.compress.methods.admm.ADMMParams` override: a budget, or ``iterations: 0``
+for the structured magnitude baseline on the same groups and budget) run ``admm`` on a copy of
+the dense model and keep the model after each of its steps — pruned (``admm``), after Network
 Purification + unused path removal (``admm+prm``) and after distillation quantisation to the
 crossbar's levels (``admm+prm+quant``). Every step is measured: conv and total compression,
 ideal test accuracy, Monte Carlo accuracy through each named non-ideality model, crossbars of
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from xbarprune.compress.admm import (
+from xbarprune.compress.methods.admm import (
     ADMMParams,
     best_packed_layout,
     compression_stats,

@@ -173,7 +173,7 @@ def _mapped(model: nn.Module) -> int:
 
 
 def _best_packing(model: nn.Module, layout: CrossbarLayout) -> CrossbarLayout:
-    from xbarprune.compress.admm import best_packed_layout
+    from xbarprune.compress.methods.admm import best_packed_layout
 
     return best_packed_layout(model, layout)
 

@@ -1,9 +1,9 @@
 """The crossbar-aware pruning reproduction (Liang et al. 2018; issue 10): ``kind: liang``.
 
 Per experiment (model, dataset, crossbar): train the dense model once; for each *arm* (a
-:class:`~xbarprune.compress.liang.LiangParams` override: a budget, a grain, a baseline) prune a
-copy of the dense model with ``liang``, fine-tune with the masks fixed, and evaluate it ideal
-and through each named non-ideality model (``nonideal: {name: preset or config}``) with
+:class:`~xbarprune.compress.methods.liang.LiangParams` override: a budget, a grain, a baseline)
+prune a copy of the dense model with ``liang``, fine-tune with the masks fixed, and evaluate it
+ideal and through each named non-ideality model (``nonideal: {name: preset or config}``) with
 ``evaluate.trials`` Monte Carlo trials. The paper's robustness analysis (Fig. 12: weights
 quantised to b bits, then ``w * exp(theta)``, ``theta ~ N(0, sigma)``) runs on the arms named in
 ``robustness.arms`` and on the dense model, through the same simulator (see
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xbarprune.compress.liang import LiangParams, run_liang
+from xbarprune.compress.methods.liang import LiangParams, run_liang
 from xbarprune.config import from_dict, to_dict
 from xbarprune.errors import ConfigError
 from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from xbarprune.compress.prunix import PrunixParams, build_regularizer, run_prunix
+from xbarprune.compress.methods.prunix import PrunixParams, build_regularizer, run_prunix
 from xbarprune.config import from_dict, to_dict
 from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
 from xbarprune.experiment.studies import header, study

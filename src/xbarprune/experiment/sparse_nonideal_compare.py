@@ -38,8 +38,7 @@ from xbarprune.analog.parasitics import (
 )
 from xbarprune.analog.simulate import evaluate
 from xbarprune.compress.base import CompressContext
-from xbarprune.compress.pruning import magnitude_masks
-from xbarprune.compress.structured import (
+from xbarprune.compress.methods.structured import (
     PACK_KIND,
     SCHEMES,
     StructuredParams,
@@ -51,7 +50,8 @@ from xbarprune.compress.structured import (
     regularizer,
     remove_cf,
 )
-from xbarprune.compress.wct import WCTParams, weight_constrained_training
+from xbarprune.compress.methods.wct import WCTParams, weight_constrained_training
+from xbarprune.compress.pruning import magnitude_masks
 from xbarprune.config import from_dict, to_dict
 from xbarprune.data.heldout import heldout_val_size
 from xbarprune.errors import ConfigError, check_range

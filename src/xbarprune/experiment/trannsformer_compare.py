@@ -25,14 +25,14 @@ import torch
 from torch import nn
 
 from xbarprune.analog.simulate import evaluate
-from xbarprune.compress.scic import cluster_map
-from xbarprune.compress.trannsformer import (
+from xbarprune.compress.methods.trannsformer import (
     TraNNsformerParams,
     TraNNsformerRun,
     code_counts,
     run_trannsformer,
     trannsformer_layout,
 )
+from xbarprune.compress.scic import cluster_map
 from xbarprune.config import from_dict, to_dict
 from xbarprune.cost import count_mvms, energy_with_peripheral_share, estimate_cost
 from xbarprune.errors import ConfigError

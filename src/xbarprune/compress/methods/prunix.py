@@ -33,7 +33,7 @@ from xbarprune.compress.apa import (
     prune_to,
 )
 from xbarprune.compress.base import CompressContext, CompressResult, Method, plain_info, register
-from xbarprune.compress.magnitude import cubic_schedule
+from xbarprune.compress.methods.magnitude import cubic_schedule
 from xbarprune.compress.pruning import magnitude_masks, weight_sparsity
 from xbarprune.compress.regularizers import make_regularizer
 from xbarprune.compress.sawtooth import GroupSawtooth, on_level_fraction
