@@ -58,6 +58,13 @@ class ConductanceEffect(ABC):
         (then the simulator may apply it to the cell tensor without building the tile view)."""
         return self.stage != "circuit"
 
+    @property
+    def is_ideal(self) -> bool:
+        """True if the settings make the effect a no-op (zero rate, sigma, exponent or
+        resistance); :meth:`NonIdealityModel.from_config` then leaves it out, so an ideal
+        model has no effects at all. The default is False (the effect always runs)."""
+        return False
+
     @abstractmethod
     def apply(self, g: Tensor, ctx: EffectContext) -> Tensor:  # pragma: no cover - interface
         """Return the perturbed conductances (same shape, dtype and device as ``g``)."""
