@@ -219,7 +219,7 @@ def test_packed_conv_layers_keep_ideal_outputs(adc):
 
 
 def test_column_gains_by_hand():
-    from xbarprune.analog.layers import column_gains
+    from xbarprune.hardware.nonideal.compensation import column_gains
 
     w = torch.tensor([[1.0, 2.0, 1.0], [3.0, 4.0, 0.0]])
     m = torch.tensor([[0.5, 1.0, 0.0], [1.5, 3.0, 0.0]])
@@ -291,8 +291,8 @@ def test_row_calibration_undoes_driver_attenuation_exactly(adc):
 
 
 def test_row_gains_never_worse_than_column_gains_and_need_them():
-    from xbarprune.analog.layers import column_gains, row_column_gains
     from xbarprune.errors import SpecError
+    from xbarprune.hardware.nonideal.compensation import column_gains, row_column_gains
 
     g = torch.Generator().manual_seed(4)
     w = torch.randn(12, 6, generator=g)

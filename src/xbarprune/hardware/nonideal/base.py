@@ -69,6 +69,14 @@ class ConductanceEffect(ABC):
     def apply(self, g: Tensor, ctx: EffectContext) -> Tensor:  # pragma: no cover - interface
         """Return the perturbed conductances (same shape, dtype and device as ``g``)."""
 
+    def apply_tracked(self, g: Tensor, ref: Tensor, ctx: EffectContext) -> tuple[Tensor, Tensor]:
+        """``(apply(g), ref')`` where ``ref`` holds the conductances a read right after
+        programming sees (the reference of drift compensation). An effect that acts after
+        programming leaves it unchanged (the default); one that also models programming noise
+        (:class:`~xbarprune.hardware.nonideal.pcm.PCMStatistical`) returns its programmed
+        state, as aihwkit reads the tile right after programming."""
+        return self.apply(g, ctx), ref
+
 
 def randn(shape, ctx: EffectContext, like: Tensor) -> Tensor:
     """Standard normal draws from ``ctx.generator`` on ``like``'s device and dtype."""

@@ -43,6 +43,12 @@ from xbarprune.hardware.nonideal.base import (
     ConductanceEffect,
     EffectContext,
 )
+from xbarprune.hardware.nonideal.compensation import (
+    ColumnGainCalibration,
+    GainCorrection,
+    GlobalDriftCompensation,
+    RowColumnCalibration,
+)
 from xbarprune.hardware.nonideal.converters import ADC, DAC
 from xbarprune.hardware.nonideal.drift import Drift
 from xbarprune.hardware.nonideal.faults import StuckAtFaults
@@ -70,9 +76,15 @@ class NonIdealityConfig:
         adc_bits: per-tile column ADC resolution (None = ideal read-out).
         adc_full_scale: fixed ADC full scale in the analog layer's units, or None to let the
             analog layer calibrate it.
-        drift_compensation: let the analog layer rescale outputs by the measured global drift
-            (aihwkit's global drift compensation).
-        column_calibration: let the analog layer fit one digital gain per output column after
+        drift_compensation: ``true`` lets the analog layer rescale outputs by the measured
+            global drift (aihwkit's global drift compensation,
+            :class:`~xbarprune.hardware.nonideal.compensation.GlobalDriftCompensation`); or,
+            from Python, any :class:`~.compensation.GainCorrection` (fitted against the
+            weights read right after programming). :attr:`drift_compensator` is the object.
+        column_calibration: ``true`` lets the analog layer fit one digital gain per output
+            column (:class:`~.compensation.ColumnGainCalibration`; or, from Python, any
+            :class:`~.compensation.GainCorrection`, fitted against the intended weights;
+            :attr:`calibrator` is the object) after
             programming (least squares of the read-back weights against the intended ones;
             see :class:`~xbarprune.analog.layers.AnalogLayer`). Undoes the systematic,
             column-wise attenuation of wire and driver/sense resistance, not random effects.
@@ -80,7 +92,8 @@ class NonIdealityConfig:
             tile row (applied to the row's input before its DAC), jointly with the column
             gains by alternating least squares. Undoes the row-wise attenuation through the
             driver resistance, which depends on each tile row's total conductance and which
-            a column gain cannot undo (ours; see docs/methods/sparse_nonideal.md).
+            a column gain cannot undo (ours; see docs/methods/sparse_nonideal.md;
+            :class:`~.compensation.RowColumnCalibration`).
         io: peripheral I/O of every analog MVM, aihwkit's ``IOParameters`` (noise and bound
             management, DAC, output noise, ADC with output bound; see
             :mod:`xbarprune.hardware.nonideal.io`), or None. It replaces ``dac_bits`` /
@@ -100,8 +113,8 @@ class NonIdealityConfig:
     dac_bits: int | None = None
     adc_bits: int | None = None
     adc_full_scale: float | None = None
-    drift_compensation: bool = False
-    column_calibration: bool = False
+    drift_compensation: bool | GainCorrection = False
+    column_calibration: bool | GainCorrection = False
     row_calibration: bool = False
     io: IOConfig | None = None
 
@@ -112,17 +125,12 @@ class NonIdealityConfig:
             check_int("NonIdealityConfig.adc_bits", self.adc_bits, low=1, high=32)
         if self.adc_full_scale is not None:
             check_positive("NonIdealityConfig.adc_full_scale", self.adc_full_scale)
-        if not isinstance(self.drift_compensation, bool):
-            raise SpecError(
-                f"NonIdealityConfig.drift_compensation = {self.drift_compensation!r}; "
-                "allowed: true, false"
-            )
-        for k in ("column_calibration", "row_calibration"):
-            if not isinstance(getattr(self, k), bool):
-                raise SpecError(
-                    f"NonIdealityConfig.{k} = {getattr(self, k)!r}; allowed: true, false"
-                )
-        if self.row_calibration and not self.column_calibration:
+        for k in ("drift_compensation", "column_calibration", "row_calibration"):
+            v = getattr(self, k)
+            scheme = k != "row_calibration" and isinstance(v, GainCorrection)
+            if not isinstance(v, bool) and not scheme:
+                raise SpecError(f"NonIdealityConfig.{k} = {v!r}; allowed: true, false")
+        if self.row_calibration and self.column_calibration is not True:
             raise SpecError(
                 "NonIdealityConfig.row_calibration needs column_calibration: true (the row "
                 "gains are fitted jointly with the column gains)"
@@ -137,11 +145,30 @@ class NonIdealityConfig:
                         "null (io.inp_res / io.out_res / io.out_bound are the converters; "
                         "io.per_tile: true selects the per-tile path)"
                     )
-            if self.row_calibration:
+            if isinstance(self.calibrator, RowColumnCalibration):
                 raise SpecError(
                     "NonIdealityConfig.row_calibration is not supported with io (row gains "
                     "are folded into the cells, which would change what the periphery sees)"
                 )
+
+    @property
+    def drift_compensator(self) -> GainCorrection | None:
+        """The drift compensation scheme: ``drift_compensation: true`` is
+        :class:`GlobalDriftCompensation`, false is None."""
+        dc = self.drift_compensation
+        if dc is True:
+            return GlobalDriftCompensation()
+        return None if dc is False else dc
+
+    @property
+    def calibrator(self) -> GainCorrection | None:
+        """The calibration scheme: ``column_calibration: true`` is
+        :class:`ColumnGainCalibration`, with ``row_calibration: true`` too
+        :class:`RowColumnCalibration`; false is None."""
+        cc = self.column_calibration
+        if cc is True:
+            return RowColumnCalibration() if self.row_calibration else ColumnGainCalibration()
+        return None if cc is False else cc
 
 
 #: sections of NonIdealityConfig in the order their effects run.
@@ -336,8 +363,8 @@ class NonIdealityModel:
             effects=tuple(effects),
             dac=DAC(cfg.dac_bits) if cfg.dac_bits is not None else None,
             adc=ADC(cfg.adc_bits, cfg.adc_full_scale) if cfg.adc_bits is not None else None,
-            drift_compensation=cfg.drift_compensation,
-            column_calibration=cfg.column_calibration,
+            drift_compensation=cfg.drift_compensator is not None,
+            column_calibration=cfg.calibrator is not None,
             config=cfg,
         )
 

@@ -112,6 +112,10 @@ class PCMStatistical(ConductanceEffect):
     def apply(self, g: Tensor, ctx: EffectContext) -> Tensor:
         return self.apply_with_programmed(g, ctx)[0]
 
+    def apply_tracked(self, g: Tensor, ref: Tensor, ctx: EffectContext) -> tuple[Tensor, Tensor]:
+        """``apply_with_programmed``: the programmed state is the new reference."""
+        return self.apply_with_programmed(g, ctx)
+
     def apply_with_programmed(self, g: Tensor, ctx: EffectContext) -> tuple[Tensor, Tensor]:
         """(conductances at ``ctx.time_s``, conductances right after programming).
 
