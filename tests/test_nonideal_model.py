@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from xbarprune.hardware.nonideal import (
     PCMStatistical,
     ProgrammingVariation,
     Quantization,
+    ReadDisturb,
     ReadNoise,
     StuckAtFaults,
     preset,
@@ -144,6 +146,22 @@ def test_noop_sections_are_dropped():
     )
     m = NonIdealityModel.from_config(cfg)
     assert m.is_ideal and not m.has_read_stage and m.effects == ()
+    # the effect itself says whether it does nothing (was each *Config.build() -> None)
+    assert all(getattr(cfg, k).is_ideal for k in ("variation", "faults", "ir_drop", "drift"))
+    assert ReadDisturb(inferences_per_second=0.0).is_ideal and Aging(1e6, 0.0, 0.0).is_ideal
+    for busy in (
+        ProgrammingVariation(sigma=0.01),
+        StuckAtFaults(sa1=0.01),
+        IRDrop(r_sink=1.0),
+        Drift(nu_mean=0.0, nu_std=0.01),
+        Aging(cycles=1.0),
+        ReadDisturb(),
+        ReadNoise(sigma=0.01),
+        Quantization(levels=2),
+        PCMStatistical(prog_noise_scale=0.0, read_noise_scale=0.0, drift_scale=0.0),
+    ):
+        assert not busy.is_ideal, busy
+        assert NonIdealityModel.from_config(NonIdealityConfig(**_section(busy))).effects == (busy,)
     assert not NonIdealityModel.from_config(NonIdealityConfig(dac_bits=8)).is_ideal
     assert NonIdealityModel.from_config(None).is_ideal
     assert NonIdealityModel().config.adc_bits is None
@@ -200,3 +218,12 @@ def test_presets():
 def test_manual_model_validation():
     with pytest.raises(SpecError, match="ConductanceEffect"):
         NonIdealityModel(effects=("not an effect",))
+
+
+def _section(effect) -> dict:
+    """``{section: effect}`` for the NonIdealityConfig field whose type is the effect's."""
+    from xbarprune.hardware.nonideal.model import EFFECT_SECTIONS
+
+    hints = typing.get_type_hints(NonIdealityConfig)
+    (name,) = [k for k in EFFECT_SECTIONS if type(effect) in typing.get_args(hints[k])]
+    return {name: effect}
