@@ -1,4 +1,4 @@
-"""Small validation helpers shared by the effects and their config dataclasses."""
+"""Small validation helpers shared by the effects (each naming the field it checks)."""
 
 from __future__ import annotations
 
