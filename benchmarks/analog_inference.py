@@ -48,21 +48,21 @@ from xbarprune.analog import convert, trial_generator
 from xbarprune.hardware import CrossbarSpec, DeviceSpec
 from xbarprune.hardware.nonideal import model as _nimodel
 from xbarprune.hardware.nonideal.model import (
-    DriftConfig,
-    FaultsConfig,
+    Drift,
     NonIdealityConfig,
     NonIdealityModel,
-    QuantizationConfig,
-    VariationConfig,
+    ProgrammingVariation,
+    Quantization,
+    StuckAtFaults,
 )
 from xbarprune.mapping import map_model
 from xbarprune.models import build_model
 
 WEIGHT_CFG = NonIdealityConfig(
-    quantization=QuantizationConfig(),
-    variation=VariationConfig(sigma=0.05, mode="relative"),
-    drift=DriftConfig(nu_mean=0.1, nu_std=0.02, t0=1.0),
-    faults=FaultsConfig(sa0=0.01, sa1=0.01),
+    quantization=Quantization(),
+    variation=ProgrammingVariation(sigma=0.05, mode="relative"),
+    drift=Drift(nu_mean=0.1, nu_std=0.02, t0=1.0),
+    faults=StuckAtFaults(sa0=0.01, sa1=0.01),
 )
 ADC_CFG = NonIdealityConfig(**{**WEIGHT_CFG.__dict__, "adc_bits": 8, "dac_bits": 8})
 AIHWKIT_PRESET = "aihwkit-default"

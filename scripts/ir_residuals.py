@@ -23,7 +23,7 @@ from xbarprune.analog import convert
 from xbarprune.analog.parasitics import RRAM_DATE22
 from xbarprune.compress.methods.structured import PACK_KIND
 from xbarprune.hardware import CrossbarSpec
-from xbarprune.hardware.nonideal.model import IRDropConfig, NonIdealityConfig, NonIdealityModel
+from xbarprune.hardware.nonideal.model import IRDrop, NonIdealityConfig, NonIdealityModel
 from xbarprune.io import load_checkpoint, load_state_into
 from xbarprune.mapping import CrossbarLayout, map_model
 from xbarprune.mapping.matrix import weight_to_matrix
@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--per-layer", action="store_true")
     a = ap.parse_args(argv)
-    ir = IRDropConfig(r_row=5.0, r_col=10.0, r_source=1000.0, r_sink=1000.0)
+    ir = IRDrop(r_row=5.0, r_col=10.0, r_source=1000.0, r_sink=1000.0)
     ni = NonIdealityModel.from_config(NonIdealityConfig(ir_drop=ir, column_calibration=True))
     ni_rows = NonIdealityModel.from_config(
         NonIdealityConfig(ir_drop=ir, column_calibration=True, row_calibration=True)

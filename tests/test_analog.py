@@ -9,13 +9,13 @@ from torch import nn
 from xbarprune.analog import convert, evaluate, trial_generator
 from xbarprune.hardware import CrossbarSpec, DeviceSpec
 from xbarprune.hardware.nonideal.model import (
-    DriftConfig,
-    FaultsConfig,
+    Drift,
     NonIdealityConfig,
     NonIdealityModel,
-    QuantizationConfig,
-    ReadNoiseConfig,
-    VariationConfig,
+    ProgrammingVariation,
+    Quantization,
+    ReadNoise,
+    StuckAtFaults,
 )
 from xbarprune.mapping import map_model, pack_columns, permuted, weight_to_matrix
 from xbarprune.mapping.permute import pack_layout
@@ -110,11 +110,11 @@ def test_layout_permutation_and_packing_keep_ideal_outputs():
 
 
 NOISY = NonIdealityConfig(
-    quantization=QuantizationConfig(),
-    variation=VariationConfig(sigma=0.1, mode="relative"),
-    faults=FaultsConfig(sa0=0.02, sa1=0.02),
-    drift=DriftConfig(nu_mean=0.1, nu_std=0.03, t0=1.0),
-    read_noise=ReadNoiseConfig(sigma=0.02),
+    quantization=Quantization(),
+    variation=ProgrammingVariation(sigma=0.1, mode="relative"),
+    faults=StuckAtFaults(sa0=0.02, sa1=0.02),
+    drift=Drift(nu_mean=0.1, nu_std=0.03, t0=1.0),
+    read_noise=ReadNoise(sigma=0.02),
 )
 
 
@@ -166,7 +166,7 @@ def test_evaluate_same_seed_same_numbers_and_trials_differ():
 
 def test_read_noise_differs_between_forward_calls():
     net = _net()
-    cfg = NonIdealityModel.from_config(NonIdealityConfig(read_noise=ReadNoiseConfig(sigma=0.05)))
+    cfg = NonIdealityModel.from_config(NonIdealityConfig(read_noise=ReadNoise(sigma=0.05)))
     am = convert(net, map_model(net, CrossbarSpec(8, 8)), DeviceSpec(), cfg)
     am.program(trial_generator(0, 0))
     assert not torch.allclose(am(X), am(X))
@@ -175,7 +175,7 @@ def test_read_noise_differs_between_forward_calls():
 def test_drift_compensation_restores_uniform_drift():
     net = _net()
     lay = map_model(net, CrossbarSpec(8, 8))
-    base = dict(drift=DriftConfig(nu_mean=0.1, nu_std=0.0, t0=1.0))
+    base = dict(drift=Drift(nu_mean=0.1, nu_std=0.0, t0=1.0))
     plain = NonIdealityModel.from_config(NonIdealityConfig(**base))
     comp = NonIdealityModel.from_config(NonIdealityConfig(**base, drift_compensation=True))
     t = 1e6
@@ -220,7 +220,7 @@ def test_packed_conv_layers_keep_ideal_outputs(adc):
 
 
 def test_column_gains_by_hand():
-    from xbarprune.analog.layers import column_gains
+    from xbarprune.hardware.nonideal.compensation import column_gains
 
     w = torch.tensor([[1.0, 2.0, 1.0], [3.0, 4.0, 0.0]])
     m = torch.tensor([[0.5, 1.0, 0.0], [1.5, 3.0, 0.0]])
@@ -234,7 +234,7 @@ def test_column_calibration_undoes_uniform_drift(adc, drift_comp):
     net = _net()
     lay = map_model(net, CrossbarSpec(8, 8))
     cfg = NonIdealityConfig(
-        drift=DriftConfig(nu_mean=0.1, nu_std=0.0, t0=1.0),
+        drift=Drift(nu_mean=0.1, nu_std=0.0, t0=1.0),
         adc_bits=adc,
         drift_compensation=drift_comp,
         column_calibration=True,
@@ -248,11 +248,11 @@ def test_column_calibration_undoes_uniform_drift(adc, drift_comp):
 
 @pytest.mark.parametrize("adc", [None, 24])
 def test_column_calibration_recovers_most_of_the_ir_drop_error(adc):
-    from xbarprune.hardware.nonideal.model import IRDropConfig
+    from xbarprune.hardware.nonideal.model import IRDrop
 
     net = _net()
     lay = map_model(net, CrossbarSpec(8, 8))
-    ir = IRDropConfig(r_row=5.0, r_col=10.0, r_source=1000.0, r_sink=1000.0, method="nodal")
+    ir = IRDrop(r_row=5.0, r_col=10.0, r_source=1000.0, r_sink=1000.0, method="nodal")
     dev = DeviceSpec(g_min=2e-6, g_max=2e-5)
     errs = {}
     for cal in (False, True):
@@ -272,11 +272,11 @@ def test_row_calibration_undoes_driver_attenuation_exactly(adc):
     """With only a driver resistance (no wire segments, sense at 0 V) every tile row is
     attenuated by its own factor 1 / (1 + r_source * sum_j G_ij): one input gain per tile row
     undoes it exactly, a column gain cannot."""
-    from xbarprune.hardware.nonideal.model import IRDropConfig
+    from xbarprune.hardware.nonideal.model import IRDrop
 
     net = _net()
     lay = map_model(net, CrossbarSpec(8, 8))
-    ir = IRDropConfig(r_source=5000.0)
+    ir = IRDrop(r_source=5000.0)
     dev = DeviceSpec(g_min=2e-6, g_max=2e-5)
     errs = {}
     for rows in (False, True):
@@ -292,8 +292,8 @@ def test_row_calibration_undoes_driver_attenuation_exactly(adc):
 
 
 def test_row_gains_never_worse_than_column_gains_and_need_them():
-    from xbarprune.analog.layers import column_gains, row_column_gains
     from xbarprune.errors import SpecError
+    from xbarprune.hardware.nonideal.compensation import column_gains, row_column_gains
 
     g = torch.Generator().manual_seed(4)
     w = torch.randn(12, 6, generator=g)

@@ -17,7 +17,7 @@ from xbarprune.analog.batchnorm import batchnorm_state
 from xbarprune.errors import SpecError
 from xbarprune.hardware import CrossbarSpec
 from xbarprune.hardware.nonideal.converters import quantize_uniform
-from xbarprune.hardware.nonideal.model import DriftConfig, NonIdealityConfig, NonIdealityModel
+from xbarprune.hardware.nonideal.model import Drift, NonIdealityConfig, NonIdealityModel
 from xbarprune.hardware.spec import DeviceSpec
 from xbarprune.mapping import CrossbarLayout, map_model
 
@@ -53,7 +53,7 @@ def _setup(seed: int = 0):
 
 
 def _drift() -> NonIdealityModel:
-    return NonIdealityModel.from_config(NonIdealityConfig(drift=DriftConfig(nu_mean=0.1)))
+    return NonIdealityModel.from_config(NonIdealityConfig(drift=Drift(nu_mean=0.1)))
 
 
 def _programmed(model, layout, ni, t):

@@ -11,12 +11,12 @@ from torch import nn
 from xbarprune.analog import convert, evaluate, trial_generator
 from xbarprune.hardware import CrossbarSpec, DeviceSpec
 from xbarprune.hardware.nonideal.model import (
-    DriftConfig,
-    FaultsConfig,
+    Drift,
     NonIdealityConfig,
     NonIdealityModel,
-    QuantizationConfig,
-    VariationConfig,
+    ProgrammingVariation,
+    Quantization,
+    StuckAtFaults,
 )
 from xbarprune.mapping import map_model, pack_columns, weight_to_matrix
 
@@ -79,10 +79,10 @@ def test_batched_trials_equal_sequential_trials_on_cuda():
     net = _net().cuda()
     lay = map_model(net, CrossbarSpec(16, 8))
     cfg = NonIdealityConfig(
-        quantization=QuantizationConfig(),
-        variation=VariationConfig(sigma=0.3, mode="relative"),
-        faults=FaultsConfig(sa0=0.05, sa1=0.05),
-        drift=DriftConfig(nu_mean=0.1, nu_std=0.03, t0=1.0),
+        quantization=Quantization(),
+        variation=ProgrammingVariation(sigma=0.3, mode="relative"),
+        faults=StuckAtFaults(sa0=0.05, sa1=0.05),
+        drift=Drift(nu_mean=0.1, nu_std=0.03, t0=1.0),
         dac_bits=6,
     )
     ni = NonIdealityModel.from_config(cfg)

@@ -24,15 +24,15 @@ from xbarprune.experiment.export import export_run, load_run
 from xbarprune.experiment.pipeline import Run
 from xbarprune.hardware.nonideal.io import IOConfig
 from xbarprune.hardware.nonideal.model import (
-    AgingConfig,
-    DriftConfig,
-    FaultsConfig,
-    IRDropConfig,
+    Aging,
+    Drift,
+    IRDrop,
     NonIdealityConfig,
-    PCMConfig,
-    QuantizationConfig,
-    ReadDisturbConfig,
-    VariationConfig,
+    PCMStatistical,
+    ProgrammingVariation,
+    Quantization,
+    ReadDisturb,
+    StuckAtFaults,
     preset,
 )
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
@@ -231,17 +231,17 @@ def test_bad_input_gets_one_clear_error(masked_run, tmp_path, capsys):
 # ----------------------------------------------------------------------------- aihwkit
 def test_translation_lists_what_aihwkit_cannot_express():
     cfg = NonIdealityConfig(
-        quantization=QuantizationConfig(levels=16),
-        aging=AgingConfig(cycles=1e6),
-        variation=VariationConfig(sigma=0.05),
-        faults=FaultsConfig(sa0=0.01),
-        pcm=PCMConfig(),
-        ir_drop=IRDropConfig(r_row=5.0),
+        quantization=Quantization(levels=16),
+        aging=Aging(cycles=1e6),
+        variation=ProgrammingVariation(sigma=0.05),
+        faults=StuckAtFaults(sa0=0.01),
+        pcm=PCMStatistical(),
+        ir_drop=IRDrop(r_row=5.0),
         dac_bits=8,
         adc_bits=6,
         drift_compensation=True,
         column_calibration=True,
-        read_disturb=ReadDisturbConfig(),
+        read_disturb=ReadDisturb(),
     )
     tr = ak.translate_to_aihwkit(cfg, CrossbarSpec(128, 128, 2), DeviceSpec(g_min=0, g_max=5e-5))
     assert {r["setting"] for r in tr.untranslated} == {
@@ -264,7 +264,7 @@ def test_translation_lists_what_aihwkit_cannot_express():
     assert ideal.spec["forward"] == {"is_perfect": True} and not ideal.untranslated
     # without pcm: variation (relative) and drift as StateIndependentNoiseModel
     si = ak.translate_to_aihwkit(
-        NonIdealityConfig(variation=VariationConfig(0.1), drift=DriftConfig(0.05, 0.01, 2.0)),
+        NonIdealityConfig(variation=ProgrammingVariation(0.1), drift=Drift(0.05, 0.01, 2.0)),
         CrossbarSpec(),
         DeviceSpec(g_min=0, g_max=1e-4),
     ).spec["noise_model"]
@@ -290,21 +290,25 @@ def _io_of_bits(dac: int | None, adc: int | None, rows: int) -> IOConfig:
     "cfg, expected",
     [
         (
-            NonIdealityConfig(pcm=PCMConfig(), drift_compensation=True, dac_bits=8, adc_bits=8),
-            NonIdealityConfig(pcm=PCMConfig(), drift_compensation=True, io=_io_of_bits(8, 8, 64)),
+            NonIdealityConfig(
+                pcm=PCMStatistical(), drift_compensation=True, dac_bits=8, adc_bits=8
+            ),
+            NonIdealityConfig(
+                pcm=PCMStatistical(), drift_compensation=True, io=_io_of_bits(8, 8, 64)
+            ),
         ),
         (
             NonIdealityConfig(
-                pcm=PCMConfig(prog_coeff=(0.1, 1.0, -0.5), t0=5.0, drift_scale=0.5), adc_bits=6
+                pcm=PCMStatistical(prog_coeff=(0.1, 1.0, -0.5), t0=5.0, drift_scale=0.5), adc_bits=6
             ),
             NonIdealityConfig(
-                pcm=PCMConfig(prog_coeff=(0.1, 1.0, -0.5), t0=5.0, drift_scale=0.5),
+                pcm=PCMStatistical(prog_coeff=(0.1, 1.0, -0.5), t0=5.0, drift_scale=0.5),
                 io=_io_of_bits(None, 6, 64),
             ),
         ),
         (
             NonIdealityConfig(
-                variation=VariationConfig(0.03, "absolute"), drift=DriftConfig(0.1, 0.02, 1.0)
+                variation=ProgrammingVariation(0.03, "absolute"), drift=Drift(0.1, 0.02, 1.0)
             ),
             None,
         ),
@@ -312,7 +316,7 @@ def _io_of_bits(dac: int | None, adc: int | None, rows: int) -> IOConfig:
         (preset("aihwkit-default"), None),
         (
             NonIdealityConfig(
-                pcm=PCMConfig(read_noise_scale=0.5),
+                pcm=PCMStatistical(read_noise_scale=0.5),
                 io=IOConfig(
                     inp_res=1 / 62,
                     inp_noise=0.01,
@@ -497,7 +501,7 @@ def test_aihwkit_analog_sequential_of_a_plain_model():
     m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 5))
     spec = ak.perfect_spec(
         ak.translate_to_aihwkit(
-            NonIdealityConfig(pcm=PCMConfig()),
+            NonIdealityConfig(pcm=PCMStatistical()),
             CrossbarSpec(8, 8),
             DeviceSpec(g_min=0, g_max=2.5e-5),
         ).spec
@@ -555,7 +559,7 @@ def test_translated_io_makes_aihwkit_compute_what_our_periphery_computes(max_inp
     m = nn.Sequential(nn.Linear(40, 20), nn.ReLU(), nn.Linear(20, 7)).eval()
     x = torch.randn(16, 40)
     io = IOConfig(out_noise=0.0, bound_management="none", max_input_size=max_input_size)
-    quiet = PCMConfig(prog_noise_scale=0, read_noise_scale=0, drift_scale=0)
+    quiet = PCMStatistical(prog_noise_scale=0, read_noise_scale=0, drift_scale=0)
     cfg = NonIdealityConfig(pcm=quiet, io=io)
     dev, xbar = DeviceSpec(g_min=0, g_max=2.5e-5), CrossbarSpec(64, 64)
     spec = ak.translate_to_aihwkit(cfg, xbar, dev).spec

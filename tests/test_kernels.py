@@ -19,13 +19,13 @@ from xbarprune.errors import ConfigError
 from xbarprune.hardware import CrossbarSpec, DeviceSpec
 from xbarprune.hardware.nonideal.converters import levels_per_side, quantize_uniform
 from xbarprune.hardware.nonideal.model import (
-    DriftConfig,
-    FaultsConfig,
+    Drift,
     NonIdealityConfig,
     NonIdealityModel,
-    QuantizationConfig,
-    ReadNoiseConfig,
-    VariationConfig,
+    ProgrammingVariation,
+    Quantization,
+    ReadNoise,
+    StuckAtFaults,
 )
 from xbarprune.mapping import map_model, pack_columns, permuted, weight_to_matrix
 from xbarprune.mapping.layout import Block
@@ -217,10 +217,10 @@ def test_tile_path_keeps_the_straight_through_gradient():
 
 
 WEIGHT_LEVEL = NonIdealityConfig(
-    quantization=QuantizationConfig(),
-    variation=VariationConfig(sigma=0.3, mode="relative"),
-    faults=FaultsConfig(sa0=0.05, sa1=0.05),
-    drift=DriftConfig(nu_mean=0.1, nu_std=0.03, t0=1.0),
+    quantization=Quantization(),
+    variation=ProgrammingVariation(sigma=0.3, mode="relative"),
+    faults=StuckAtFaults(sa0=0.05, sa1=0.05),
+    drift=Drift(nu_mean=0.1, nu_std=0.03, t0=1.0),
     dac_bits=6,
     drift_compensation=True,
 )
@@ -259,9 +259,7 @@ def test_batched_trials_equal_sequential_trials():
 def test_batched_trials_fall_back_when_they_do_not_apply():
     net = _net()
     lay = map_model(net, CrossbarSpec(16, 8))
-    noisy = NonIdealityConfig(
-        **{**WEIGHT_LEVEL.__dict__, "read_noise": ReadNoiseConfig(sigma=0.02)}
-    )
+    noisy = NonIdealityConfig(**{**WEIGHT_LEVEL.__dict__, "read_noise": ReadNoise(sigma=0.02)})
     ni = NonIdealityModel.from_config(noisy)
     assert not convert(net, lay, DeviceSpec(), ni).can_batch_trials()
     a = evaluate(net, _data(), lay, DeviceSpec(), ni, trials=3)

@@ -22,6 +22,7 @@ from xbarprune.mapping import (
     packed_tile_count,
     weight_to_matrix,
 )
+from xbarprune.mapping.layout import Block
 from xbarprune.mapping.permute import pack_layout
 
 VGG16_CONV = [
@@ -60,6 +61,19 @@ def test_encodings_change_columns_per_weight():
     assert CrossbarSpec(128, 128, encoding="offset").weights_per_row == 127
     assert CrossbarSpec(128, 128, cells_per_weight=2).weights_per_row == 32
     assert CrossbarSpec(128, 128, cells_per_weight=2, encoding="offset").weights_per_row == 63
+
+
+def test_tile_rules_on_the_crossbar_and_the_block_by_hand():
+    x = CrossbarSpec(16, 16, cells_per_weight=2)  # differential: 2 sides x 2 slices = 4 cols
+    assert (x.sides, x.columns_per_weight, x.weights_per_row) == (2, 4, 4)
+    off = CrossbarSpec(16, 16, encoding="offset")
+    assert (off.sides, off.columns_per_weight, off.weights_per_row) == (1, 1, 15)
+    # 33 rows -> 3 bands of 16; 9 columns -> 3 column tiles of 4 (1 on offset: 9 <= 15)
+    assert x.tile_grid(33, 9) == (3, 3) and x.tiles(33, 9) == 9
+    assert off.tile_grid(33, 9) == (3, 1) and off.tiles(16, 16) == 2
+    assert x.row_bands(16) == 1 and x.row_bands(17) == 2 and x.col_bands(0) == 0
+    b = Block(torch.arange(33), torch.arange(9))
+    assert b.grid(x) == (3, 3) and b.tiles(x) == 9
     with pytest.raises(CrossbarTooSmallError, match="needs at least 4 columns"):
         CrossbarSpec(8, 3, cells_per_weight=2)
 

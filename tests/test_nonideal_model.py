@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 
 import pytest
 import torch
@@ -13,24 +14,17 @@ from xbarprune.errors import ConfigError, SpecError
 from xbarprune.hardware.nonideal import (
     PRESETS,
     Aging,
-    AgingConfig,
     Drift,
-    DriftConfig,
     EffectContext,
-    FaultsConfig,
     IRDrop,
-    IRDropConfig,
     NonIdealityConfig,
     NonIdealityModel,
-    PCMConfig,
     PCMStatistical,
     ProgrammingVariation,
     Quantization,
-    QuantizationConfig,
+    ReadDisturb,
     ReadNoise,
-    ReadNoiseConfig,
     StuckAtFaults,
-    VariationConfig,
     preset,
 )
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
@@ -45,14 +39,14 @@ def ctx(seed=0, time_s=1.0, used=None):
 
 
 FULL = NonIdealityConfig(
-    quantization=QuantizationConfig(levels=8),
-    aging=AgingConfig(cycles=1e6),
-    variation=VariationConfig(sigma=0.05),
-    faults=FaultsConfig(sa0=0.01, sa1=0.01),
-    pcm=PCMConfig(),
-    drift=DriftConfig(nu_mean=0.1, nu_std=0.02),
-    ir_drop=IRDropConfig(r_row=1.0, r_col=1.0),
-    read_noise=ReadNoiseConfig(sigma=0.02),
+    quantization=Quantization(levels=8),
+    aging=Aging(cycles=1e6),
+    variation=ProgrammingVariation(sigma=0.05),
+    faults=StuckAtFaults(sa0=0.01, sa1=0.01),
+    pcm=PCMStatistical(),
+    drift=Drift(nu_mean=0.1, nu_std=0.02),
+    ir_drop=IRDrop(r_row=1.0, r_col=1.0),
+    read_noise=ReadNoise(sigma=0.02),
     dac_bits=8,
     adc_bits=6,
     adc_full_scale=2.0,
@@ -63,24 +57,24 @@ FULL = NonIdealityConfig(
 @pytest.mark.parametrize(
     ("cls", "kwargs", "field"),
     [
-        (QuantizationConfig, {"levels": 1}, "QuantizationConfig.levels"),
-        (VariationConfig, {"sigma": -0.1}, "VariationConfig.sigma"),
-        (VariationConfig, {"sigma": 0.1, "mode": "gauss"}, "VariationConfig.mode"),
-        (ReadNoiseConfig, {"sigma": -1.0}, "ReadNoiseConfig.sigma"),
-        (DriftConfig, {"t0": 0.0}, "DriftConfig.t0"),
-        (DriftConfig, {"nu_std": -0.01}, "DriftConfig.nu_std"),
-        (DriftConfig, {"nu_mean": float("nan")}, "DriftConfig.nu_mean"),
-        (AgingConfig, {"cycles": -5.0}, "AgingConfig.cycles"),
-        (AgingConfig, {"cycles": 1.0, "beta": 1.5}, "AgingConfig.beta"),
-        (FaultsConfig, {"sa0": 1.2}, "FaultsConfig.sa0"),
-        (FaultsConfig, {"sa1": -0.1}, "FaultsConfig.sa1"),
-        (FaultsConfig, {"sa0": 0.6, "sa1": 0.6}, "FaultsConfig.sa0 + FaultsConfig.sa1"),
-        (FaultsConfig, {"pattern": "diag"}, "FaultsConfig.pattern"),
-        (IRDropConfig, {"r_row": -1.0}, "IRDropConfig.r_row"),
-        (IRDropConfig, {"r_sink": -1.0}, "IRDropConfig.r_sink"),
-        (IRDropConfig, {"max_iter": 0}, "IRDropConfig.max_iter"),
-        (PCMConfig, {"t_read": 0.0}, "PCMConfig.t_read"),
-        (PCMConfig, {"drift_scale": -1.0}, "PCMConfig.drift_scale"),
+        (Quantization, {"levels": 1}, "Quantization.levels"),
+        (ProgrammingVariation, {"sigma": -0.1}, "ProgrammingVariation.sigma"),
+        (ProgrammingVariation, {"sigma": 0.1, "mode": "gauss"}, "ProgrammingVariation.mode"),
+        (ReadNoise, {"sigma": -1.0}, "ReadNoise.sigma"),
+        (Drift, {"t0": 0.0}, "Drift.t0"),
+        (Drift, {"nu_std": -0.01}, "Drift.nu_std"),
+        (Drift, {"nu_mean": float("nan")}, "Drift.nu_mean"),
+        (Aging, {"cycles": -5.0}, "Aging.cycles"),
+        (Aging, {"cycles": 1.0, "beta": 1.5}, "Aging.beta"),
+        (StuckAtFaults, {"sa0": 1.2}, "StuckAtFaults.sa0"),
+        (StuckAtFaults, {"sa1": -0.1}, "StuckAtFaults.sa1"),
+        (StuckAtFaults, {"sa0": 0.6, "sa1": 0.6}, "StuckAtFaults.sa0 + StuckAtFaults.sa1"),
+        (StuckAtFaults, {"pattern": "diag"}, "StuckAtFaults.pattern"),
+        (IRDrop, {"r_row": -1.0}, "IRDrop.r_row"),
+        (IRDrop, {"r_sink": -1.0}, "IRDrop.r_sink"),
+        (IRDrop, {"max_iter": 0}, "IRDrop.max_iter"),
+        (PCMStatistical, {"t_read": 0.0}, "PCMStatistical.t_read"),
+        (PCMStatistical, {"drift_scale": -1.0}, "PCMStatistical.drift_scale"),
         (NonIdealityConfig, {"dac_bits": 0}, "NonIdealityConfig.dac_bits"),
         (NonIdealityConfig, {"adc_bits": 40}, "NonIdealityConfig.adc_bits"),
         (NonIdealityConfig, {"adc_full_scale": 0.0}, "NonIdealityConfig.adc_full_scale"),
@@ -103,7 +97,7 @@ def test_from_dict_yaml_round_trip_and_errors():
     adc_bits: 8
     """
     cfg = from_dict(NonIdealityConfig, yaml.safe_load(text))
-    assert cfg.variation == VariationConfig(0.05, "lognormal")
+    assert cfg.variation == ProgrammingVariation(0.05, "lognormal")
     assert cfg.faults.pattern == "row" and cfg.drift.t0 == 1.0
     assert cfg.pcm.prog_coeff == (0.2, 1.0, -0.5) and cfg.ir_drop.method == "approx"
     assert cfg.aging is None and cfg.adc_bits == 8 and cfg.adc_full_scale is None
@@ -143,24 +137,38 @@ def test_model_order_stages_and_flags():
 
 def test_noop_sections_are_dropped():
     cfg = NonIdealityConfig(
-        variation=VariationConfig(sigma=0.0),
-        faults=FaultsConfig(),
-        ir_drop=IRDropConfig(),
-        drift=DriftConfig(nu_mean=0.0),
-        aging=AgingConfig(cycles=0.0),
-        read_noise=ReadNoiseConfig(sigma=0.0),
+        variation=ProgrammingVariation(sigma=0.0),
+        faults=StuckAtFaults(),
+        ir_drop=IRDrop(),
+        drift=Drift(nu_mean=0.0),
+        aging=Aging(cycles=0.0),
+        read_noise=ReadNoise(sigma=0.0),
     )
     m = NonIdealityModel.from_config(cfg)
     assert m.is_ideal and not m.has_read_stage and m.effects == ()
+    # the effect itself says whether it does nothing (was each *Config.build() -> None)
+    assert all(getattr(cfg, k).is_ideal for k in ("variation", "faults", "ir_drop", "drift"))
+    assert ReadDisturb(inferences_per_second=0.0).is_ideal and Aging(1e6, 0.0, 0.0).is_ideal
+    for busy in (
+        ProgrammingVariation(sigma=0.01),
+        StuckAtFaults(sa1=0.01),
+        IRDrop(r_sink=1.0),
+        Drift(nu_mean=0.0, nu_std=0.01),
+        Aging(cycles=1.0),
+        ReadDisturb(),
+        ReadNoise(sigma=0.01),
+        Quantization(levels=2),
+        PCMStatistical(prog_noise_scale=0.0, read_noise_scale=0.0, drift_scale=0.0),
+    ):
+        assert not busy.is_ideal, busy
+        assert NonIdealityModel.from_config(NonIdealityConfig(**_section(busy))).effects == (busy,)
     assert not NonIdealityModel.from_config(NonIdealityConfig(dac_bits=8)).is_ideal
     assert NonIdealityModel.from_config(None).is_ideal
     assert NonIdealityModel().config.adc_bits is None
 
 
 def test_program_runs_quantization_before_aging():
-    cfg = NonIdealityConfig(
-        quantization=QuantizationConfig(levels=2), aging=AgingConfig(cycles=1e6, alpha=0.2)
-    )
+    cfg = NonIdealityConfig(quantization=Quantization(levels=2), aging=Aging(cycles=1e6, alpha=0.2))
     m = NonIdealityModel.from_config(cfg)
     g = torch.tensor([[[9.9e-5, 2e-6]]], dtype=torch.float64)
     out = m.program(g, ctx())
@@ -195,7 +203,7 @@ def test_presets():
     r = preset("reram")
     assert r.quantization.levels == 16 and r.adc_bits == 8
     assert r.variation.sigma == 0.05 and r.read_noise.sigma == 0.02
-    assert preset("pcm").pcm == PCMConfig()
+    assert preset("pcm").pcm == PCMStatistical()
     ir = preset("ir_drop").ir_drop
     assert (ir.r_source, ir.r_sink, ir.r_row, ir.r_col) == (1000.0, 1000.0, 5.0, 10.0)
     assert preset("ir_drop").quantization.levels == 16
@@ -210,3 +218,12 @@ def test_presets():
 def test_manual_model_validation():
     with pytest.raises(SpecError, match="ConductanceEffect"):
         NonIdealityModel(effects=("not an effect",))
+
+
+def _section(effect) -> dict:
+    """``{section: effect}`` for the NonIdealityConfig field whose type is the effect's."""
+    from xbarprune.hardware.nonideal.model import EFFECT_SECTIONS
+
+    hints = typing.get_type_hints(NonIdealityConfig)
+    (name,) = [k for k in EFFECT_SECTIONS if type(effect) in typing.get_args(hints[k])]
+    return {name: effect}

@@ -14,7 +14,7 @@ from xbarprune.analog import convert, trial_generator
 from xbarprune.config import from_dict
 from xbarprune.errors import ConfigError, SpecError, XbarpruneError
 from xbarprune.hardware import CrossbarSpec, DeviceSpec
-from xbarprune.hardware.nonideal import NonIdealityConfig, NonIdealityModel, PCMConfig, preset
+from xbarprune.hardware.nonideal import NonIdealityConfig, NonIdealityModel, PCMStatistical, preset
 from xbarprune.hardware.nonideal.io import (
     IOConfig,
     io_mvm,
@@ -41,7 +41,7 @@ def test_defaults_are_aihwkit_forward():
     assert io.inp_step == pytest.approx(2 / 126) and io.out_step == pytest.approx(24 / 510)
     assert IOConfig(inp_res=126).inp_step == pytest.approx(2 / 126)  # steps form
     p = preset("aihwkit-default")
-    assert p.io == io and p.pcm == PCMConfig() and p.drift_compensation
+    assert p.io == io and p.pcm == PCMStatistical() and p.drift_compensation
 
 
 def test_noise_management_abs_max_per_vector():
@@ -148,7 +148,7 @@ def test_aihwkit_default_without_noise_equals_digital(per_tile):
     model, x, lay = _lenet()
     cfg = replace(
         preset("aihwkit-default"),
-        pcm=PCMConfig(prog_noise_scale=0.0, read_noise_scale=0.0, drift_scale=0.0),
+        pcm=PCMStatistical(prog_noise_scale=0.0, read_noise_scale=0.0, drift_scale=0.0),
         io=replace(CLEAN, per_tile=per_tile),
     )
     am = convert(model, lay, DEV, NonIdealityModel.from_config(cfg))

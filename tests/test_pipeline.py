@@ -41,31 +41,41 @@ def finished(tmp_path_factory) -> tuple[Path, dict, list[str]]:
     return out, rep, logs
 
 
-def test_report_has_every_field(finished):
+def test_report_fields_hold_the_runs_numbers(finished):
+    """Every report field holds this run's numbers: the config it was made with, the test-set
+    size, per-trial accuracies that are counts over 300 images with their mean and sample std,
+    and LeNet-5's dense tile counts on 32x32 differential crossbars by hand."""
+    import statistics
+
     _, rep, _ = finished
-    for key in (
-        "model",
-        "dataset",
-        "method",
-        "crossbar",
-        "device",
-        "nonideal",
-        "seeds",
-        "accuracy",
-        "sparsity",
-        "crossbars",
-        "cost",
-        "layers",
-        "timing",
-        "versions",
-    ):
-        assert key in rep, key
+    assert rep["model"] == "lenet5" and rep["dataset"]["name"] == "mnist-embedded"
+    assert rep["dataset"]["test_size"] == 300
+    assert rep["method"]["name"] == "group-magnitude"
+    assert rep["method"]["params"] == TINY["method"]["params"]
+    assert (rep["crossbar"]["rows"], rep["crossbar"]["cols"]) == (32, 32)
+    assert rep["nonideal"]["preset"] == "reram"
+    assert rep["seeds"] == {"experiment": 3, "evaluate": 1}
     acc = rep["accuracy"]
     for t in ("1s", "1d"):
         r = acc["compressed_nonideal"][t]
-        assert len(r["per_trial"]) == 2 and r["trials"] == 2
-        assert abs(r["mean"] - sum(r["per_trial"]) / 2) < 1e-12
+        assert r["trials"] == 2 and len(r["per_trial"]) == 2
+        for a in r["per_trial"]:
+            assert a * 300 == pytest.approx(round(a * 300), abs=1e-9)  # k correct of 300
+        assert r["mean"] == pytest.approx(statistics.fmean(r["per_trial"]), abs=1e-12)
+        assert r["std"] == pytest.approx(statistics.stdev(r["per_trial"]), abs=1e-12)
+    # reram has no time-dependent effect: both times are the same chips, the same numbers
+    assert (
+        acc["compressed_nonideal"]["1s"]["per_trial"]
+        == acc["compressed_nonideal"]["1d"]["per_trial"]
+    )
+    # 16 weights per tile row (differential on 32 columns): ceil(R/32) * ceil(C/16)
+    want = {"features.conv1": 1 * 1, "features.conv2": 5 * 1, "classifier.fc1": 13 * 8,
+            "classifier.fc2": 4 * 6, "classifier.fc3": 3 * 1}  # fmt: skip
+    assert {r["name"]: r["tiles_dense"] for r in rep["layers"]} == want
+    assert rep["crossbars"]["dense"] == sum(want.values()) == 137
     assert set(rep["sparsity"]) >= {"weight", "group", "crossbar_saving"}
+    assert all(v > 0 for k, v in rep["timing"].items() if k != "report")
+    assert rep["versions"]["torch"] == torch.__version__
 
 
 def test_report_numbers_are_consistent(finished):

@@ -18,7 +18,6 @@ from xbarprune.hardware.nonideal import (
     NonIdealityConfig,
     NonIdealityModel,
     ReadDisturb,
-    ReadDisturbConfig,
     preset,
 )
 from xbarprune.mapping import map_model
@@ -82,9 +81,9 @@ def test_validation_and_config():
     m = NonIdealityModel.from_config(cfg)
     (eff,) = m.stage("time")
     assert isinstance(eff, ReadDisturb) and eff.cycles == 100.0
-    assert NonIdealityConfig(read_disturb=ReadDisturbConfig(reads_per_inference=0)).read_disturb
+    assert NonIdealityConfig(read_disturb=ReadDisturb(reads_per_inference=0)).read_disturb
     assert NonIdealityModel.from_config(
-        NonIdealityConfig(read_disturb=ReadDisturbConfig(reads_per_inference=0))
+        NonIdealityConfig(read_disturb=ReadDisturb(reads_per_inference=0))
     ).is_ideal
     p = preset("reram_read_disturb")
     assert p.read_disturb.cycles == 1e4 and p.adc_bits == 8 and not p.drift_compensation
@@ -95,13 +94,13 @@ def test_analog_layer_scales_weights_by_the_factor():
     lin = nn.Sequential(nn.Linear(6, 4, bias=False)).eval()
     lay = map_model(lin, CrossbarSpec(8, 8, cells_per_weight=1, encoding="differential"))
     dev = DeviceSpec(g_min=1e-6, g_max=1e-4)
-    rdc = ReadDisturbConfig(inferences_per_second=1000.0, reads_per_inference=8.0, cycles=1e4)
+    rdc = ReadDisturb(inferences_per_second=1000.0, reads_per_inference=8.0, cycles=1e4)
     cfg = NonIdealityConfig(read_disturb=rdc)
     am = convert(lin, lay, dev, NonIdealityModel.from_config(cfg))
     x = torch.randn(3, 6)
     t = 365.25 * 86400
     am.program(trial_generator(0, 0), t)
-    a = rdc.build().factor(t)
+    a = rdc.factor(t)
     with torch.no_grad():
         assert torch.allclose(am(x), a * lin(x), atol=1e-6)  # G -> a G in both cells
         am2 = convert(

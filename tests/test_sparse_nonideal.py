@@ -34,7 +34,7 @@ from xbarprune.errors import ConfigError, SpecError
 from xbarprune.hardware import CrossbarSpec
 from xbarprune.hardware.nonideal import effective_conductance, nodal_solve
 from xbarprune.hardware.nonideal.model import (
-    IRDropConfig,
+    IRDrop,
     NonIdealityConfig,
     NonIdealityModel,
     preset,
@@ -145,7 +145,7 @@ def test_nf_of_one_cell_by_hand_and_zero_wires_ideal():
 def test_zero_wire_resistance_gives_the_ideal_output():
     m = small_net()
     lay = map_model(m, CrossbarSpec(8, 8))
-    zero = NonIdealityModel.from_config(NonIdealityConfig(ir_drop=IRDropConfig()))
+    zero = NonIdealityModel.from_config(NonIdealityConfig(ir_drop=IRDrop()))
     assert zero.is_ideal
     x = data(8)[:][0]
     am = convert(m, lay, RRAM_DATE22, zero)
@@ -153,15 +153,15 @@ def test_zero_wire_resistance_gives_the_ideal_output():
     assert torch.allclose(am(x), m(x), atol=1e-5)
     per = nonideality_factor(m, lay, RRAM_DATE22, zero, x)
     assert summarize(per)["nf_mean"] == 0.0
-    ir = NonIdealityModel.from_config(NonIdealityConfig(ir_drop=IRDropConfig(*PARASITICS)))
+    ir = NonIdealityModel.from_config(NonIdealityConfig(ir_drop=IRDrop(*PARASITICS)))
     s = summarize(nonideality_factor(m, lay, RRAM_DATE22, ir, x))
     assert 0.0 < s["nf_mean"] < 0.5 and s["low_g_fraction"] >= 0.5  # differential: G- idle
 
 
 def test_negative_resistances_rejected_naming_the_field():
     for field in ("r_row", "r_col", "r_source", "r_sink"):
-        with pytest.raises(SpecError, match=f"IRDropConfig.{field}"):
-            IRDropConfig(**{field: -1.0})
+        with pytest.raises(SpecError, match=f"IRDrop.{field}"):
+            IRDrop(**{field: -1.0})
     with pytest.raises(ConfigError, match="r_sink"):
         from_dict(NonIdealityConfig, {"ir_drop": {"r_sink": -5}}, "nonideal")
     p = preset("sparse_nonideal")

@@ -247,7 +247,7 @@ def tile_matmul(layer, xm: Tensor, chunk_elems: int | None = None) -> Tensor:
     x_fs = _x_fs(layer)
     pw, _ = _slice_weights(layer)
     bands = layer._band_weights(xm.dtype)
-    n_bands = sum(-(-len(r) // xbar.rows) for r, *_ in bands)
+    n_bands = sum(xbar.row_bands(len(r)) for r, *_ in bands)
     acc_dtype = _acc_dtype(layer, n_bands, xm.dtype)
     out = torch.zeros(B, C, L, dtype=acc_dtype, device=xm.device)
     widest = max(k * len(c) * (len(r) // xbar.rows + 1) for r, c, *_ in bands) * L
@@ -307,7 +307,7 @@ def tile_linear(layer, x: Tensor) -> Tensor:
     n_bands = 0
     for b in lay.blocks:
         rows, cols = b.rows.to(x.device), b.cols.to(x.device)
-        nb = -(-len(rows) // xbar.rows)
+        nb = xbar.row_bands(len(rows))
         n_bands += nb
         pad = nb * xbar.rows - len(rows)
         w = slices[:, rows][:, :, cols]  # (k, r_b, c_b)

@@ -48,6 +48,7 @@ from xbarprune.analog import periphery
 from xbarprune.hardware.conductance import decode, decode_slices, encode
 from xbarprune.hardware.conductance import weight_scale as _weight_scale
 from xbarprune.hardware.nonideal.base import EffectContext
+from xbarprune.hardware.nonideal.compensation import Gains
 from xbarprune.hardware.nonideal.converters import quantize_uniform
 from xbarprune.hardware.nonideal.model import NonIdealityModel
 from xbarprune.hardware.spec import DeviceSpec
@@ -82,9 +83,8 @@ class AnalogLayer(nn.Module):
         self.dac_bits = cfg.dac_bits
         self.adc_bits = cfg.adc_bits
         self.adc_full_scale = cfg.adc_full_scale
-        self.drift_compensation = cfg.drift_compensation
-        self.column_calibration = cfg.column_calibration
-        self.row_calibration = cfg.row_calibration
+        self.drift_compensator = cfg.drift_compensator  # GainCorrection or None
+        self.calibrator = cfg.calibrator  # GainCorrection or None
         self.io = cfg.io  # peripheral I/O model (analog/periphery.py) or None
         self._io_gains: Tensor | None = None  # per-tile drift gains read out through it
         self._col_gain: Tensor | None = None
@@ -170,38 +170,15 @@ class AnalogLayer(nn.Module):
         ctx = self._ctx(generator, time_s, used)
         for eff in self.nonideal.stage("program"):
             state = eff.apply(state, ctx)
-        base = state
+        base = state  # what a read right after programming sees
         for eff in self.nonideal.stage("time"):
-            if self.drift_compensation and hasattr(eff, "apply_with_programmed"):
-                state, base = eff.apply_with_programmed(state, ctx)
-            else:
-                state = eff.apply(state, ctx)
+            state, base = eff.apply_tracked(state, base, ctx)
         for eff in self.nonideal.stage("circuit"):
             state = eff.apply(state, ctx)
         self._phys = state if self.nonideal.has_read_stage else None  # kept for read noise
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         self._read_gen = torch.Generator(device=mat.device).manual_seed(seed)
-        wt = None
-        if self.drift_compensation:
-            # aihwkit's GlobalDriftCompensation: one-hot reads of the whole tile right after
-            # programming and at time t; gain = sum|W_0| / sum|W_t|
-            w0 = self._state_weights(base, placed)
-            wt = self._state_weights(state, placed)
-            ref0, reft = float(w0.abs().sum()), float(wt.abs().sum())
-            self._gain = ref0 / reft if reft > 0 else 1.0
-            if self.io is not None and not self.tile_mode:  # aihwkit: read out through the I/O
-                self._io_gains = periphery.drift_gains(w0, wt, self.io, self._w_max, generator)
-        if self.column_calibration:
-            if wt is None:
-                wt = self._state_weights(state, placed)
-            measured = wt * self._gain
-            intended = mat.clamp(-self._w_max, self._w_max)
-            if self.row_calibration:
-                self._row_gain, self._col_gain = row_column_gains(
-                    intended, measured, self._tile_row_keys().to(mat.device)
-                )
-            else:
-                self._col_gain = column_gains(intended, measured)
+        wt = self._fit_gains(mat, base, state, placed, generator)
         if wt is not None and not self.nonideal.has_read_stage and not self.tile_mode:
             # the read-back weights are the effective ones: no second decode
             self._w_eff = self._calibrated(wt)
@@ -210,17 +187,36 @@ class AnalogLayer(nn.Module):
         if not self.nonideal.has_read_stage:
             self._set_state(state, placed)
 
+    def _fit_gains(
+        self, mat: Tensor, base: Tensor, state: Tensor, placed: Tensor, generator: torch.Generator
+    ) -> Tensor | None:
+        """Fit the drift compensation (read-back ``W_t`` against the weights ``W_0`` right
+        after programming) and then the calibration (``W_t`` times the drift gain against the
+        intended weights) of this trial (:mod:`xbarprune.hardware.nonideal.compensation`);
+        returns ``W_t`` if it was read back, else None."""
+        wt = None
+        if (comp := self.drift_compensator) is not None:
+            # one-hot reads of the whole tile right after programming and at time t
+            w0 = self._state_weights(base, placed)
+            wt = self._state_weights(state, placed)
+            self._gain = comp.fit(w0, wt).scalar
+            if self.io is not None and not self.tile_mode:  # aihwkit: read out through the I/O
+                self._io_gains = periphery.drift_gains(w0, wt, self.io, self._w_max, generator)
+        if (cal := self.calibrator) is not None:
+            if wt is None:
+                wt = self._state_weights(state, placed)
+            intended = mat.clamp(-self._w_max, self._w_max)
+            keys = self._tile_row_keys().to(mat.device)
+            gains = cal.fit(intended, wt * self._gain, keys)
+            self._row_gain, self._col_gain = gains.row, gains.col
+        return wt
+
     def _calibrated(self, w: Tensor) -> Tensor:
         """Decoded weights times the drift gain and the column and row calibration gains
         (with ``io`` the physical weights: the gains are applied after its ADC)."""
         if self.io is not None:
             return w
-        w = w * self._gain
-        if self._col_gain is not None:
-            w = w * self._col_gain
-        if self._row_gain is not None:
-            w = w * self._row_gain
-        return w
+        return Gains(self._gain, self._col_gain, self._row_gain).apply(w)
 
     def _tile_row_keys(self) -> Tensor:
         """(R, C) long: ``tile * rows + tile_row`` of every placed weight (-1: not placed);
@@ -486,41 +482,6 @@ class AnalogLayer(nn.Module):
             f"layer={self.layout.name!r}, tiles={self.layout.n_tiles}, "
             f"mode={'tile-adc' if self.tile_mode else 'weight'}"
         )
-
-
-def column_gains(intended: Tensor, measured: Tensor) -> Tensor:
-    """Least-squares gain per matrix column: ``<W_c, M_c> / <M_c, M_c>`` (1 where M_c = 0).
-
-    ``intended`` and ``measured`` are (R, C) weight matrices; the result has shape (C,).
-    """
-    num = (intended * measured).sum(0)
-    den = (measured * measured).sum(0)
-    ones = torch.ones_like(den)
-    return torch.where(den > 0, num / torch.where(den > 0, den, ones), ones)
-
-
-def row_column_gains(
-    intended: Tensor, measured: Tensor, keys: Tensor, iters: int = 6
-) -> tuple[Tensor, Tensor]:
-    """Joint least-squares fit ``W ~ r[key] * M * c`` of one gain per tile row (``keys``,
-    (R, C) long, -1 for unplaced weights) and one per matrix column, by alternating exact
-    least-squares updates (each lowers the residual); returns ``(r expanded to (R, C), c)``.
-    Starts from the column-only fit, so it never ends worse than :func:`column_gains`."""
-    c = column_gains(intended, measured)
-    placed = keys >= 0
-    k = torch.where(placed, keys, 0).reshape(-1)
-    n = int(k.max()) + 1 if bool(placed.any()) else 1
-    r_full = torch.ones_like(measured)
-    for _ in range(iters):
-        p = measured * c
-        num = torch.zeros(n, dtype=p.dtype, device=p.device)
-        den = torch.zeros(n, dtype=p.dtype, device=p.device)
-        num.index_add_(0, k, (p * intended * placed).reshape(-1))
-        den.index_add_(0, k, (p * p * placed).reshape(-1))
-        r = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 1.0)
-        r_full = torch.where(placed, r[k].view_as(measured), 1.0)
-        c = column_gains(intended, measured * r_full)
-    return r_full, c
 
 
 def adc_full_scale_or_none(v: float | None) -> float | None:

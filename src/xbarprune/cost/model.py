@@ -310,7 +310,7 @@ def _dense_stats(layer: LayerLayout, tech: TechnologyTable) -> _TileStats:
     x = layer.crossbar
     R, C = layer.matrix_shape
     wpr = x.weights_per_row
-    nr, nc = math.ceil(R / x.rows), math.ceil(C / wpr)
+    nr, nc = x.tile_grid(R, C)
     rows_in = (R - torch.arange(nr) * x.rows).clamp(max=x.rows)
     slots_in = (C - torch.arange(nc) * wpr).clamp(max=wpr)
     rows_driven = rows_in.repeat_interleave(nc)  # tile t = i * nc + j

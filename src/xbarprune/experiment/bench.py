@@ -289,10 +289,16 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
     t0 = time.perf_counter()
     rep = run.run()
     sims: dict[str, Any] = {arm.presets[0]: json.loads((run.stages / "simulate.json").read_text())}
+    extra_s = 0.0
     for p in arm.presets[1:]:
-        sims[p] = _cached_simulation(run, p)
+        sims[p], secs = _cached_simulation(run, p)
+        extra_s += secs
+    # the arm's own compute, as recorded when each stage ran (a cached arm keeps its numbers);
+    # the dense training is counted once, in the seed's dense arm
     timing = rep.get("timing", {})
-    compute = sum(v for v in timing.values() if isinstance(v, int | float))
+    own = ("compress", "finetune", "simulate") + (("train",) if arm.dense_dir is None else ())
+    compute = sum(float(timing[k]) for k in own if isinstance(timing.get(k), int | float))
+    compute += extra_s
     dense_x, comp_x = rep["crossbars"]["dense"], rep["crossbars"]["compressed"]
     record = {
         "key": arm.key,
@@ -315,9 +321,10 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
     return record
 
 
-def _cached_simulation(run: Any, preset_name: str) -> dict:
-    """``run.simulate(nonideal=preset)``, cached in ``<arm>/bench_sim/<preset>.json`` with the
-    record of its inputs (recomputed when they change)."""
+def _cached_simulation(run: Any, preset_name: str) -> tuple[dict, float]:
+    """``run.simulate(nonideal=preset)`` and its compute seconds, cached in
+    ``<arm>/bench_sim/<preset>.json`` with the record of its inputs (recomputed when they
+    change)."""
     rec = dict(run.stage_inputs("simulate"))
     rec = {k: v for k, v in rec.items() if not k.startswith("nonideal")}
     rec["nonideal"] = preset_name
@@ -326,12 +333,14 @@ def _cached_simulation(run: Any, preset_name: str) -> dict:
         try:
             old = json.loads(path.read_text())
             if old.get("record") == rec:
-                return old["result"]
+                return old["result"], float(old.get("seconds", 0.0))
         except (OSError, ValueError):
             pass
+    t0 = time.perf_counter()
     res = run.simulate(nonideal=preset_name)
-    atomic_write_json(path, {"record": rec, "result": res})
-    return res
+    secs = time.perf_counter() - t0
+    atomic_write_json(path, {"record": rec, "result": res, "seconds": secs})
+    return res, secs
 
 
 # ---------------------------------------------------------------------------- executors

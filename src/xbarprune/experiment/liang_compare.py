@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -85,8 +84,8 @@ def peripheral_crossbars(layout: CrossbarLayout) -> int:
     total = 0
     for lay in layout:
         R, C = lay.matrix_shape
-        bands = math.ceil(R / lay.crossbar.rows)
-        total += bands + (math.ceil(C / lay.crossbar.weights_per_row) if bands > 1 else 0)
+        bands, col_bands = lay.crossbar.tile_grid(R, C)
+        total += bands + (col_bands if bands > 1 else 0)
     return total
 
 

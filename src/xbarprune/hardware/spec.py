@@ -107,9 +107,32 @@ class CrossbarSpec:
             )
 
     @property
+    def sides(self) -> int:
+        """Cells per weight and bit slice: 2 for the differential pair (G+, G-), 1 offset."""
+        return 2 if self.encoding == "differential" else 1
+
+    @property
     def columns_per_weight(self) -> int:
         """Physical columns one logical output column takes (2k differential, k offset)."""
-        return self.cells_per_weight * (2 if self.encoding == "differential" else 1)
+        return self.cells_per_weight * self.sides
+
+    def row_bands(self, n_rows: int) -> int:
+        """Tile rows (bands of ``rows`` inputs) that ``n_rows`` matrix rows take."""
+        return -(-int(n_rows) // self.rows)
+
+    def col_bands(self, n_cols: int) -> int:
+        """Tile columns (of ``weights_per_row`` outputs) that ``n_cols`` matrix columns take."""
+        return -(-int(n_cols) // self.weights_per_row)
+
+    def tile_grid(self, n_rows: int, n_cols: int) -> tuple[int, int]:
+        """``(row bands, column bands)`` of tiles an ``n_rows x n_cols`` matrix block takes."""
+        return self.row_bands(n_rows), self.col_bands(n_cols)
+
+    def tiles(self, n_rows: int, n_cols: int) -> int:
+        """Tiles an ``n_rows x n_cols`` matrix block takes on its own:
+        ``ceil(n_rows / rows) * ceil(n_cols / weights_per_row)``."""
+        nr, nc = self.tile_grid(n_rows, n_cols)
+        return nr * nc
 
     @property
     def reference_columns(self) -> int:

@@ -68,10 +68,10 @@ from torch import nn
 from xbarprune.errors import ExportError, SpecError, TranslationError
 from xbarprune.hardware.nonideal.io import IOConfig
 from xbarprune.hardware.nonideal.model import (
-    DriftConfig,
+    Drift,
     NonIdealityConfig,
-    PCMConfig,
-    VariationConfig,
+    PCMStatistical,
+    ProgrammingVariation,
 )
 from xbarprune.hardware.nonideal.pcm import PCM_G_MAX_REF_US
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
@@ -661,7 +661,7 @@ def _read_sections(d: dict, kw: dict, flag, approx: list, bad: list) -> None:
                 ref = PCM_G_MAX_REF_US if nm.get("prog_coeff") is None else g_max
             # aihwkit: sigma = poly(x) * g_max / ref; ours: poly'(x) / 25 * g_max
             coeff = [c * PCM_G_MAX_REF_US / ref for c in coeff]
-            kw["pcm"] = PCMConfig(
+            kw["pcm"] = PCMStatistical(
                 prog_coeff=tuple(coeff),
                 t0=float(nm.get("t_0", 20.0)),
                 t_read=float(nm.get("t_read", 250e-9)),
@@ -677,14 +677,16 @@ def _read_sections(d: dict, kw: dict, flag, approx: list, bad: list) -> None:
             if c[2] != 0 or (c[0] != 0 and c[1] != 0):
                 flag("noise_model.prog_coeff", nm.get("prog_coeff"))
             elif c[0] != 0 and s != 0:
-                kw["variation"] = VariationConfig(sigma=s * c[0] / (g_max - g_min), mode="absolute")
+                kw["variation"] = ProgrammingVariation(
+                    sigma=s * c[0] / (g_max - g_min), mode="absolute"
+                )
             elif c[1] != 0 and s != 0:
-                kw["variation"] = VariationConfig(sigma=s * c[1] / g_max, mode="relative")
+                kw["variation"] = ProgrammingVariation(sigma=s * c[1] / g_max, mode="relative")
             scale = float(nm.get("drift_scale", 1.0))
             mean = scale * float(nm.get("drift_nu_mean", 0.1))
             std = scale * float(nm.get("drift_nu_std", 0.05))
             if mean or std:
-                kw["drift"] = DriftConfig(nu_mean=mean, nu_std=std, t0=float(nm.get("t_0", 20.0)))
+                kw["drift"] = Drift(nu_mean=mean, nu_std=std, t0=float(nm.get("t_0", 20.0)))
                 approx.append("noise_model.drift_nu_*: |nu| vs ours clipped at 0; t + t_0 vs t")
             if float(nm.get("read_noise_scale", 1.0)) != 0:
                 flag("noise_model.read_noise_scale", nm.get("read_noise_scale", 1.0))

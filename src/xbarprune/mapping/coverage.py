@@ -129,7 +129,7 @@ def check_tile_memory(
         w = mod.weight
         rows = math.prod(w.shape[1:])
         cols = w.shape[0]
-        tiles = math.ceil(rows / crossbar.rows) * math.ceil(cols / crossbar.weights_per_row)
+        tiles = crossbar.tiles(rows, cols)
         gb = tiles * crossbar.rows * crossbar.cols * 4 / 2**30
         if gb > budget_gb:
             raise SpecError(

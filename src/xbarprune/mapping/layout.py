@@ -22,7 +22,6 @@ Everything a simulator or pruner needs is an index tensor derived once per layou
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -63,10 +62,13 @@ class Block:
         flat = self.rows.view(-1, 1) * C + self.cols.view(1, -1)
         return flat.reshape(-1) if self.mask is None else flat[self.mask]
 
+    def grid(self, xbar: CrossbarSpec) -> tuple[int, int]:
+        """``(row bands, column bands)`` of the tiles this block takes on ``xbar``."""
+        return xbar.tile_grid(len(self.rows), len(self.cols))
+
     def tiles(self, xbar: CrossbarSpec) -> int:
-        return math.ceil(len(self.rows) / xbar.rows) * math.ceil(
-            len(self.cols) / xbar.weights_per_row
-        )
+        """Tiles this block takes on ``xbar`` (:meth:`CrossbarSpec.tiles`)."""
+        return xbar.tiles(len(self.rows), len(self.cols))
 
 
 @dataclass(frozen=True)
@@ -189,9 +191,7 @@ class LayerLayout:
     @property
     def dense_tiles(self) -> int:
         """Tiles of the dense, natural-order layout of this layer on the same crossbar."""
-        R, C = self.matrix_shape
-        x = self.crossbar
-        return math.ceil(R / x.rows) * math.ceil(C / x.weights_per_row)
+        return self.crossbar.tiles(*self.matrix_shape)
 
     # ------------------------------------------------------------------ tile tables
     @cached_property
@@ -241,8 +241,7 @@ class LayerLayout:
             x = self.crossbar
             t = 0
             for b in self.blocks:
-                nr = math.ceil(len(b.rows) / x.rows)
-                nc = math.ceil(len(b.cols) / x.weights_per_row)
+                nr, nc = b.grid(x)
                 if b.mask is not None:
                     m = torch.zeros(nr * x.rows, nc * x.weights_per_row, dtype=torch.bool)
                     m[: len(b.rows), : len(b.cols)] = b.mask
@@ -337,8 +336,7 @@ class LayerLayout:
         frac = u["nonzero"].float() / (self.crossbar.rows * self.crossbar.weights_per_row)
         if len(self.blocks) == 1:
             b = self.blocks[0]
-            nr = math.ceil(len(b.rows) / self.crossbar.rows)
-            nc = math.ceil(len(b.cols) / self.crossbar.weights_per_row)
+            nr, nc = b.grid(self.crossbar)
             return frac.view(nr, nc)
         return frac
 
@@ -349,8 +347,7 @@ class LayerLayout:
         frac = u["nonzero"].float() / (self.crossbar.rows * self.crossbar.weights_per_row)
         grids, t = [], 0
         for b in self.blocks:
-            nr = math.ceil(len(b.rows) / self.crossbar.rows)
-            nc = math.ceil(len(b.cols) / self.crossbar.weights_per_row)
+            nr, nc = b.grid(self.crossbar)
             grids.append(frac[t : t + nr * nc].view(nr, nc).tolist())
             t += nr * nc
         return grids
@@ -398,10 +395,10 @@ class LayerLayout:
         x = self.crossbar
         R, C = self.matrix_shape
         k = x.cells_per_weight
-        S = 2 if x.encoding == "differential" else 1
+        S = x.sides
         T = self.n_tiles
         n_cells = k * S * R * C
-        n_ref = T * x.rows if x.encoding == "offset" else 0
+        n_ref = T * x.rows * x.reference_columns
         unused = n_cells + n_ref
         tc = self.tile_cells  # (T, rows, wpr)
         phys = torch.full((T, x.rows, x.cols), unused, dtype=torch.long)
@@ -420,8 +417,8 @@ class LayerLayout:
     def n_source(self) -> int:
         x = self.crossbar
         R, C = self.matrix_shape
-        S = 2 if x.encoding == "differential" else 1
-        n_ref = self.n_tiles * x.rows if x.encoding == "offset" else 0
+        S = x.sides
+        n_ref = self.n_tiles * x.rows * x.reference_columns
         return x.cells_per_weight * S * R * C + n_ref
 
     @cached_property
@@ -465,7 +462,7 @@ class LayerLayout:
         """
         x = self.crossbar
         R, C = self.matrix_shape
-        S = 2 if x.encoding == "differential" else 1
+        S = x.sides
         flat = torch.cat([phys.reshape(-1), phys.new_full((1,), g_min)])
         src = flat[self._inverse_clamped.to(phys.device)]
         n_cells = x.cells_per_weight * S * R * C

@@ -10,8 +10,6 @@ rearrangement (Bhattacharjee et al. 2022), unused path removal (Ma et al. 2020) 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -100,11 +98,11 @@ def packed_tile_count(layer: LayerLayout, mat: Tensor, grain: str) -> int:
         if grain == "column":
             for rows in torch.split(b.rows, x.rows):
                 alive = int((mat[rows][:, b.cols] != 0).any(0).sum())
-                total += math.ceil(alive / x.weights_per_row)
+                total += x.col_bands(alive)
         elif grain == "row":
             for cols in torch.split(b.cols, x.weights_per_row):
                 alive = int((mat[b.rows][:, cols] != 0).any(1).sum())
-                total += math.ceil(alive / x.rows)
+                total += x.row_bands(alive)
         else:
             raise MappingError(f"unknown packing grain {grain!r}; allowed: 'column', 'row'")
     return total

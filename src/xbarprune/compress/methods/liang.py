@@ -421,7 +421,7 @@ def check_layer(layer: LayerLayout, grain: str, k_out: int) -> None:
     _single_block(layer)
     R, _ = layer.matrix_shape
     x = layer.crossbar
-    if math.ceil(R / x.rows) < 2:
+    if x.row_bands(R) < 2:
         raise CompressionError(
             f"layer '{layer.name}': its {R} crossbar rows fit in one row band of a "
             f"{x.rows}x{x.cols} crossbar, so {grain}-grain pruning has no input group to "
@@ -493,7 +493,7 @@ def build_problem(
         layer, order = reorder_layout(layer, W64, stats.row_sum)
     rows, cols = _single_block(layer)
     gsize = group_size(layer, grain, k_out)
-    I = math.ceil(R / x.rows)
+    I = x.row_bands(R)
     J = math.ceil(C / gsize)
     band = torch.empty(R, dtype=torch.long)
     band[rows] = torch.arange(R) // x.rows
@@ -775,7 +775,7 @@ def run_liang(ctx: CompressContext, p: LiangParams) -> CompressResult:
         try:
             check_layer(lay, p.grain, p.k_out(lay.kind))
         except CompressionError as exc:
-            if p.small_layers == "skip" and math.ceil(lay.matrix_shape[0] / lay.crossbar.rows) < 2:
+            if p.small_layers == "skip" and lay.crossbar.row_bands(lay.matrix_shape[0]) < 2:
                 skipped[n] = str(exc)
                 names.remove(n)
                 ctx.log(f"  liang: {n} left dense (fewer than 2 row bands)")

@@ -708,9 +708,7 @@ def layer_blocks(
                 ii = torch.arange(c0, c0 + taken.shape[1])
                 pc = _Piece(ii, oo, taken)
                 un_pieces.append(_trim(pc) if unclustered == "pack" else pc)
-    n_cluster_tiles = sum(
-        math.ceil(len(pc.ins) / rows) * math.ceil(len(pc.outs) / cols) for pc in cl_pieces
-    )
+    n_cluster_tiles = sum(crossbar.tiles(len(pc.ins), len(pc.outs)) for pc in cl_pieces)
     if pack:
         cl_pieces = pack_pieces([s for pc in cl_pieces for s in _split(pc, rows, cols)], rows, cols)
     if unclustered == "pack":

@@ -133,6 +133,10 @@ class Aging(ConductanceEffect):
         check_positive("Aging.exponent", self.exponent)
         check_aging(self.alpha, self.beta, self.scale, "Aging")
 
+    @property
+    def is_ideal(self) -> bool:
+        return self.cycles == 0 or (self.alpha == 0 and self.beta == 0)
+
     def window(self, device: DeviceSpec) -> tuple[float, float]:
         """The aged ``(g_lo, g_hi)`` for ``device``."""
         return aged_window(

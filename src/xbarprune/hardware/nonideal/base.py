@@ -58,9 +58,24 @@ class ConductanceEffect(ABC):
         (then the simulator may apply it to the cell tensor without building the tile view)."""
         return self.stage != "circuit"
 
+    @property
+    def is_ideal(self) -> bool:
+        """True if the settings make the effect a no-op (zero rate, sigma, exponent or
+        resistance); :meth:`NonIdealityModel.from_config` then leaves it out, so an ideal
+        model has no effects at all. The default is False (the effect always runs)."""
+        return False
+
     @abstractmethod
     def apply(self, g: Tensor, ctx: EffectContext) -> Tensor:  # pragma: no cover - interface
         """Return the perturbed conductances (same shape, dtype and device as ``g``)."""
+
+    def apply_tracked(self, g: Tensor, ref: Tensor, ctx: EffectContext) -> tuple[Tensor, Tensor]:
+        """``(apply(g), ref')`` where ``ref`` holds the conductances a read right after
+        programming sees (the reference of drift compensation). An effect that acts after
+        programming leaves it unchanged (the default); one that also models programming noise
+        (:class:`~xbarprune.hardware.nonideal.pcm.PCMStatistical`) returns its programmed
+        state, as aihwkit reads the tile right after programming."""
+        return self.apply(g, ctx), ref
 
 
 def randn(shape, ctx: EffectContext, like: Tensor) -> Tensor:

@@ -74,6 +74,10 @@ class Drift(ConductanceEffect):
         check_nonneg("Drift.nu_std", self.nu_std)
         check_positive("Drift.t0", self.t0)
 
+    @property
+    def is_ideal(self) -> bool:
+        return self.nu_mean == 0 and self.nu_std == 0
+
     def apply(self, g: Tensor, ctx: EffectContext) -> Tensor:
         check_nonneg("EffectContext.time_s", ctx.time_s)
         nu = draw_nu(g.shape, self.nu_mean, self.nu_std, ctx, g)

@@ -88,6 +88,10 @@ class StuckAtFaults(ConductanceEffect):
         check_choice("StuckAtFaults.pattern", self.pattern, FAULT_PATTERNS)
 
     @property
+    def is_ideal(self) -> bool:
+        return self.sa0 == 0 and self.sa1 == 0
+
+    @property
     def elementwise(self) -> bool:
         return self.pattern == "random"
 

@@ -671,7 +671,10 @@ class IRDrop(ConductanceEffect):
     stage: ClassVar[Stage] = "circuit"
 
     def __post_init__(self) -> None:
-        check_ir(self, "IRDrop")
+        _check_resistances("IRDrop", self.r_row, self.r_col, self.r_source, self.r_sink)
+        check_choice("IRDrop.method", self.method, IR_METHODS)
+        check_nonneg("IRDrop.tol", self.tol)
+        check_int("IRDrop.max_iter", self.max_iter, low=1)
 
     @property
     def is_ideal(self) -> bool:
@@ -688,11 +691,3 @@ class IRDrop(ConductanceEffect):
             self.tol,
             self.max_iter,
         )
-
-
-def check_ir(obj, prefix: str) -> None:
-    """Validate the IR-drop fields of ``obj`` (effect or config), naming ``prefix.field``."""
-    _check_resistances(prefix, obj.r_row, obj.r_col, obj.r_source, obj.r_sink)
-    check_choice(f"{prefix}.method", obj.method, IR_METHODS)
-    check_nonneg(f"{prefix}.tol", obj.tol)
-    check_int(f"{prefix}.max_iter", obj.max_iter, low=1)

@@ -36,224 +36,31 @@ from typing import Any
 from torch import Tensor
 
 from xbarprune.errors import SpecError, check_range
-from xbarprune.hardware.nonideal._checks import (
-    check_choice,
-    check_int,
-    check_nonneg,
-    check_positive,
-)
-from xbarprune.hardware.nonideal.aging import Aging, AgingScale, check_aging
+from xbarprune.hardware.nonideal._checks import check_choice, check_int, check_positive
+from xbarprune.hardware.nonideal.aging import Aging
 from xbarprune.hardware.nonideal.base import (
     STAGE_ORDER,
     ConductanceEffect,
     EffectContext,
 )
+from xbarprune.hardware.nonideal.compensation import (
+    ColumnGainCalibration,
+    GainCorrection,
+    GlobalDriftCompensation,
+    RowColumnCalibration,
+)
 from xbarprune.hardware.nonideal.converters import ADC, DAC
 from xbarprune.hardware.nonideal.drift import Drift
-from xbarprune.hardware.nonideal.faults import (
-    FAULT_PATTERNS,
-    FaultPattern,
-    StuckAtFaults,
-    check_fault_rates,
-)
+from xbarprune.hardware.nonideal.faults import StuckAtFaults
 from xbarprune.hardware.nonideal.io import IOConfig
-from xbarprune.hardware.nonideal.ir_drop import IRDrop, IRMethod, check_ir
-from xbarprune.hardware.nonideal.pcm import PCM_PROG_COEFF, PCMStatistical, check_pcm
+from xbarprune.hardware.nonideal.ir_drop import IRDrop
+from xbarprune.hardware.nonideal.pcm import PCMStatistical
 from xbarprune.hardware.nonideal.quantization import Quantization
 from xbarprune.hardware.nonideal.read_disturb import ReadDisturb
-from xbarprune.hardware.nonideal.read_noise import READ_NOISE_MODES, ReadNoise, ReadNoiseMode
-from xbarprune.hardware.nonideal.variation import (
-    VARIATION_MODES,
-    ProgrammingVariation,
-    VariationMode,
-)
+from xbarprune.hardware.nonideal.read_noise import ReadNoise
+from xbarprune.hardware.nonideal.variation import ProgrammingVariation
 
-# --------------------------------------------------------------------------- configs
-
-
-@dataclass(frozen=True)
-class QuantizationConfig:
-    """Finite levels per cell; ``levels = None`` uses the device's ``levels``."""
-
-    levels: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.levels is not None:
-            check_int("QuantizationConfig.levels", self.levels, low=2)
-
-    def build(self) -> Quantization:
-        return Quantization(self.levels)
-
-
-@dataclass(frozen=True)
-class VariationConfig:
-    """Programming variation (see :class:`ProgrammingVariation`)."""
-
-    sigma: float
-    mode: VariationMode = "relative"
-
-    def __post_init__(self) -> None:
-        check_nonneg("VariationConfig.sigma", self.sigma)
-        check_choice("VariationConfig.mode", self.mode, VARIATION_MODES)
-
-    def build(self) -> ProgrammingVariation | None:
-        return ProgrammingVariation(self.sigma, self.mode) if self.sigma > 0 else None
-
-
-@dataclass(frozen=True)
-class ReadNoiseConfig:
-    """Read noise, fresh at every inference (see :class:`ReadNoise`)."""
-
-    sigma: float
-    mode: ReadNoiseMode = "relative"
-
-    def __post_init__(self) -> None:
-        check_nonneg("ReadNoiseConfig.sigma", self.sigma)
-        check_choice("ReadNoiseConfig.mode", self.mode, READ_NOISE_MODES)
-
-    def build(self) -> ReadNoise | None:
-        return ReadNoise(self.sigma, self.mode) if self.sigma > 0 else None
-
-
-@dataclass(frozen=True)
-class DriftConfig:
-    """Power-law drift ``G(t) = G(t0) (t/t0)^-nu``, ``nu ~ N(nu_mean, nu_std)`` clipped at 0."""
-
-    nu_mean: float = 0.1
-    nu_std: float = 0.0
-    t0: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_nonneg("DriftConfig.nu_mean", self.nu_mean)
-        check_nonneg("DriftConfig.nu_std", self.nu_std)
-        check_positive("DriftConfig.t0", self.t0)
-
-    def build(self) -> Drift | None:
-        if self.nu_mean == 0 and self.nu_std == 0:
-            return None
-        return Drift(self.nu_mean, self.nu_std, self.t0)
-
-
-@dataclass(frozen=True)
-class ReadDisturbConfig:
-    """Read-disturb decay with the reads accumulated over the evaluation time (see
-    :mod:`.read_disturb` for the law of Jiang et al. 2021 and its constants)."""
-
-    v_read: float = 0.2
-    t_read: float = 1e-8
-    inferences_per_second: float = 1.0
-    reads_per_inference: float = 1.0
-    cycles: float = 0.0
-    t0: float = 1.55e-8
-    f: float = 1.43339
-    c1: float = 0.0068
-    alpha: float = 0.11
-    k: float = 0.003
-    m: float = 0.41
-    temperature: float = 300.0
-
-    def __post_init__(self) -> None:
-        self.build()  # validates (names the field as ReadDisturb.<field>)
-
-    def build(self) -> ReadDisturb | None:
-        e = ReadDisturb(**{f.name: getattr(self, f.name) for f in fields(self)})
-        if self.inferences_per_second == 0 or self.reads_per_inference == 0:
-            return None
-        return e
-
-
-@dataclass(frozen=True)
-class AgingConfig:
-    """Window shrink after ``cycles`` programming cycles (see :mod:`.aging` for the law)."""
-
-    cycles: float
-    alpha: float = 0.2
-    beta: float = 0.2
-    n_ref: float = 1e6
-    exponent: float = 0.5
-    scale: AgingScale = "bounds"
-
-    def __post_init__(self) -> None:
-        check_nonneg("AgingConfig.cycles", self.cycles)
-        check_positive("AgingConfig.n_ref", self.n_ref)
-        check_positive("AgingConfig.exponent", self.exponent)
-        check_aging(self.alpha, self.beta, self.scale, "AgingConfig")
-
-    def build(self) -> Aging | None:
-        if self.cycles == 0 or (self.alpha == 0 and self.beta == 0):
-            return None
-        return Aging(self.cycles, self.alpha, self.beta, self.n_ref, self.exponent, self.scale)
-
-
-@dataclass(frozen=True)
-class FaultsConfig:
-    """Stuck-at faults: SA0 (g_min) rate ``sa0``, SA1 (g_max) rate ``sa1``, per ``pattern``."""
-
-    sa0: float = 0.0
-    sa1: float = 0.0
-    pattern: FaultPattern = "random"
-
-    def __post_init__(self) -> None:
-        check_fault_rates(self.sa0, self.sa1, "FaultsConfig")
-        check_choice("FaultsConfig.pattern", self.pattern, FAULT_PATTERNS)
-
-    def build(self) -> StuckAtFaults | None:
-        if self.sa0 == 0 and self.sa1 == 0:
-            return None
-        return StuckAtFaults(self.sa0, self.sa1, self.pattern)
-
-
-@dataclass(frozen=True)
-class IRDropConfig:
-    """Wire resistances in ohms and the solver (see :mod:`.ir_drop` for the geometry)."""
-
-    r_row: float = 0.0
-    r_col: float = 0.0
-    r_source: float = 0.0
-    r_sink: float = 0.0
-    method: IRMethod = "direct"
-    tol: float = 1e-12
-    max_iter: int = 2000
-
-    def __post_init__(self) -> None:
-        check_ir(self, "IRDropConfig")
-
-    def build(self) -> IRDrop | None:
-        e = IRDrop(
-            self.r_row,
-            self.r_col,
-            self.r_source,
-            self.r_sink,
-            self.method,
-            self.tol,
-            self.max_iter,
-        )
-        return None if e.is_ideal else e
-
-
-@dataclass(frozen=True)
-class PCMConfig:
-    """aihwkit-style statistical PCM model (see :class:`PCMStatistical`)."""
-
-    prog_coeff: tuple[float, ...] = PCM_PROG_COEFF
-    t0: float = 20.0
-    t_read: float = 250e-9
-    prog_noise_scale: float = 1.0
-    read_noise_scale: float = 1.0
-    drift_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_pcm(self, "PCMConfig")
-
-    def build(self) -> PCMStatistical:
-        return PCMStatistical(
-            tuple(self.prog_coeff),
-            self.t0,
-            self.t_read,
-            self.prog_noise_scale,
-            self.read_noise_scale,
-            self.drift_scale,
-        )
+# --------------------------------------------------------------------------- config
 
 
 @dataclass(frozen=True)
@@ -269,9 +76,15 @@ class NonIdealityConfig:
         adc_bits: per-tile column ADC resolution (None = ideal read-out).
         adc_full_scale: fixed ADC full scale in the analog layer's units, or None to let the
             analog layer calibrate it.
-        drift_compensation: let the analog layer rescale outputs by the measured global drift
-            (aihwkit's global drift compensation).
-        column_calibration: let the analog layer fit one digital gain per output column after
+        drift_compensation: ``true`` lets the analog layer rescale outputs by the measured
+            global drift (aihwkit's global drift compensation,
+            :class:`~xbarprune.hardware.nonideal.compensation.GlobalDriftCompensation`); or,
+            from Python, any :class:`~.compensation.GainCorrection` (fitted against the
+            weights read right after programming). :attr:`drift_compensator` is the object.
+        column_calibration: ``true`` lets the analog layer fit one digital gain per output
+            column (:class:`~.compensation.ColumnGainCalibration`; or, from Python, any
+            :class:`~.compensation.GainCorrection`, fitted against the intended weights;
+            :attr:`calibrator` is the object) after
             programming (least squares of the read-back weights against the intended ones;
             see :class:`~xbarprune.analog.layers.AnalogLayer`). Undoes the systematic,
             column-wise attenuation of wire and driver/sense resistance, not random effects.
@@ -279,7 +92,8 @@ class NonIdealityConfig:
             tile row (applied to the row's input before its DAC), jointly with the column
             gains by alternating least squares. Undoes the row-wise attenuation through the
             driver resistance, which depends on each tile row's total conductance and which
-            a column gain cannot undo (ours; see docs/methods/sparse_nonideal.md).
+            a column gain cannot undo (ours; see docs/methods/sparse_nonideal.md;
+            :class:`~.compensation.RowColumnCalibration`).
         io: peripheral I/O of every analog MVM, aihwkit's ``IOParameters`` (noise and bound
             management, DAC, output noise, ADC with output bound; see
             :mod:`xbarprune.hardware.nonideal.io`), or None. It replaces ``dac_bits`` /
@@ -287,20 +101,20 @@ class NonIdealityConfig:
             ``drift_compensation`` the gain is read out through it, as aihwkit does.
     """
 
-    quantization: QuantizationConfig | None = None
-    aging: AgingConfig | None = None
-    variation: VariationConfig | None = None
-    faults: FaultsConfig | None = None
-    pcm: PCMConfig | None = None
-    drift: DriftConfig | None = None
-    read_disturb: ReadDisturbConfig | None = None
-    ir_drop: IRDropConfig | None = None
-    read_noise: ReadNoiseConfig | None = None
+    quantization: Quantization | None = None
+    aging: Aging | None = None
+    variation: ProgrammingVariation | None = None
+    faults: StuckAtFaults | None = None
+    pcm: PCMStatistical | None = None
+    drift: Drift | None = None
+    read_disturb: ReadDisturb | None = None
+    ir_drop: IRDrop | None = None
+    read_noise: ReadNoise | None = None
     dac_bits: int | None = None
     adc_bits: int | None = None
     adc_full_scale: float | None = None
-    drift_compensation: bool = False
-    column_calibration: bool = False
+    drift_compensation: bool | GainCorrection = False
+    column_calibration: bool | GainCorrection = False
     row_calibration: bool = False
     io: IOConfig | None = None
 
@@ -311,17 +125,12 @@ class NonIdealityConfig:
             check_int("NonIdealityConfig.adc_bits", self.adc_bits, low=1, high=32)
         if self.adc_full_scale is not None:
             check_positive("NonIdealityConfig.adc_full_scale", self.adc_full_scale)
-        if not isinstance(self.drift_compensation, bool):
-            raise SpecError(
-                f"NonIdealityConfig.drift_compensation = {self.drift_compensation!r}; "
-                "allowed: true, false"
-            )
-        for k in ("column_calibration", "row_calibration"):
-            if not isinstance(getattr(self, k), bool):
-                raise SpecError(
-                    f"NonIdealityConfig.{k} = {getattr(self, k)!r}; allowed: true, false"
-                )
-        if self.row_calibration and not self.column_calibration:
+        for k in ("drift_compensation", "column_calibration", "row_calibration"):
+            v = getattr(self, k)
+            scheme = k != "row_calibration" and isinstance(v, GainCorrection)
+            if not isinstance(v, bool) and not scheme:
+                raise SpecError(f"NonIdealityConfig.{k} = {v!r}; allowed: true, false")
+        if self.row_calibration and self.column_calibration is not True:
             raise SpecError(
                 "NonIdealityConfig.row_calibration needs column_calibration: true (the row "
                 "gains are fitted jointly with the column gains)"
@@ -336,11 +145,30 @@ class NonIdealityConfig:
                         "null (io.inp_res / io.out_res / io.out_bound are the converters; "
                         "io.per_tile: true selects the per-tile path)"
                     )
-            if self.row_calibration:
+            if isinstance(self.calibrator, RowColumnCalibration):
                 raise SpecError(
                     "NonIdealityConfig.row_calibration is not supported with io (row gains "
                     "are folded into the cells, which would change what the periphery sees)"
                 )
+
+    @property
+    def drift_compensator(self) -> GainCorrection | None:
+        """The drift compensation scheme: ``drift_compensation: true`` is
+        :class:`GlobalDriftCompensation`, false is None."""
+        dc = self.drift_compensation
+        if dc is True:
+            return GlobalDriftCompensation()
+        return None if dc is False else dc
+
+    @property
+    def calibrator(self) -> GainCorrection | None:
+        """The calibration scheme: ``column_calibration: true`` is
+        :class:`ColumnGainCalibration`, with ``row_calibration: true`` too
+        :class:`RowColumnCalibration`; false is None."""
+        cc = self.column_calibration
+        if cc is True:
+            return RowColumnCalibration() if self.row_calibration else ColumnGainCalibration()
+        return None if cc is False else cc
 
 
 #: sections of NonIdealityConfig in the order their effects run.
@@ -362,53 +190,55 @@ EFFECT_SECTIONS: tuple[str, ...] = (
 PRESETS: dict[str, NonIdealityConfig] = {
     "ideal": NonIdealityConfig(),
     "prunix": NonIdealityConfig(
-        quantization=QuantizationConfig(levels=8),
-        aging=AgingConfig(cycles=1e6, alpha=0.2, beta=0.2, n_ref=1e6),
-        faults=FaultsConfig(sa0=0.05, sa1=0.01),
-        drift=DriftConfig(nu_mean=0.1, nu_std=0.02, t0=1.0),
+        quantization=Quantization(levels=8),
+        aging=Aging(cycles=1e6, alpha=0.2, beta=0.2, n_ref=1e6),
+        faults=StuckAtFaults(sa0=0.05, sa1=0.01),
+        drift=Drift(nu_mean=0.1, nu_std=0.02, t0=1.0),
         drift_compensation=True,
     ),
     "reram": NonIdealityConfig(
-        quantization=QuantizationConfig(levels=16),
-        variation=VariationConfig(sigma=0.05, mode="relative"),
-        faults=FaultsConfig(sa0=0.00175, sa1=0.00904),
-        read_noise=ReadNoiseConfig(sigma=0.02, mode="relative"),
+        quantization=Quantization(levels=16),
+        variation=ProgrammingVariation(sigma=0.05, mode="relative"),
+        faults=StuckAtFaults(sa0=0.00175, sa1=0.00904),
+        read_noise=ReadNoise(sigma=0.02, mode="relative"),
         dac_bits=8,
         adc_bits=8,
     ),
     "reram_faulty": NonIdealityConfig(
-        quantization=QuantizationConfig(levels=16),
-        variation=VariationConfig(sigma=0.05, mode="relative"),
-        faults=FaultsConfig(sa0=0.0175, sa1=0.0904),
-        read_noise=ReadNoiseConfig(sigma=0.02, mode="relative"),
+        quantization=Quantization(levels=16),
+        variation=ProgrammingVariation(sigma=0.05, mode="relative"),
+        faults=StuckAtFaults(sa0=0.0175, sa1=0.0904),
+        read_noise=ReadNoise(sigma=0.02, mode="relative"),
         dac_bits=8,
         adc_bits=8,
     ),
-    "pcm": NonIdealityConfig(pcm=PCMConfig(), drift_compensation=True),
+    "pcm": NonIdealityConfig(pcm=PCMStatistical(), drift_compensation=True),
     "reram_read_disturb": NonIdealityConfig(
-        quantization=QuantizationConfig(levels=16),
-        variation=VariationConfig(sigma=0.05, mode="relative"),
-        faults=FaultsConfig(sa0=0.00175, sa1=0.00904),
-        read_disturb=ReadDisturbConfig(
+        quantization=Quantization(levels=16),
+        variation=ProgrammingVariation(sigma=0.05, mode="relative"),
+        faults=StuckAtFaults(sa0=0.00175, sa1=0.00904),
+        read_disturb=ReadDisturb(
             v_read=0.2,
             t_read=1e-8,
             inferences_per_second=1000.0,
             reads_per_inference=8.0,
             cycles=1e4,
         ),
-        read_noise=ReadNoiseConfig(sigma=0.02, mode="relative"),
+        read_noise=ReadNoise(sigma=0.02, mode="relative"),
         dac_bits=8,
         adc_bits=8,
     ),
     "ir_drop": NonIdealityConfig(
-        quantization=QuantizationConfig(levels=16),
-        ir_drop=IRDropConfig(r_row=5.0, r_col=10.0, r_source=1000.0, r_sink=1000.0),
+        quantization=Quantization(levels=16),
+        ir_drop=IRDrop(r_row=5.0, r_col=10.0, r_source=1000.0, r_sink=1000.0),
     ),
-    "aihwkit-default": NonIdealityConfig(pcm=PCMConfig(), drift_compensation=True, io=IOConfig()),
+    "aihwkit-default": NonIdealityConfig(
+        pcm=PCMStatistical(), drift_compensation=True, io=IOConfig()
+    ),
     "sparse_nonideal": NonIdealityConfig(
-        quantization=QuantizationConfig(levels=16),
-        variation=VariationConfig(sigma=0.1, mode="relative"),
-        ir_drop=IRDropConfig(r_row=5.0, r_col=10.0, r_source=1000.0, r_sink=1000.0, tol=1e-9),
+        quantization=Quantization(levels=16),
+        variation=ProgrammingVariation(sigma=0.1, mode="relative"),
+        ir_drop=IRDrop(r_row=5.0, r_col=10.0, r_source=1000.0, r_sink=1000.0, tol=1e-9),
         adc_bits=8,
         column_calibration=True,
     ),
@@ -526,15 +356,15 @@ class NonIdealityModel:
             raise SpecError(f"expected a NonIdealityConfig, got {type(cfg).__name__}")
         effects = []
         for name in EFFECT_SECTIONS:
-            section = getattr(cfg, name)
-            if section is not None and (effect := section.build()) is not None:
+            effect = getattr(cfg, name)
+            if effect is not None and not effect.is_ideal:
                 effects.append(effect)
         return cls(
             effects=tuple(effects),
             dac=DAC(cfg.dac_bits) if cfg.dac_bits is not None else None,
             adc=ADC(cfg.adc_bits, cfg.adc_full_scale) if cfg.adc_bits is not None else None,
-            drift_compensation=cfg.drift_compensation,
-            column_calibration=cfg.column_calibration,
+            drift_compensation=cfg.drift_compensator is not None,
+            column_calibration=cfg.calibrator is not None,
             config=cfg,
         )
 

@@ -107,10 +107,25 @@ class PCMStatistical(ConductanceEffect):
     stage: ClassVar[Stage] = "time"
 
     def __post_init__(self) -> None:
-        check_pcm(self, "PCMStatistical")
+        coeff = tuple(self.prog_coeff)
+        if not coeff or not all(
+            isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c)
+            for c in coeff
+        ):
+            raise SpecError(
+                f"PCMStatistical.prog_coeff = {self.prog_coeff!r}; allowed: finite numbers"
+            )
+        check_positive("PCMStatistical.t0", self.t0)
+        check_positive("PCMStatistical.t_read", self.t_read)
+        for name in ("prog_noise_scale", "read_noise_scale", "drift_scale"):
+            check_nonneg(f"PCMStatistical.{name}", getattr(self, name))
 
     def apply(self, g: Tensor, ctx: EffectContext) -> Tensor:
         return self.apply_with_programmed(g, ctx)[0]
+
+    def apply_tracked(self, g: Tensor, ref: Tensor, ctx: EffectContext) -> tuple[Tensor, Tensor]:
+        """``apply_with_programmed``: the programmed state is the new reference."""
+        return self.apply_with_programmed(g, ctx)
 
     def apply_with_programmed(self, g: Tensor, ctx: EffectContext) -> tuple[Tensor, Tensor]:
         """(conductances at ``ctx.time_s``, conductances right after programming).
@@ -136,17 +151,3 @@ class PCMStatistical(ConductanceEffect):
         sig_r = pcm_read_sigma(g_p / g_max, t, self.t_read) * self.read_noise_scale
         out = (g_d + g_d.abs() * sig_r * n3).clamp(min=0.0)
         return only_used(out, g, ctx.used), only_used(g_p, g, ctx.used)
-
-
-def check_pcm(obj, prefix: str) -> None:
-    """Validate the PCM fields of ``obj`` (an effect or its config), naming ``prefix.field``."""
-    coeff = tuple(obj.prog_coeff)
-    if not coeff or not all(
-        isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c) for c in coeff
-    ):
-        raise SpecError(f"{prefix}.prog_coeff = {obj.prog_coeff!r}; allowed: finite numbers")
-    check_positive(f"{prefix}.t0", obj.t0)
-    check_positive(f"{prefix}.t_read", obj.t_read)
-    check_nonneg(f"{prefix}.prog_noise_scale", obj.prog_noise_scale)
-    check_nonneg(f"{prefix}.read_noise_scale", obj.read_noise_scale)
-    check_nonneg(f"{prefix}.drift_scale", obj.drift_scale)

@@ -109,6 +109,10 @@ class ReadDisturb(ConductanceEffect):
         self.onset()  # cycles within the model's range
 
     @property
+    def is_ideal(self) -> bool:
+        return self.inferences_per_second == 0 or self.reads_per_inference == 0
+
+    @property
     def exponent(self) -> float:
         return read_disturb_exponent(self.v_read, self.c1, self.alpha, self.temperature)
 

@@ -67,6 +67,10 @@ class _Perturbation(ConductanceEffect):
         check_nonneg(f"{name}.sigma", self.sigma)
         check_choice(f"{name}.mode", self.mode, self._modes)
 
+    @property
+    def is_ideal(self) -> bool:
+        return self.sigma == 0
+
     def apply(self, g: Tensor, ctx: EffectContext) -> Tensor:
         if self.sigma == 0:
             return g
