@@ -17,8 +17,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from xbarprune.compress.regularizers import GroupLasso
-from xbarprune.compress.sawtooth import GroupSawtooth
+from xbarprune.compress.parts.regularizers import GroupLasso
+from xbarprune.compress.parts.sawtooth import GroupSawtooth
 from xbarprune.hardware import CrossbarSpec
 from xbarprune.mapping import map_model
 from xbarprune.models import build_model

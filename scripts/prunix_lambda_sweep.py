@@ -19,7 +19,7 @@ import json
 import torch
 
 from xbarprune.compress.methods.prunix import PrunixParams, build_regularizer
-from xbarprune.compress.sawtooth import on_level_fraction
+from xbarprune.compress.parts.sawtooth import on_level_fraction
 from xbarprune.data import load_splits
 from xbarprune.hardware import CrossbarSpec, DeviceSpec
 from xbarprune.mapping import layer_matrices, map_model

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Subset
 
 from xbarprune.compress import base
-from xbarprune.compress.pruning import group_scores
+from xbarprune.compress.parts.pruning import group_scores
 from xbarprune.config import from_dict
 from xbarprune.errors import XbarpruneError
 from xbarprune.hardware import CrossbarSpec, DeviceSpec

@@ -19,7 +19,7 @@ from xbarprune.compress.methods.admm import (
     project_all,
     project_structure,
 )
-from xbarprune.compress.quantize import (
+from xbarprune.compress.parts.quantize import (
     LevelSet,
     distillation_loss,
     memristor_levels,

@@ -97,7 +97,7 @@ def masked_run(tmp_path_factory) -> Path:
 
 # ----------------------------------------------------------------------------- architecture
 def test_architecture_description_rebuilds_a_shrunk_model():
-    from xbarprune.compress.purification import remove_unused_paths
+    from xbarprune.compress.parts.purification import remove_unused_paths
 
     model = build_model("lenet5", seed=0).eval()
     with torch.no_grad():

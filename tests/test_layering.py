@@ -171,6 +171,22 @@ def test_no_import_cycles():
     assert cycles == [], "\n".join(" <-> ".join(c) for c in cycles)
 
 
+def test_compress_parts_never_import_methods():
+    """Inside compress/: methods/ build on parts/, never the other way round."""
+    graph, _ = _graph()
+    up = [
+        f"{m} -> {t}"
+        for m, targets in graph.items()
+        if m.startswith("xbarprune.compress.parts")
+        for t in targets
+        if t.startswith("xbarprune.compress.methods")
+    ]
+    assert up == []
+    assert any(
+        t.startswith("xbarprune.compress.parts") for t in graph["xbarprune.compress.methods.admm"]
+    )
+
+
 def _write(root: Path, files: dict[str, str]) -> Path:
     for rel, text in files.items():
         p = root / "xbarprune" / rel

@@ -13,7 +13,6 @@ from torch import nn
 
 from xbarprune.analog import convert, trial_generator
 from xbarprune.compress.base import CompressContext, get_method, list_methods
-from xbarprune.compress.lgd import lgd, lgd_gram, rpp, top_r
 from xbarprune.compress.methods.liang import (
     LayerStats,
     LiangParams,
@@ -28,6 +27,7 @@ from xbarprune.compress.methods.liang import (
     run_liang,
     solve_layer,
 )
+from xbarprune.compress.parts.lgd import lgd, lgd_gram, rpp, top_r
 from xbarprune.config import from_dict
 from xbarprune.errors import CompressionError, ConfigError, SpecError
 from xbarprune.hardware import CrossbarSpec, DeviceSpec

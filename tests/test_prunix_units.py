@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from xbarprune.compress.apa import allocate, prune_to
-from xbarprune.compress.sawtooth import GroupSawtooth, quantize_to_grid, sawtooth
+from xbarprune.compress.parts.apa import allocate, prune_to
+from xbarprune.compress.parts.sawtooth import GroupSawtooth, quantize_to_grid, sawtooth
 from xbarprune.hardware import CrossbarSpec
 from xbarprune.mapping import map_model, weight_to_matrix
 from xbarprune.training import MaskSet, TrainConfig, train

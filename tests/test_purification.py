@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xbarprune.compress.purification import (
+from xbarprune.compress.parts.purification import (
     channel_scores,
     mask_unused_paths,
     network_purification,

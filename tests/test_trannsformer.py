@@ -27,7 +27,7 @@ from xbarprune.compress.methods.trannsformer import (
     run_trannsformer,
     trannsformer_layout,
 )
-from xbarprune.compress.scic import (
+from xbarprune.compress.parts.scic import (
     Cluster,
     cluster_map,
     compact_count,

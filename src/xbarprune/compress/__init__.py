@@ -8,7 +8,7 @@ from xbarprune.compress.base import (
     list_methods,
     register,
 )
-from xbarprune.compress.pruning import group_sparsity, magnitude_masks, weight_sparsity
+from xbarprune.compress.parts.pruning import group_sparsity, magnitude_masks, weight_sparsity
 
 __all__ = [
     "CompressContext",

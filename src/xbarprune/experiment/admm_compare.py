@@ -29,7 +29,7 @@ from xbarprune.compress.methods.admm import (
     example_batch,
     run_admm,
 )
-from xbarprune.compress.purification import remove_unused_paths
+from xbarprune.compress.parts.purification import remove_unused_paths
 from xbarprune.config import from_dict, to_dict
 from xbarprune.cost.model import estimate_model_cost
 from xbarprune.errors import ConfigError

@@ -7,7 +7,7 @@
 
 * ``onnx``: ``<out>`` (default ``<run>/export/<name>.onnx``): the compressed model with its
   masks folded in, shrunk first by Unused Path Removal (every filter/channel that is dead and
-  unused goes; Torch-Pruning, :func:`~xbarprune.compress.purification.remove_unused_paths`)
+  unused goes; Torch-Pruning, :func:`~xbarprune.compress.parts.purification.remove_unused_paths`)
   unless ``shrink=False``; checked with ``onnx.checker`` and against PyTorch with onnxruntime
   (max |diff| <= 1e-5 on a test batch). Beside it ``<stem>.layout.json`` (the crossbar layout
   of the exported network, :mod:`xbarprune.interop.layout_json`) and ``<stem>.export.json``
@@ -185,7 +185,7 @@ def _same_shapes(model: nn.Module, layout: CrossbarLayout) -> bool:
 
 def _shrunk(lr: LoadedRun, example: Tensor) -> tuple[nn.Module, CrossbarLayout, dict | None]:
     """The compressed model with unused paths removed, its layout, the removal report."""
-    from xbarprune.compress.purification import remove_unused_paths
+    from xbarprune.compress.parts.purification import remove_unused_paths
     from xbarprune.errors import CompressionError
 
     model = copy.deepcopy(lr.compressed).cpu().eval()

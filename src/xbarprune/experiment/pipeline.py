@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from xbarprune.analog.batchnorm import BNCalibration
 from xbarprune.analog.simulate import evaluate
 from xbarprune.compress.base import CompressContext, get_method
-from xbarprune.compress.pruning import group_sparsity, weight_sparsity
+from xbarprune.compress.parts.pruning import group_sparsity, weight_sparsity
 from xbarprune.config import from_dict, to_dict
 from xbarprune.errors import ConfigError, XbarpruneError
 from xbarprune.experiment.config import ExperimentConfig

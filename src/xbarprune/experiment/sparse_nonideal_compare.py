@@ -51,7 +51,7 @@ from xbarprune.compress.methods.structured import (
     remove_cf,
 )
 from xbarprune.compress.methods.wct import WCTParams, weight_constrained_training
-from xbarprune.compress.pruning import magnitude_masks
+from xbarprune.compress.parts.pruning import magnitude_masks
 from xbarprune.config import from_dict, to_dict
 from xbarprune.data.heldout import heldout_val_size
 from xbarprune.errors import ConfigError, check_range

@@ -32,7 +32,7 @@ from xbarprune.compress.methods.trannsformer import (
     run_trannsformer,
     trannsformer_layout,
 )
-from xbarprune.compress.scic import cluster_map
+from xbarprune.compress.parts.scic import cluster_map
 from xbarprune.config import from_dict, to_dict
 from xbarprune.cost import count_mvms, energy_with_peripheral_share, estimate_cost
 from xbarprune.errors import ConfigError

@@ -1,6 +1,6 @@
 """A Torch-Pruning-free description of a physically shrunk model, and its reconstruction.
 
-Unused Path Removal (:func:`xbarprune.compress.purification.remove_unused_paths`, Ma et al.
+Unused Path Removal (:func:`xbarprune.compress.parts.purification.remove_unused_paths`, Ma et al.
 ASP-DAC 2020, Sec. 5.1) and C/F pruning remove filters and channels with Torch-Pruning, which
 rewrites the shapes of Conv2d/Linear/BatchNorm modules in place. The model's *class* and its
 forward pass are unchanged; only per-module tensor shapes and the matching size attributes

@@ -4,6 +4,6 @@ Every module here is imported by :func:`xbarprune.compress.base.get_method` (fou
 :mod:`pkgutil`, no list to edit); importing a module registers the
 :class:`~xbarprune.compress.base.Method` subclasses it decorates with
 :func:`~xbarprune.compress.base.register`. The parts the methods
-are built from (regularisers, projections, clustering, purification, quantisation) stay one
-level up in :mod:`xbarprune.compress`. docs/adding_a_method.md walks through adding one.
+are built from (regularisers, projections, clustering, purification, quantisation) are in
+:mod:`xbarprune.compress.parts`. docs/adding_a_method.md walks through adding one.
 """

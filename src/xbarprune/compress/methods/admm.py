@@ -38,13 +38,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from xbarprune.compress.base import CompressContext, CompressResult, Method, plain_info, register
-from xbarprune.compress.pruning import group_scores
-from xbarprune.compress.purification import (
+from xbarprune.compress.parts.pruning import group_scores
+from xbarprune.compress.parts.purification import (
     network_purification,
     remove_unused_paths,
     shrink,
 )
-from xbarprune.compress.quantize import (
+from xbarprune.compress.parts.quantize import (
     LevelSet,
     distill_quantize,
     layer_scale,

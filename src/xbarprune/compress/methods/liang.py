@@ -19,7 +19,7 @@ one row of tiles (I = ceil(R / rows) bands). Output FM group j = K_out consecuti
 position), the partial sum of band i for output q is ``Y_E^{i,q} = sum_{r in band i} x_r W_rq``
 (Eq. 1-2); for output group j, column i of X stacks Y_E^{i,q} over the samples and q in group j,
 and Y = sum_i X[:, i] is the complete sum (Eq. 3-4). Eq. (7), min ||Y - X beta||^2 s.t.
-||beta||_0 = r, is solved per output group by LGD with RPP (:mod:`xbarprune.compress.lgd`,
+||beta||_0 = r, is solved per output group by LGD with RPP (:mod:`xbarprune.compress.parts.lgd`,
 Eq. 8, Alg. 1-2), batched over all groups of the layer. Only the normal equations enter, and
 they follow exactly from the input Gram matrix G = sum_m x_m x_m^T:
 ``(X^T X)_{ik} = sum_{q in j} W_{i,q}^T G_{ik} W_{k,q}`` (W_{i,q}: band i of column q), so the
@@ -65,7 +65,7 @@ from xbarprune.compress.base import (
     plain_info,
     register,
 )
-from xbarprune.compress.lgd import lgd_gram, top_r
+from xbarprune.compress.parts.lgd import lgd_gram, top_r
 from xbarprune.errors import CompressionError, SpecError, check_range
 from xbarprune.mapping.layout import CrossbarLayout, LayerLayout
 from xbarprune.mapping.matrix import conv_unfold, matrix_to_weight, weight_to_matrix

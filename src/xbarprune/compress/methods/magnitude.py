@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from xbarprune.compress.base import CompressContext, CompressResult, Method, register
-from xbarprune.compress.pruning import magnitude_masks, weight_sparsity
+from xbarprune.compress.parts.pruning import magnitude_masks, weight_sparsity
 from xbarprune.errors import SpecError, check_range
 from xbarprune.mapping.layout import GROUP_KINDS
 from xbarprune.mapping.permute import pack_layout

@@ -25,18 +25,18 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from xbarprune.analog.simulate import evaluate
-from xbarprune.compress.apa import (
+from xbarprune.compress.base import CompressContext, CompressResult, Method, plain_info, register
+from xbarprune.compress.methods.magnitude import cubic_schedule
+from xbarprune.compress.parts.apa import (
     DEFAULT_GRID,
     allocate,
     layer_sparsity,
     measure_sensitivity,
     prune_to,
 )
-from xbarprune.compress.base import CompressContext, CompressResult, Method, plain_info, register
-from xbarprune.compress.methods.magnitude import cubic_schedule
-from xbarprune.compress.pruning import magnitude_masks, weight_sparsity
-from xbarprune.compress.regularizers import make_regularizer
-from xbarprune.compress.sawtooth import GroupSawtooth, on_level_fraction
+from xbarprune.compress.parts.pruning import magnitude_masks, weight_sparsity
+from xbarprune.compress.parts.regularizers import make_regularizer
+from xbarprune.compress.parts.sawtooth import GroupSawtooth, on_level_fraction
 from xbarprune.errors import SpecError, check_range
 from xbarprune.io import atomic_write_json
 from xbarprune.mapping.layout import GROUP_KINDS

@@ -9,14 +9,14 @@ pipeline's fine-tune stage), then pack the survivors onto as few crossbars as po
 report the crossbar compression rate ``CCR = crossbars(dense) / crossbars(packed)``.
 
 * ``cf``: whole input channels and filters. The groups are Torch-Pruning's coupled channels
-  (:func:`xbarprune.compress.purification.trace_channel_groups`): channel ``r`` of a group is
+  (:func:`xbarprune.compress.parts.purification.trace_channel_groups`): channel ``r`` of a group is
   the producers' filters ``r`` (with their BatchNorm scale and shift and bias), and the
   consumers' input rows ``r`` (residual partners go together); the classifier's outputs are
   never pruned. The same fraction of every group's channels is pruned (``select="uniform"``,
   bisected to the target sparsity over all mapped layers) or one model-wide threshold
   (``"global"``). The packed layout drops the pruned rows and columns (the tiles of the
   physically smaller model); :func:`remove_cf` removes them physically with Torch-Pruning
-  (:func:`~xbarprune.compress.purification.remove_unused_paths`).
+  (:func:`~xbarprune.compress.parts.purification.remove_unused_paths`).
 * ``xcs``: whole tile-columns (the ``crossbar.rows``-row segment of one filter in one tile);
   packed per row band (:func:`xbarprune.mapping.permute.pack_columns`).
 * ``xrs``: whole tile-rows (the ``weights_per_row`` segment of one input row in one tile);
@@ -42,15 +42,15 @@ from xbarprune.compress.base import (
     plain_info,
     register,
 )
-from xbarprune.compress.pruning import magnitude_masks, weight_sparsity
-from xbarprune.compress.purification import (
+from xbarprune.compress.parts.pruning import magnitude_masks, weight_sparsity
+from xbarprune.compress.parts.purification import (
     Trace,
     _bn_after,
     remove_unused_paths,
     shrink,
     trace_channel_groups,
 )
-from xbarprune.compress.regularizers import GroupLasso
+from xbarprune.compress.parts.regularizers import GroupLasso
 from xbarprune.errors import CompressionError, SpecError, check_range
 from xbarprune.mapping.layout import CrossbarLayout, layer_matrices
 from xbarprune.mapping.permute import pack_layout

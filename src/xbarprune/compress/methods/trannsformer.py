@@ -6,7 +6,7 @@ its source in docs/methods/trannsformer.md):
 * every epoch: SGD over the training set **without gradient masking** (pruned weights may regrow,
   zeros inside cluster blocks fill in), then the full-batch training loss, then per layer
   (``prunewt.m``): before the cluster-start epoch magnitude pruning ``keep = |w| >= theta``
-  (``adp.m``); at it, SCIC (:mod:`xbarprune.compress.scic`) of the pruned connectivity into
+  (``adp.m``); at it, SCIC (:mod:`xbarprune.compress.parts.scic`) of the pruned connectivity into
   clusters that meet the size rule, whose blocks are protected from then on; after it, the union
   ``keep = cmap | (|w| >= theta)`` (``cdp.m``), and when the unclustered fraction changed by less
   than ``tol`` since the last re-clustering, SCIC of the unclustered synapses with the quality
@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from xbarprune.compress.base import CompressContext, CompressResult, Method, plain_info, register
-from xbarprune.compress.scic import (
+from xbarprune.compress.parts.scic import (
     Cluster,
     check_size,
     cluster_map,

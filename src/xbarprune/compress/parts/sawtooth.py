@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from xbarprune.compress.regularizers import ramp
+from xbarprune.compress.parts.regularizers import ramp
 from xbarprune.errors import check_range
 from xbarprune.mapping.layout import CrossbarLayout
 from xbarprune.mapping.matrix import weight_to_matrix

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from xbarprune.compress.pruning import layer_group_mask
+from xbarprune.compress.parts.pruning import layer_group_mask
 from xbarprune.errors import CompressionError, check_range
 from xbarprune.mapping.layout import CrossbarLayout
 from xbarprune.mapping.matrix import matrix_to_weight, weight_to_matrix
