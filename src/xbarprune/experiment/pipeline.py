@@ -623,8 +623,12 @@ def mapping_clip(info: dict, layout: CrossbarLayout) -> dict[str, float] | None:
 
 def check_layer_names(params: Any, layers: list[str]) -> None:
     """Every layer a method's parameters name (``exclude``, ``include``, ``layers``, ``keep``)
-    must be a mapped layer of the model: a typo would otherwise prune the wrong layers."""
+    must be a mapped layer of the model: a typo would otherwise prune the wrong layers.
+    ``exclude`` may hold fnmatch patterns (:mod:`xbarprune.compress.selection`), each of which
+    must match a mapped layer."""
     import dataclasses
+
+    from xbarprune.compress.selection import unknown_names
 
     if not dataclasses.is_dataclass(params):
         return
@@ -634,7 +638,12 @@ def check_layer_names(params: Any, layers: list[str]) -> None:
         v = getattr(params, f.name)
         if isinstance(v, str) or not isinstance(v, list | tuple):
             continue
-        unknown = [n for n in v if isinstance(n, str) and n not in layers]
+        strs = [n for n in v if isinstance(n, str)]
+        unknown = (
+            unknown_names(strs, layers)
+            if f.name == "exclude"
+            else [n for n in strs if n not in layers]
+        )
         if unknown:
             raise ConfigError(
                 f"method.params.{f.name} names unknown layer(s): {', '.join(unknown)}; the "

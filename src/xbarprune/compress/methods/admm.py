@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from xbarprune.compress.base import CompressContext, CompressResult, Method, plain_info, register
-from xbarprune.compress.parts.pruning import group_scores
+from xbarprune.compress.parts.importance import L2, RMS
 from xbarprune.compress.parts.purification import (
     network_purification,
     remove_unused_paths,
@@ -51,6 +51,7 @@ from xbarprune.compress.parts.quantize import (
     memristor_levels,
     project_levels,
 )
+from xbarprune.compress.selection import LayerSelection, unknown_names
 from xbarprune.errors import CompressionError, SpecError, check_range
 from xbarprune.hardware.presets import hardware_preset
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
@@ -108,7 +109,7 @@ def project_structure(
             f"layer '{layer}': group budget α = {alpha!r} is outside [1, {G}] "
             f"({G} '{groups.kind}' groups in the layer)"
         )
-    norms = groups.norms(mat.detach())
+    norms = L2(mat.detach(), groups)
     order = torch.argsort(-norms, stable=True)
     keep = torch.zeros(G, dtype=torch.bool, device=norms.device)
     keep[order[: int(alpha)]] = True
@@ -323,6 +324,13 @@ class ADMMParams:
     #: architecture and every later stage works on the smaller network
     physical: bool = False
 
+    @property
+    def layer_selection(self) -> LayerSelection:
+        """The layers this method prunes (:mod:`xbarprune.compress.selection`)."""
+        return LayerSelection(
+            exclude=tuple(self.exclude), kinds=None if self.layers == "all" else ("conv",)
+        )
+
     def __post_init__(self) -> None:
         p = "method.params"
         for k in (self.kind, *self.layer_kinds.values(), *self.combine_kind.values()):
@@ -368,18 +376,14 @@ class ADMMParams:
 
 # ----------------------------------------------------------------------------- helpers
 def prunable_layers(layout: CrossbarLayout, p: ADMMParams) -> list[str]:
-    named = (*p.exclude, *p.keep, *p.alpha, *p.layer_kinds, *p.combine_kind)
-    unknown = [n for n in named if n not in layout.layers]
+    named = (*p.keep, *p.alpha, *p.layer_kinds, *p.combine_kind)
+    unknown = unknown_names(p.exclude, layout.layers) + [n for n in named if n not in layout.layers]
     if unknown:
         raise CompressionError(
             f"method.params names unknown layer(s): {', '.join(sorted(set(unknown)))}; "
             f"mapped layers: {', '.join(layout.layers)}"
         )
-    return [
-        n
-        for n, lay in layout.layers.items()
-        if n not in p.exclude and (p.layers == "all" or lay.kind == "conv")
-    ]
+    return p.layer_selection.select(layout)
 
 
 def allocate_alpha(
@@ -408,7 +412,7 @@ def allocate_alpha(
         else:
             free.append(n)
     if free:
-        scores = torch.cat([group_scores(mats[n], groups[n]) for n in free])
+        scores = torch.cat([RMS(mats[n], groups[n]) for n in free])
         sizes = torch.cat([groups[n].sizes for n in free])
         owner = torch.cat([torch.full((len(groups[n]),), i) for i, n in enumerate(free)])
         budget = sum(mats[n].numel() for n in free) / p.compression

@@ -66,6 +66,7 @@ from xbarprune.compress.base import (
     register,
 )
 from xbarprune.compress.parts.lgd import lgd_gram, top_r
+from xbarprune.compress.selection import LayerSelection, unknown_names
 from xbarprune.errors import CompressionError, SpecError, check_range
 from xbarprune.mapping.layout import CrossbarLayout, LayerLayout
 from xbarprune.mapping.matrix import conv_unfold, matrix_to_weight, weight_to_matrix
@@ -175,6 +176,13 @@ class LiangParams:
     ft_epochs: int = 0
     pack: bool = True
     seed: int | None = None
+
+    @property
+    def layer_selection(self) -> LayerSelection:
+        """The layers this method prunes (:mod:`xbarprune.compress.selection`)."""
+        return LayerSelection(
+            exclude=tuple(self.exclude), keep_first=self.skip_first, keep_last=self.skip_last
+        )
 
     def __post_init__(self) -> None:
         pre = "method.params"
@@ -663,18 +671,13 @@ def solve_with(prob: LayerProblem, keep: int, p: LiangParams, generator) -> Laye
 
 def prunable_layers(layout: CrossbarLayout, p: LiangParams) -> list[str]:
     names = list(layout.layers)
-    unknown = [n for n in (*p.exclude, *p.layer_ratios) if n not in layout]
+    unknown = [*unknown_names(p.exclude, names), *(n for n in p.layer_ratios if n not in layout)]
     if unknown:
         raise SpecError(
             f"method.params names unknown layer(s): {', '.join(unknown)}; "
             f"mapped layers: {', '.join(names)}"
         )
-    skip = set(p.exclude)
-    if p.skip_first and names:
-        skip.add(names[0])
-    if p.skip_last and names:
-        skip.add(names[-1])
-    return [n for n in names if n not in skip]
+    return p.layer_selection.select(layout)
 
 
 def choose_ratio(evaluate: Callable[[float], dict], p: LiangParams) -> tuple[float, dict]:

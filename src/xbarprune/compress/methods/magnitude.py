@@ -13,6 +13,7 @@ from typing import Literal
 
 from xbarprune.compress.base import CompressContext, CompressResult, Method, register
 from xbarprune.compress.parts.pruning import magnitude_masks, weight_sparsity
+from xbarprune.compress.selection import LayerSelection
 from xbarprune.errors import SpecError, check_range
 from xbarprune.mapping.layout import GROUP_KINDS
 from xbarprune.mapping.permute import pack_layout
@@ -34,6 +35,11 @@ class MagnitudeParams:
     exclude: tuple[str, ...] = field(default_factory=tuple)
     pack: bool = True
 
+    @property
+    def layer_selection(self) -> LayerSelection:
+        """The layers this method prunes (:mod:`xbarprune.compress.selection`)."""
+        return LayerSelection(exclude=tuple(self.exclude))
+
     def __post_init__(self) -> None:
         check_range("method.params.sparsity", self.sparsity, low=0.0, high=1.0, high_open=True)
         check_range("method.params.steps", self.steps, low=1)
@@ -45,7 +51,7 @@ class MagnitudeParams:
 
 
 def iterative_magnitude(ctx: CompressContext, p: MagnitudeParams) -> CompressResult:
-    names = [n for n in ctx.layout.layers if n not in p.exclude]
+    names = p.layer_selection.select(ctx.layout)
     masks = MaskSet.from_model(ctx.model, names)
     history = []
     targets = cubic_schedule(p.sparsity, p.steps)

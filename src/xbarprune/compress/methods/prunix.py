@@ -37,6 +37,7 @@ from xbarprune.compress.parts.apa import (
 from xbarprune.compress.parts.pruning import magnitude_masks, weight_sparsity
 from xbarprune.compress.parts.regularizers import make_regularizer
 from xbarprune.compress.parts.sawtooth import GroupSawtooth, on_level_fraction
+from xbarprune.compress.selection import LayerSelection
 from xbarprune.errors import SpecError, check_range
 from xbarprune.io import atomic_write_json
 from xbarprune.mapping.layout import GROUP_KINDS
@@ -70,6 +71,11 @@ class PrunixParams:
     keep_regularizer: bool = True
     pack: bool = True
     exclude: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def layer_selection(self) -> LayerSelection:
+        """The layers this method prunes (:mod:`xbarprune.compress.selection`)."""
+        return LayerSelection(exclude=tuple(self.exclude))
 
     def __post_init__(self) -> None:
         check_range("method.params.lam", self.lam, low=0.0)
@@ -137,10 +143,7 @@ def sensitivity_score(p: PrunixParams, ctx: CompressContext):
 
 
 def prunable_layers(p: PrunixParams, ctx: CompressContext) -> list[str]:
-    unknown = [n for n in p.exclude if n not in ctx.layout]
-    if unknown:
-        raise SpecError(f"method.params.exclude names unknown layer(s): {', '.join(unknown)}")
-    return [n for n in ctx.layout.layers if n not in p.exclude]
+    return p.layer_selection.select(ctx.layout)
 
 
 def run_prunix(ctx: CompressContext, p: PrunixParams) -> CompressResult:

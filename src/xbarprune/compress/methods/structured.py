@@ -51,6 +51,7 @@ from xbarprune.compress.parts.purification import (
     trace_channel_groups,
 )
 from xbarprune.compress.parts.regularizers import GroupLasso
+from xbarprune.compress.selection import LayerSelection
 from xbarprune.errors import CompressionError, SpecError, check_range
 from xbarprune.mapping.layout import CrossbarLayout, layer_matrices
 from xbarprune.mapping.permute import pack_layout
@@ -78,6 +79,16 @@ class StructuredParams:
     #: stores the shrunk architecture and later stages work on the smaller network
     physical: bool = False
 
+    @property
+    def layer_selection(self) -> LayerSelection:
+        """The layers this method prunes (:mod:`xbarprune.compress.selection`)."""
+        return LayerSelection(
+            exclude=tuple(self.exclude),
+            keep_first=self.exclude_first_last,
+            keep_last="linear" if self.exclude_first_last else False,
+            first_last_min_layers=3,
+        )
+
     def __post_init__(self) -> None:
         check_range("method.params.sparsity", self.sparsity, low=0.0, high=1.0, high_open=True)
         check_range("method.params.lam", self.lam, low=0.0)
@@ -93,12 +104,7 @@ def _sub_layout(layout: CrossbarLayout, names) -> CrossbarLayout:
 
 
 def prunable_layers(layout: CrossbarLayout, p: StructuredParams) -> list[str]:
-    names = [n for n in layout.layers if n not in p.exclude]
-    if p.exclude_first_last and len(layout) > 2:
-        first, last = next(iter(layout.layers)), list(layout.layers)[-1]
-        skip = {first} | ({last} if layout[last].kind == "linear" else set())
-        names = [n for n in names if n not in skip]
-    return names
+    return p.layer_selection.select(layout)
 
 
 def regularizer(scheme: str, layout: CrossbarLayout, p: StructuredParams):

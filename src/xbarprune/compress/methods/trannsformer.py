@@ -56,6 +56,7 @@ from xbarprune.compress.parts.scic import (
     greedy_windows,
     scic,
 )
+from xbarprune.compress.selection import LayerSelection
 from xbarprune.errors import CompressionError, SpecError, UnsupportedLayerError, check_range
 from xbarprune.hardware.spec import CrossbarSpec
 from xbarprune.mapping.layout import Block, CrossbarLayout, LayerLayout
@@ -149,6 +150,18 @@ class TraNNsformerParams:
     conv: bool = False
     layers: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+
+    @property
+    def layer_selection(self) -> LayerSelection:
+        """The layers this method transforms (:mod:`xbarprune.compress.selection`), over the
+        candidates :func:`select_layers` found (``layers``, else every allowed module)."""
+        return LayerSelection(
+            exclude=tuple(self.exclude),
+            include=tuple(self.layers),
+            kinds=("conv", "linear") if self.conv else ("linear",),
+            include_key="layers",
+        )
+
     lr: float = 0.5
     momentum: float = 0.5
     batch_size: int = 400
@@ -290,7 +303,9 @@ def select_layers(model: nn.Module, p: TraNNsformerParams) -> dict[str, nn.Modul
                 f"trannsformer: layer '{n}' is a grouped convolution (groups={m.groups}); "
                 "only groups=1 convolutions have one unrolled connectivity matrix"
             )
-    out = {n: m for n, m in out.items() if n not in p.exclude}
+    kinds = {n: "conv" if isinstance(m, nn.Conv2d) else "linear" for n, m in out.items()}
+    chosen = set(p.layer_selection.select(kinds))
+    out = {n: m for n, m in out.items() if n in chosen}
     if not out:
         raise UnsupportedLayerError(
             "trannsformer: the model has no layer to transform (it transforms nn.Linear "

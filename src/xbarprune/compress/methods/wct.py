@@ -26,6 +26,7 @@ from xbarprune.compress.base import (
     plain_info,
     register,
 )
+from xbarprune.compress.selection import LayerSelection
 from xbarprune.errors import check_range
 from xbarprune.hardware.conductance import weight_scale
 from xbarprune.mapping.layout import CrossbarLayout
@@ -47,6 +48,11 @@ class WCTParams:
     epochs_per_round: int = 1
     project: bool = False
     exclude: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def layer_selection(self) -> LayerSelection:
+        """The layers this method prunes (:mod:`xbarprune.compress.selection`)."""
+        return LayerSelection(exclude=tuple(self.exclude))
 
     def __post_init__(self) -> None:
         check_kappa(self.kappa, "method.params.kappa")
@@ -77,7 +83,7 @@ def weight_constrained_training(
 ) -> dict:
     """Run WCT on ``ctx.model`` in place; returns info with ``w_max`` (the mapping clip to use
     when simulating) and ``bounds`` (kappa * w_max)."""
-    names = [n for n in ctx.layout.layers if n not in p.exclude]
+    names = p.layer_selection.select(ctx.layout)
     w_max = dict(w_max) if w_max is not None else mapping_scales(ctx.model, ctx.layout, names)
     bounds = {n: p.kappa * w_max[n] for n in names}
 

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from xbarprune.compress.parts.importance import RMS, Importance
 from xbarprune.errors import CompressionError, check_range
 from xbarprune.mapping.layout import CrossbarLayout, Groups, layer_matrices
 from xbarprune.mapping.matrix import matrix_to_weight
@@ -23,8 +24,8 @@ Scope = Literal["uniform", "global"]
 
 
 def group_scores(mat: Tensor, groups: Groups) -> Tensor:
-    """RMS magnitude per group (G,)."""
-    return groups.norms(mat) / groups.sizes.to(mat.dtype).clamp_min(1).sqrt()
+    """RMS magnitude per group (G,): the default :class:`~.importance.RMSImportance`."""
+    return RMS(mat, groups)
 
 
 def keep_for_sparsity(scores: Tensor, sizes: Tensor, n_remove: float) -> Tensor:
@@ -42,11 +43,14 @@ def keep_for_sparsity(scores: Tensor, sizes: Tensor, n_remove: float) -> Tensor:
     return keep
 
 
-def layer_group_mask(mat: Tensor, groups: Groups, sparsity: float) -> Tensor:
-    """Mapped-matrix keep mask (R, C) removing >= ``sparsity`` of the layer's weights."""
+def layer_group_mask(
+    mat: Tensor, groups: Groups, sparsity: float, importance: Importance = RMS
+) -> Tensor:
+    """Mapped-matrix keep mask (R, C) removing >= ``sparsity`` of the layer's weights, the
+    groups of lowest ``importance`` (default RMS) first."""
     check_range("sparsity", sparsity, low=0.0, high=1.0, high_open=True)
     n = mat.numel()
-    keep = keep_for_sparsity(group_scores(mat, groups), groups.sizes, sparsity * n)
+    keep = keep_for_sparsity(importance(mat, groups), groups.sizes, sparsity * n)
     if sparsity == 0:
         keep[:] = True
     return groups.weight_mask(keep, tuple(mat.shape))
@@ -60,11 +64,13 @@ def magnitude_masks(
     kind: str = "weight",
     scope: Scope = "uniform",
     prunable: list[str] | None = None,
+    importance: Importance = RMS,
 ) -> MaskSet:
     """Masks (weight shape) pruning ``kind`` groups by magnitude.
 
     ``sparsity`` is one target for every prunable layer (``uniform``), the overall target
-    (``global``, counted over prunable layers), or a per-layer mapping.
+    (``global``, counted over prunable layers), or a per-layer mapping. Groups are ranked by
+    ``importance`` (default :class:`~.importance.RMSImportance`: ``|w|`` for single weights).
     """
     mats = layer_matrices(model, layout)
     names = prunable if prunable is not None else list(layout.layers)
@@ -77,7 +83,7 @@ def magnitude_masks(
         all_scores, all_sizes, owners = [], [], []
         for i, n in enumerate(names):
             g = layout[n].groups(kind)
-            all_scores.append(group_scores(mats[n], g))
+            all_scores.append(importance(mats[n], g))
             all_sizes.append(g.sizes)
             owners.append(torch.full((len(g),), i))
         scores, sizes = torch.cat(all_scores), torch.cat(all_sizes)
@@ -95,7 +101,7 @@ def magnitude_masks(
         s = sparsity[n] if isinstance(sparsity, Mapping) else float(sparsity)
         if isinstance(sparsity, Mapping) and n not in sparsity:
             continue
-        m = layer_group_mask(mats[n], layout[n].groups(kind), s)
+        m = layer_group_mask(mats[n], layout[n].groups(kind), s, importance)
         masks[n] = matrix_to_weight(m, layout[n].weight_shape)
     return masks
 
