@@ -102,14 +102,21 @@ def _apply(layer: AnalogLayer, x: Tensor, run) -> Tensor:
         if n >= x.shape[0]:
             return _finish(layer, run(unfold(m, x), 1), 1).view(-1, C, ho, wo)
         # chunks written straight into the output (no concatenation pass); the same values
-        out = None
+        # (with autograd, hardware-aware training: concatenated, as out= has no gradient)
+        out = ops = None
+        ys = []
         for s in range(0, x.shape[0], n):
             v = unfold(m, x[s : s + n])
             y = run(v, 1)
+            if ops is None:
+                ops = _finish_ops(layer, y.dtype, 1)
+                if not (torch.is_grad_enabled() and y.requires_grad):
+                    out = y.new_empty((x.shape[0], C, ho * wo))
             if out is None:
-                out = y.new_empty((x.shape[0], C, ho * wo))
-            _finish(layer, y, 1, out=out[s : s + n])
-        return out.view(-1, C, ho, wo)
+                ys.append(_finish(layer, y, 1, ops=ops))
+            else:
+                _finish(layer, y, 1, out=out[s : s + n], ops=ops)
+        return (out if out is not None else torch.cat(ys)).view(-1, C, ho, wo)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, R)
     n = max(1, _CHUNK_ELEMS // max(1, R))
@@ -118,17 +125,24 @@ def _apply(layer: AnalogLayer, x: Tensor, run) -> Tensor:
     return _finish(layer, y, -1).view(*lead, C)
 
 
-def _finish(layer: AnalogLayer, y: Tensor, dim: int, out: Tensor | None = None) -> Tensor:
-    """Column gains and digital bias (``y``: (N, C) or (B, C, L)), written into ``out``
-    when given (the last operation writes there; the same values as out of place)."""
-    m = layer.inner
+def _finish_ops(layer: AnalogLayer, dtype: torch.dtype, dim: int) -> list:
+    """The column-gain and bias operations of :func:`_finish`, their operands cast once."""
     C = layer.layout.matrix_shape[1]
     view = (-1, C) if dim == -1 else (1, C, 1)
     ops = []
     if layer._col_gain is not None:
-        ops.append((torch.mul, layer._col_gain.to(y.dtype).view(view)))
-    if m.bias is not None:
-        ops.append((torch.add, m.bias.to(y.dtype).view(view)))
+        ops.append((torch.mul, layer._col_gain.to(dtype).view(view)))
+    if layer.inner.bias is not None:
+        ops.append((torch.add, layer.inner.bias.to(dtype).view(view)))
+    return ops
+
+
+def _finish(
+    layer: AnalogLayer, y: Tensor, dim: int, out: Tensor | None = None, ops: list | None = None
+) -> Tensor:
+    """Column gains and digital bias (``y``: (N, C) or (B, C, L)), written into ``out``
+    when given (the last operation writes there; the same values as out of place)."""
+    ops = _finish_ops(layer, y.dtype, dim) if ops is None else ops
     if not ops:
         return y if out is None else out.copy_(y)
     for i, (op, t) in enumerate(ops):
