@@ -30,7 +30,13 @@ from torch import Tensor, nn
 
 from xbarprune.errors import MappingError
 from xbarprune.hardware.conductance import slice_significance
-from xbarprune.hardware.nonideal.io import IOConfig, io_mvm, readout_level, split_sizes
+from xbarprune.hardware.nonideal.io import (
+    IOConfig,
+    io_mvm,
+    manage_input,
+    readout_level,
+    split_sizes,
+)
 
 if TYPE_CHECKING:
     from xbarprune.analog.layers import AnalogLayer
@@ -93,11 +99,24 @@ def _apply(layer: AnalogLayer, x: Tensor, run) -> Tensor:
     if isinstance(m, nn.Conv2d):
         ho, wo = _out_hw(m, x)
         n = max(1, _CHUNK_ELEMS // max(1, R * ho * wo))
+        if n >= x.shape[0]:
+            return _finish(layer, run(unfold(m, x), 1), 1).view(-1, C, ho, wo)
+        # chunks written straight into the output (no concatenation pass); the same values
+        # (with autograd, hardware-aware training: concatenated, as out= has no gradient)
+        out = ops = None
         ys = []
         for s in range(0, x.shape[0], n):
             v = unfold(m, x[s : s + n])
-            ys.append(_finish(layer, run(v, 1), 1).view(-1, C, ho, wo))
-        return ys[0] if len(ys) == 1 else torch.cat(ys)
+            y = run(v, 1)
+            if ops is None:
+                ops = _finish_ops(layer, y.dtype, 1)
+                if not (torch.is_grad_enabled() and y.requires_grad):
+                    out = y.new_empty((x.shape[0], C, ho * wo))
+            if out is None:
+                ys.append(_finish(layer, y, 1, ops=ops))
+            else:
+                _finish(layer, y, 1, out=out[s : s + n], ops=ops)
+        return (out if out is not None else torch.cat(ys)).view(-1, C, ho, wo)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, R)
     n = max(1, _CHUNK_ELEMS // max(1, R))
@@ -106,15 +125,28 @@ def _apply(layer: AnalogLayer, x: Tensor, run) -> Tensor:
     return _finish(layer, y, -1).view(*lead, C)
 
 
-def _finish(layer: AnalogLayer, y: Tensor, dim: int) -> Tensor:
-    """Column gains and digital bias (``y``: (N, C) or (B, C, L))."""
-    m = layer.inner
+def _finish_ops(layer: AnalogLayer, dtype: torch.dtype, dim: int) -> list:
+    """The column-gain and bias operations of :func:`_finish`, their operands cast once."""
     C = layer.layout.matrix_shape[1]
     view = (-1, C) if dim == -1 else (1, C, 1)
+    ops = []
     if layer._col_gain is not None:
-        y = y * layer._col_gain.to(y.dtype).view(view)
-    if m.bias is not None:
-        y = y + m.bias.to(y.dtype).view(view)
+        ops.append((torch.mul, layer._col_gain.to(dtype).view(view)))
+    if layer.inner.bias is not None:
+        ops.append((torch.add, layer.inner.bias.to(dtype).view(view)))
+    return ops
+
+
+def _finish(
+    layer: AnalogLayer, y: Tensor, dim: int, out: Tensor | None = None, ops: list | None = None
+) -> Tensor:
+    """Column gains and digital bias (``y``: (N, C) or (B, C, L)), written into ``out``
+    when given (the last operation writes there; the same values as out of place)."""
+    ops = _finish_ops(layer, y.dtype, dim) if ops is None else ops
+    if not ops:
+        return y if out is None else out.copy_(y)
+    for i, (op, t) in enumerate(ops):
+        y = op(y, t, out=out) if (out is not None and i == len(ops) - 1) else op(y, t)
     return y
 
 
@@ -132,17 +164,27 @@ def forward_weight_level(layer: AnalogLayer, x: Tensor) -> Tensor:
     gains = layer._io_gains
     gen = layer._read_gen
     sizes = split_sizes(w.shape[0], io.max_input_size)
+    gs = [(1.0 if gains is None else float(gains[j])) / f for j in range(len(sizes))]
+    # a convolution's unfolded patches hold its (padded) input's values: if the input is
+    # non-negative (after a ReLU), one test here spares the abs-max its min per chunk
+    nonneg = (
+        io.noise_management == "abs_max"
+        and isinstance(layer.inner, nn.Conv2d)
+        and bool(x.detach().amin() >= 0)
+    )
 
     def run(xc: Tensor, dim: int) -> Tensor:
         y = None
         r0 = 0
         for j, n in enumerate(sizes):
             xj = xc if n == w.shape[0] else _rows(xc, dim, slice(r0, r0 + n))
-            yj = io_mvm(xj, wt[r0 : r0 + n], io, gen, dim)
-            g = (1.0 if gains is None else float(gains[j])) / f
+            s = manage_input(xj, io, dim, nonneg=nonneg) if nonneg else None
+            yj = io_mvm(xj, wt[r0 : r0 + n], io, gen, dim, scale=s)
+            g = gs[j]
+            inplace = not yj.requires_grad  # io_mvm's result is a fresh tensor
             if g != 1.0:
-                yj = yj * g
-            y = yj if y is None else y + yj
+                yj = yj.mul_(g) if inplace else yj * g
+            y = yj if y is None else (y.add_(yj) if inplace and not y.requires_grad else y + yj)
             r0 += n
         return y
 
