@@ -736,6 +736,65 @@ def load_splits(
             searched), malformed, or torchvision needed but absent.
         ConfigError: an unknown name or an invalid option.
     """
+    key = _check_options(name, pad_to, channels, image_size, seed)
+    root = Path(data_root).expanduser() if data_root is not None else None
+    raw, extra = _read_raw(key, root, download, image_size, channels, test_fraction)
+    c_out, size = _geometry(key, raw, channels, pad_to)
+    train_idx, val_idx, test_idx = _split_indices(
+        key, raw, val_size=val_size, train_subset=train_subset, test_subset=test_subset, seed=seed
+    )
+
+    kw = {"mean": raw.mean, "std": raw.std, "pad_to": pad_to, "channels": c_out}
+    # each split carries its role: selection code refuses the test split (data.heldout)
+    train = mark_split(_dataset(raw.train_x, raw.train_y, train_idx, **kw), "train")
+    val = (
+        mark_split(_dataset(raw.train_x, raw.train_y, val_idx, **kw), "val")
+        if len(val_idx)
+        else None
+    )
+    test = mark_split(_dataset(raw.test_x, raw.test_y, test_idx, **kw), "test")
+
+    options = {
+        "val_size": val_size,
+        "train_subset": train_subset,
+        "test_subset": test_subset,
+        "pad_to": pad_to,
+        "channels": channels,
+        "seed": int(seed),
+        "data_root": None if root is None else str(root),
+        **extra,
+    }
+    if key == "imagefolder":
+        options["image_size"] = image_size
+    return DataSplits(
+        name=key,
+        train=train,
+        val=val,
+        test=test,
+        num_classes=len(raw.classes),
+        in_channels=c_out,
+        image_size=size,
+        source=raw.source,
+        mean=_per_channel(raw.mean, c_out),
+        std=_per_channel(raw.std, c_out),
+        classes=raw.classes,
+        indices={
+            "train": _official_rows(train_idx, raw.train_index),
+            "val": _official_rows(val_idx, raw.train_index),
+            "test": _official_rows(test_idx, raw.test_index),
+        },
+        options=options,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the phases of load_splits
+
+
+def _check_options(
+    name: str, pad_to: int | None, channels: int | None, image_size: int | None, seed: Any
+) -> str:
+    """Validate the format-independent options; return the canonical data-set name."""
     key = _ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
     if key not in DATASETS:
         raise ConfigError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
@@ -747,23 +806,33 @@ def load_splits(
         raise ConfigError("image_size (resizing) is only supported for imagefolder")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise ConfigError(f"seed = {seed!r}; allowed: an integer")
+    return key
 
-    root = Path(data_root).expanduser() if data_root is not None else None
+
+def _read_raw(
+    key: str,
+    root: Path | None,
+    download: bool,
+    image_size: int | None,
+    channels: int | None,
+    test_fraction: float,
+) -> tuple[_Raw, dict[str, Any]]:
+    """Dispatch to the reader of the format (embedded / IDX / CIFAR pickles / image folder);
+    the dict holds reader-specific options to record (the image folder's layout)."""
     roots = [root] if root is not None else default_data_roots()
-    extra: dict[str, Any] = {}
     if key == "mnist-embedded":
-        raw = _load_embedded()
-    elif key in ("mnist", "fashion-mnist"):
-        raw = _load_idx_set(key, roots, download, root)
-    elif key in ("cifar10", "cifar100"):
-        raw = _load_cifar(key, roots, download, root)
-    else:
-        if download:
-            raise ConfigError("download=True is not possible for imagefolder")
-        raw, extra = _load_imagefolder(root, image_size, channels, test_fraction)
-    num_classes = len(raw.classes)
+        return _load_embedded(), {}
+    if key in ("mnist", "fashion-mnist"):
+        return _load_idx_set(key, roots, download, root), {}
+    if key in ("cifar10", "cifar100"):
+        return _load_cifar(key, roots, download, root), {}
+    if download:
+        raise ConfigError("download=True is not possible for imagefolder")
+    return _load_imagefolder(root, image_size, channels, test_fraction)
 
-    # channels
+
+def _geometry(key: str, raw: _Raw, channels: int | None, pad_to: int | None) -> tuple[int, int]:
+    """(channels, image size) after the optional 1 -> 3 replication and zero-padding."""
     c_in = raw.train_x.shape[1]
     c_out = c_in if channels is None else channels
     if c_out != c_in and not (c_in == 1 and c_out == 3):
@@ -771,13 +840,24 @@ def load_splits(
             f"{key} has {c_in} channels; channels={channels} is not supported "
             "(only 1 -> 3 replication)"
         )
-    # padding
     h = raw.train_x.shape[2]
     if pad_to is not None and pad_to < h:
         raise ConfigError(f"pad_to = {pad_to} is smaller than the {h} x {h} images")
-    size = pad_to or h
+    return c_out, pad_to or h
 
-    # splits
+
+def _split_indices(
+    key: str,
+    raw: _Raw,
+    *,
+    val_size: int | float,
+    train_subset: int | float | None,
+    test_subset: int | float | None,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of (train, val, test) into the raw arrays: a class-stratified validation
+    draw from the training split (seeded ``[seed, 1]``), then a class-balanced training subset
+    (seeded ``[seed, 2]``) and a seed-independent test subset (first of each class)."""
     rng_val = np.random.default_rng([int(seed), 1])
     rng_sub = np.random.default_rng([int(seed), 2])
     n_train_all = len(raw.train_y)
@@ -796,49 +876,17 @@ def load_splits(
         test_idx = balanced_subset(raw.test_y, n_test, None)
     if len(train_idx) == 0 or len(test_idx) == 0:
         raise ConfigError(f"{key}: empty training or test set after subsetting")
+    return train_idx, val_idx, test_idx
 
-    kw = {"mean": raw.mean, "std": raw.std, "pad_to": pad_to, "channels": c_out}
-    # each split carries its role: selection code refuses the test split (data.heldout)
-    train = mark_split(_dataset(raw.train_x, raw.train_y, train_idx, **kw), "train")
-    val = mark_split(_dataset(raw.train_x, raw.train_y, val_idx, **kw), "val") if n_val else None
-    test = mark_split(_dataset(raw.test_x, raw.test_y, test_idx, **kw), "test")
 
-    def official(idx: np.ndarray, table: np.ndarray | None) -> np.ndarray:
-        return (np.asarray(table)[idx] if table is not None else idx).astype(np.int64)
+def _official_rows(idx: np.ndarray, table: np.ndarray | None) -> np.ndarray:
+    """Rows of the official file behind ``idx`` (the embedded set keeps a lookup table)."""
+    return (np.asarray(table)[idx] if table is not None else idx).astype(np.int64)
 
-    mean = tuple(raw.mean) * (c_out if len(raw.mean) == 1 and c_out > 1 else 1)
-    std = tuple(raw.std) * (c_out if len(raw.std) == 1 and c_out > 1 else 1)
-    options = {
-        "val_size": val_size,
-        "train_subset": train_subset,
-        "test_subset": test_subset,
-        "pad_to": pad_to,
-        "channels": channels,
-        "seed": int(seed),
-        "data_root": None if root is None else str(root),
-        **extra,
-    }
-    if key == "imagefolder":
-        options["image_size"] = image_size
-    return DataSplits(
-        name=key,
-        train=train,
-        val=val,
-        test=test,
-        num_classes=num_classes,
-        in_channels=c_out,
-        image_size=size,
-        source=raw.source,
-        mean=mean,
-        std=std,
-        classes=raw.classes,
-        indices={
-            "train": official(train_idx, raw.train_index),
-            "val": official(val_idx, raw.train_index),
-            "test": official(test_idx, raw.test_index),
-        },
-        options=options,
-    )
+
+def _per_channel(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    """A single grey statistic repeated for each replicated channel."""
+    return tuple(values) * (channels if len(values) == 1 and channels > 1 else 1)
 
 
 def make_loader(
