@@ -488,12 +488,45 @@ def run_admm(
     (``"admm"``, ``"admm+prm"``, ``"admm+prm+quant"`` or ``"admm+quant"``), e.g. to
     evaluate or save the intermediate models (the reproduction does).
     """
-    model, layout = ctx.model, ctx.layout
-
-    def stage(tag: str) -> None:
+    st = _setup(ctx, p)
+    _admm_phase(ctx, p, st)
+    _mask_and_retrain(ctx, p, st)
+    if on_stage is not None:
+        on_stage("admm", st.model, st.masks)
+    example = example_batch(ctx.train_data, 2, ctx.device)
+    if p.prm:
+        _purify(ctx, p, st, example)
         if on_stage is not None:
-            on_stage(tag, model, masks)
+            on_stage("admm+prm", st.model, st.masks)
+    if p.quantize:
+        tag = _quantize(ctx, p, st)
+        if on_stage is not None:
+            on_stage(tag, st.model, st.masks)
+    return _result(p, st, example)
 
+
+@dataclass
+class _ADMMState:
+    """What the phases of :func:`run_admm` share: the constraints of each pruned layer,
+    the level sets, the current masks, and the info / validation-accuracy / compression
+    records they fill in."""
+
+    model: nn.Module
+    layout: CrossbarLayout
+    names: list[str]
+    cons: dict[str, list[tuple[Groups, int]]]
+    level_sets: dict[str, LevelSet]
+    teacher: nn.Module | None
+    info: dict
+    acc: dict[str, float]
+    stats: dict[str, dict]
+    masks: MaskSet = field(default_factory=MaskSet)
+
+
+def _setup(ctx: CompressContext, p: ADMMParams) -> _ADMMState:
+    """The pruned layers, their α (Sec. 3.1 allocation), every structured constraint
+    (the main ``kind`` plus ``combine_kind``) and the memristor level sets."""
+    model, layout = ctx.model, ctx.layout
     names = prunable_layers(layout, p)
     if not names:
         raise CompressionError("no prunable layer (method.params.layers / exclude leave none)")
@@ -530,12 +563,16 @@ def run_admm(
     acc = {"dense": ctx.val_accuracy()}
     stats = {"dense": compression_stats(model, layout)}
     ctx.log(f"  ADMM: {len(names)} layers, α = {alpha}")
+    return _ADMMState(model, layout, names, cons, level_sets, teacher, info, acc, stats)
 
-    # ---- ADMM (eqs. 5-7)
+
+def _admm_phase(ctx: CompressContext, p: ADMMParams, st: _ADMMState) -> None:
+    """ADMM (eqs. 5-7): W-steps are training epochs with the augmented-Lagrangian regulariser;
+    after each, the Y/Z updates (projection onto the constraint sets, dual ascent, ρ growth)."""
     reg = ADMMRegularizer(
-        model,
-        cons,
-        level_sets if p.admm_quant else {},
+        st.model,
+        st.cons,
+        st.level_sets if p.admm_quant else {},
         rho=p.rho,
         rho_growth=p.rho_growth,
         rho_max=p.rho_max,
@@ -548,78 +585,87 @@ def run_admm(
             f"  ADMM iteration {k + 1}/{p.iterations}: ρ {rec['rho']:.3g}, "
             f"max ||W-Y||/||W|| {worst:.3g}"
         )
-    info["admm_history"] = reg.history
+    st.info["admm_history"] = reg.history
 
-    # ---- masked mapping (hard projection onto P) + masked retraining
-    masks = MaskSet.from_model(model, list(layout.layers))
+
+def _mask_and_retrain(ctx: CompressContext, p: ADMMParams, st: _ADMMState) -> None:
+    """Masked mapping: the hard projection onto P fixes the masks, then masked retraining."""
+    model, layout = st.model, st.layout
+    st.masks = MaskSet.from_model(model, list(layout.layers))
     mods = dict(model.named_modules())
     with torch.no_grad():
-        for n in names:
+        for n in st.names:
             w = mods[n].weight
-            m = project_all(weight_to_matrix(w), cons[n], layer=n)
-            masks[n] = matrix_to_weight(m, tuple(w.shape)).clone()
-    masks.apply(model)
-    acc["admm_hard"] = ctx.val_accuracy()
-    ctx.finetune(masks, p.retrain_epochs, tag="admm_retrain")
-    acc["admm"] = ctx.val_accuracy()
-    stats["admm"] = compression_stats(model, layout)
+            m = project_all(weight_to_matrix(w), st.cons[n], layer=n)
+            st.masks[n] = matrix_to_weight(m, tuple(w.shape)).clone()
+    st.masks.apply(model)
+    st.acc["admm_hard"] = ctx.val_accuracy()
+    ctx.finetune(st.masks, p.retrain_epochs, tag="admm_retrain")
+    st.acc["admm"] = ctx.val_accuracy()
+    st.stats["admm"] = compression_stats(model, layout)
     ctx.log(
-        f"  ADMM pruned: acc {acc['admm']:.4f}, conv compression "
-        f"{stats['admm']['compression_conv']:.2f}x"
+        f"  ADMM pruned: acc {st.acc['admm']:.4f}, conv compression "
+        f"{st.stats['admm']['compression_conv']:.2f}x"
     )
-    stage("admm")
 
-    # ---- Network Purification + unused path removal (masked, eval-exact)
-    example = example_batch(ctx.train_data, 2, ctx.device)
-    if p.prm:
-        pur = network_purification(
-            model, example, layers=names, th1=p.th1, th2=p.th2, th3=p.th3, th4=p.th4
-        )
-        masks = masks.combine(pur.masks)
-        masks.apply(model)
-        info["purification"] = {
-            "rounds": pur.report["rounds"],
-            "thresholds": pur.report["thresholds"],
-            "pruned_channels": pur.report["pruned_channels"],
-            "pruned_filters": pur.report["pruned_filters"],
-            "kept_constant": pur.report["kept_constant"],
-        }
-        acc["admm+prm"] = ctx.val_accuracy()
-        if p.prm_retrain_epochs:
-            ctx.finetune(masks, p.prm_retrain_epochs, tag="prm_retrain")
-            acc["admm+prm_retrained"] = ctx.val_accuracy()
-        stats["admm+prm"] = compression_stats(model, layout)
-        ctx.log(
-            f"  P-RM: acc {acc['admm+prm']:.4f}, conv compression "
-            f"{stats['admm+prm']['compression_conv']:.2f}x"
-        )
-        stage("admm+prm")
 
-    # ---- distillation quantisation (Algorithm 2)
-    if p.quantize:
-        info["distillation"] = distill_quantize(
-            model,
-            ctx.train_data,
-            level_sets,
-            masks,
-            ctx.finetune_cfg,
-            teacher=teacher,
-            epochs=p.quant_epochs,
-            sigma=p.distill_sigma,
-            temperature=p.distill_temperature,
-            device=ctx.device,
-            seed=ctx.seed,
-            log=ctx.log,
-        )
-        tag = "admm+prm+quant" if p.prm else "admm+quant"
-        acc[tag] = ctx.val_accuracy()
-        stats[tag] = compression_stats(model, layout)
-        info["scales"] = {n: layer_scale(mods[n].weight) for n in level_sets}
-        ctx.log(f"  quantised ({next(iter(level_sets.values())).codes} codes): acc {acc[tag]:.4f}")
-        stage(tag)
+def _purify(ctx: CompressContext, p: ADMMParams, st: _ADMMState, example: torch.Tensor) -> None:
+    """Network Purification (Sec. 3.3, th1-th4) with masks, eval-exact, optional retraining."""
+    pur = network_purification(
+        st.model, example, layers=st.names, th1=p.th1, th2=p.th2, th3=p.th3, th4=p.th4
+    )
+    st.masks = st.masks.combine(pur.masks)
+    st.masks.apply(st.model)
+    st.info["purification"] = {
+        "rounds": pur.report["rounds"],
+        "thresholds": pur.report["thresholds"],
+        "pruned_channels": pur.report["pruned_channels"],
+        "pruned_filters": pur.report["pruned_filters"],
+        "kept_constant": pur.report["kept_constant"],
+    }
+    st.acc["admm+prm"] = ctx.val_accuracy()
+    if p.prm_retrain_epochs:
+        ctx.finetune(st.masks, p.prm_retrain_epochs, tag="prm_retrain")
+        st.acc["admm+prm_retrained"] = ctx.val_accuracy()
+    st.stats["admm+prm"] = compression_stats(st.model, st.layout)
+    ctx.log(
+        f"  P-RM: acc {st.acc['admm+prm']:.4f}, conv compression "
+        f"{st.stats['admm+prm']['compression_conv']:.2f}x"
+    )
 
-    info["val_accuracy"] = acc
-    info["compression"] = stats
+
+def _quantize(ctx: CompressContext, p: ADMMParams, st: _ADMMState) -> str:
+    """Distillation quantisation (Algorithm 2) onto the level sets; returns the stage tag."""
+    st.info["distillation"] = distill_quantize(
+        st.model,
+        ctx.train_data,
+        st.level_sets,
+        st.masks,
+        ctx.finetune_cfg,
+        teacher=st.teacher,
+        epochs=p.quant_epochs,
+        sigma=p.distill_sigma,
+        temperature=p.distill_temperature,
+        device=ctx.device,
+        seed=ctx.seed,
+        log=ctx.log,
+    )
+    tag = "admm+prm+quant" if p.prm else "admm+quant"
+    st.acc[tag] = ctx.val_accuracy()
+    st.stats[tag] = compression_stats(st.model, st.layout)
+    mods = dict(st.model.named_modules())
+    st.info["scales"] = {n: layer_scale(mods[n].weight) for n in st.level_sets}
+    codes = next(iter(st.level_sets.values())).codes
+    ctx.log(f"  quantised ({codes} codes): acc {st.acc[tag]:.4f}")
+    return tag
+
+
+def _result(p: ADMMParams, st: _ADMMState, example: torch.Tensor) -> CompressResult:
+    """Final masks, unused path removal (physically with ``physical``, else reported) and the
+    packed layout."""
+    model, layout, info = st.model, st.layout, st.info
+    info["val_accuracy"] = st.acc
+    info["compression"] = st.stats
     masks = MaskSet.from_model(model, list(layout.layers))
     small = None
     if p.physical:

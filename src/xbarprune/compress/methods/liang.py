@@ -766,55 +766,93 @@ def _gen(seed: int, *salt: int) -> torch.Generator:
 
 
 def run_liang(ctx: CompressContext, p: LiangParams) -> CompressResult:
-    """The whole method on ``ctx.model`` (in place); see the module docstring."""
-    seed = ctx.seed if p.seed is None else int(p.seed)
-    model = ctx.model
-    layout = ctx.layout
-    mods = dict(model.named_modules())
-    names = prunable_layers(layout, p)
-    skipped: dict[str, str] = {}
-    for n in list(names):
-        lay = layout[n]
-        try:
-            check_layer(lay, p.grain, p.k_out(lay.kind))
-        except CompressionError as exc:
-            if p.small_layers == "skip" and lay.crossbar.row_bands(lay.matrix_shape[0]) < 2:
-                skipped[n] = str(exc)
-                names.remove(n)
-                ctx.log(f"  liang: {n} left dense (fewer than 2 row bands)")
-                continue
-            raise
-    if not names:
-        raise CompressionError(
-            "liang: no layer left to prune (first/last/excluded/small layers removed them all)"
-        )
-    was_training = model.training
-    model.eval()
-    images = balanced_images(ctx.train_data, p.images, torch.Generator().manual_seed(seed))
-    stat_kw = dict(
-        lgd_points=p.lgd_points,
-        regression_points=p.regression_points,
-        batch_size=p.batch_size,
-        device=ctx.device,
-    )
-    original = copy.deepcopy(model).eval()
-    info: dict = {
-        "grain": p.grain,
-        "reorder": p.reorder,
-        "selection": p.selection,
-        "projection": p.projection,
-        "r0": p.r0_effective,
-        "images": len(images),
-        "skipped": skipped,
-        "layers": {},
-    }
+    """The whole method on ``ctx.model`` (in place); see the module docstring.
 
-    def problem(n: str, li: int, orig: nn.Module | None) -> LayerProblem:
-        lay = layout[n]
-        stats = collect_stats(
-            model, n, images, generator=_gen(seed, 1, li), original=orig, **stat_kw
+    Three phases (:class:`_LiangRun`): choose the layers (first / last / excluded / too-small
+    ones stay dense), choose one pruning ratio per layer (fixed, uniform, or the Sec. III-E
+    single-layer validation sweeps with stop conditions), then prune the network layer by layer
+    with masks fixed (LGD / RPP + refit, Eq. 10, optional output recombination)."""
+    run = _LiangRun(ctx, p)
+    names = run.select_layers()
+    was_training = run.model.training
+    run.model.eval()
+    run.sample_images()
+    ratios, records = run.choose_ratios(names)
+    masks, new_layout = run.prune(names, ratios, records)
+    run.model.train(was_training)
+    return CompressResult(masks=masks, layout=new_layout, info=plain_info(run.info))
+
+
+class _LiangRun:
+    """The state one :func:`run_liang` call shares between its phases (model, layout, the
+    class-balanced images, the dense copy for the ``original`` regression target, info)."""
+
+    def __init__(self, ctx: CompressContext, p: LiangParams) -> None:
+        self.ctx = ctx
+        self.p = p
+        self.seed = ctx.seed if p.seed is None else int(p.seed)
+        self.model = ctx.model
+        self.layout = ctx.layout
+        self.mods = dict(self.model.named_modules())
+        self.images: torch.Tensor | None = None
+        self.original: nn.Module | None = None
+        self.info: dict = {
+            "grain": p.grain,
+            "reorder": p.reorder,
+            "selection": p.selection,
+            "projection": p.projection,
+            "r0": p.r0_effective,
+            "skipped": {},
+            "layers": {},
+        }
+
+    # -- phase 1: the layers
+    def select_layers(self) -> list[str]:
+        """The prunable layers; with ``small_layers="skip"`` a layer of < 2 row bands stays
+        dense (recorded in ``info["skipped"]``)."""
+        p, layout = self.p, self.layout
+        names = prunable_layers(layout, p)
+        for n in list(names):
+            lay = layout[n]
+            try:
+                check_layer(lay, p.grain, p.k_out(lay.kind))
+            except CompressionError as exc:
+                if p.small_layers == "skip" and lay.crossbar.row_bands(lay.matrix_shape[0]) < 2:
+                    self.info["skipped"][n] = str(exc)
+                    names.remove(n)
+                    self.ctx.log(f"  liang: {n} left dense (fewer than 2 row bands)")
+                    continue
+                raise
+        if not names:
+            raise CompressionError(
+                "liang: no layer left to prune (first/last/excluded/small layers removed them all)"
+            )
+        return names
+
+    def sample_images(self) -> None:
+        """Class-balanced training images (Sec. IV-A) and the dense reference copy."""
+        self.images = balanced_images(
+            self.ctx.train_data, self.p.images, torch.Generator().manual_seed(self.seed)
         )
-        W = weight_to_matrix(mods[n].weight.detach()).cpu()
+        self.info["images"] = len(self.images)
+        self.original = copy.deepcopy(self.model).eval()
+
+    def problem(self, n: str, li: int, orig: nn.Module | None) -> LayerProblem:
+        """Layer ``n``'s LGD / regression problem from the current network's statistics."""
+        p, lay = self.p, self.layout[n]
+        assert self.images is not None
+        stats = collect_stats(
+            self.model,
+            n,
+            self.images,
+            generator=_gen(self.seed, 1, li),
+            original=orig,
+            lgd_points=p.lgd_points,
+            regression_points=p.regression_points,
+            batch_size=p.batch_size,
+            device=self.ctx.device,
+        )
+        W = weight_to_matrix(self.mods[n].weight.detach()).cpu()
         Wt = None
         if orig is not None:
             Wt = weight_to_matrix(dict(orig.named_modules())[n].weight.detach()).cpu()
@@ -822,113 +860,134 @@ def run_liang(ctx: CompressContext, p: LiangParams) -> CompressResult:
             lay, W, stats, grain=p.grain, k_out=p.k_out(lay.kind), reorder=p.reorder, W_target=Wt
         )
 
-    # -- per-layer ratios: fixed, uniform, or single-layer sweeps + stop conditions
-    ratios: dict[str, float] = {}
-    records: dict[str, dict] = {}
-    for n in names:
-        if n in p.layer_ratios:
-            ratios[n] = float(p.layer_ratios[n])
-        elif p.ratio is not None:
-            ratios[n] = float(p.ratio)
-    todo = [n for n in names if n not in ratios]
-    if todo:
-        score = _score_fn(ctx, p, seed)
-        acc0 = score(model)
-        info["acc_dense_val"] = acc0
-        ctx.log(f"  liang: single-layer sweeps on {len(todo)} layer(s), reference acc {acc0:.4f}")
+    # -- phase 2: the ratios
+    def choose_ratios(self, names: list[str]) -> tuple[dict[str, float], dict[str, dict]]:
+        """Per-layer ratios: ``layer_ratios``, else ``ratio``, else the single-layer sweeps on
+        validation data with the stop conditions (:func:`choose_ratio`)."""
+        p = self.p
+        ratios: dict[str, float] = {}
+        records: dict[str, dict] = {}
+        for n in names:
+            if n in p.layer_ratios:
+                ratios[n] = float(p.layer_ratios[n])
+            elif p.ratio is not None:
+                ratios[n] = float(p.ratio)
+        todo = [n for n in names if n not in ratios]
+        if not todo:
+            return ratios, records
+        score = _score_fn(self.ctx, p, self.seed)
+        acc0 = score(self.model)
+        self.info["acc_dense_val"] = acc0
+        self.ctx.log(
+            f"  liang: single-layer sweeps on {len(todo)} layer(s), reference acc {acc0:.4f}"
+        )
         for n in todo:
-            li = names.index(n)
-            prob = problem(n, li, None)
-            w = mods[n].weight
-            saved = w.detach().clone()
-            cache: dict[int, dict] = {}
-
-            def evaluate(ratio: float, prob=prob, w=w, saved=saved, cache=cache, li=li) -> dict:
-                keep = keep_for_ratio(ratio, prob.n_bands)
-                if keep not in cache:
-                    sol = solve_with(prob, keep, p, _gen(seed, 2, li, keep))
-                    with torch.no_grad():
-                        new = matrix_to_weight(sol.weight.to(saved.dtype), tuple(saved.shape))
-                        w.copy_(new.to(w.device))
-                    acc = score(model)
-                    with torch.no_grad():
-                        w.copy_(saved)
-                    cache[keep] = {
-                        "keep": keep,
-                        "drop": acc0 - acc,
-                        "acc": acc,
-                        "tiles": sol.tiles,
-                        "rel_error": sol.rel_error,
-                    }
-                return {"ratio": ratio, **cache[keep]}
-
-            ratios[n], records[n] = choose_ratio(evaluate, p)
-            ctx.log(
+            sweep = _LayerSweep(self, n, names.index(n), score, acc0)
+            ratios[n], records[n] = choose_ratio(sweep, p)
+            self.ctx.log(
                 f"    {n}: ratio {ratios[n]:.2f} (initial {records[n]['initial_ratio']:.2f},"
                 f" stop {'/'.join(records[n]['stop'])})"
             )
-
-    if records:
-        info["search"] = search_summary(records, ratios)
-        if not info["search"]["sensitivity_decided"]:
-            ctx.log(
+        self.info["search"] = search_summary(records, ratios)
+        if not self.info["search"]["sensitivity_decided"]:
+            self.ctx.log(
                 "  liang: WARNING every searched layer stopped on T_p / ratio_max / r_min: the "
                 "Sec. III-E sensitivity search had no effect (single-layer validation drops "
                 f"stayed below td = {p.td:g}); lower td or raise tp"
             )
+        return ratios, records
 
-    # -- the whole network, layer by layer, masks fixed
-    masks = MaskSet()
-    new_layout = layout
-    changed = False
-    for li, n in enumerate(names):
-        orig = original if (changed and p.regression_target == "original") else None
-        prob = problem(n, li, orig)
-        keep = keep_for_ratio(ratios[n], prob.n_bands)
-        sol = solve_with(prob, keep, p, _gen(seed, 3, li, keep))
-        w = mods[n].weight
-        shape = tuple(w.shape)
-        with torch.no_grad():
-            w.copy_(matrix_to_weight(sol.weight.to(w.dtype), shape).to(w.device))
-        masks[n] = matrix_to_weight(sol.mask, shape)
+    # -- phase 3: the network, layer by layer
+    def prune(
+        self, names: list[str], ratios: dict[str, float], records: dict[str, dict]
+    ) -> tuple[MaskSet, CrossbarLayout]:
+        """Prune ``names`` in order at their ratios, masks fixed once set; each later layer's
+        statistics come from the already-pruned network (regressing onto the ``original``
+        outputs when asked), with optional fine-tunes per layer and at the end."""
+        p, ctx, model, layout = self.p, self.ctx, self.model, self.layout
+        masks = MaskSet()
+        new_layout = layout
+        changed = False
+        for li, n in enumerate(names):
+            orig = self.original if (changed and p.regression_target == "original") else None
+            prob = self.problem(n, li, orig)
+            keep = keep_for_ratio(ratios[n], prob.n_bands)
+            sol = solve_with(prob, keep, p, _gen(self.seed, 3, li, keep))
+            w = self.mods[n].weight
+            shape = tuple(w.shape)
+            with torch.no_grad():
+                w.copy_(matrix_to_weight(sol.weight.to(w.dtype), shape).to(w.device))
+            masks[n] = matrix_to_weight(sol.mask, shape)
+            masks.apply(model)
+            placed = pack_columns(prob.layout, sol.mask.float()) if p.pack else prob.layout
+            new_layout = new_layout.replace(placed)
+            changed = True
+            rec = records.get(n, {})
+            rec.update(
+                ratio=ratios[n],
+                keep=keep,
+                input_groups=prob.n_bands,
+                output_groups=prob.n_groups,
+                actual_ratio=1.0 - keep / prob.n_bands,
+                tiles_dense=layout[n].dense_tiles,
+                tiles=sol.tiles,
+                rel_error=sol.rel_error,
+                samples_regression=prob.n_reg,
+                channel_order=prob.channel_order,
+            )
+            self.info["layers"][n] = rec
+            ctx.log(
+                f"  liang: {n} ratio {ratios[n]:.2f} keep {keep}/{prob.n_bands}, crossbars "
+                f"{layout[n].dense_tiles} -> {sol.tiles}"
+            )
+            if p.ft_epochs_per_layer > 0:
+                ctx.finetune(masks, p.ft_epochs_per_layer, tag=f"liang_{n.replace('.', '_')}")
+                model.eval()  # the next layer's statistics are taken in inference mode
+        if p.ft_epochs > 0:
+            ctx.finetune(masks, p.ft_epochs, tag="liang_ft")
         masks.apply(model)
-        placed = pack_columns(prob.layout, sol.mask.float()) if p.pack else prob.layout
-        new_layout = new_layout.replace(placed)
-        changed = True
-        rec = records.get(n, {})
-        rec.update(
-            ratio=ratios[n],
-            keep=keep,
-            input_groups=prob.n_bands,
-            output_groups=prob.n_groups,
-            actual_ratio=1.0 - keep / prob.n_bands,
-            tiles_dense=layout[n].dense_tiles,
-            tiles=sol.tiles,
-            rel_error=sol.rel_error,
-            samples_regression=prob.n_reg,
-            channel_order=prob.channel_order,
-        )
-        info["layers"][n] = rec
-        ctx.log(
-            f"  liang: {n} ratio {ratios[n]:.2f} keep {keep}/{prob.n_bands}, crossbars "
-            f"{layout[n].dense_tiles} -> {sol.tiles}"
-        )
-        if p.ft_epochs_per_layer > 0:
-            ctx.finetune(masks, p.ft_epochs_per_layer, tag=f"liang_{n.replace('.', '_')}")
-            model.eval()  # the next layer's statistics are taken in inference mode
-    if p.ft_epochs > 0:
-        ctx.finetune(masks, p.ft_epochs, tag="liang_ft")
-    masks.apply(model)
-    model.train(was_training)
-    pruned_dense = sum(layout[n].dense_tiles for n in names)
-    pruned_after = sum(info["layers"][n]["tiles"] for n in names)
-    info["crossbars"] = {
-        "dense": layout.dense_tiles,
-        "compressed": new_layout.tiles_needed(model),
-        "prunable_dense": pruned_dense,
-        "prunable_compressed": pruned_after,
-    }
-    return CompressResult(masks=masks, layout=new_layout, info=plain_info(info))
+        self.info["crossbars"] = {
+            "dense": layout.dense_tiles,
+            "compressed": new_layout.tiles_needed(model),
+            "prunable_dense": sum(layout[n].dense_tiles for n in names),
+            "prunable_compressed": sum(self.info["layers"][n]["tiles"] for n in names),
+        }
+        return masks, new_layout
+
+
+class _LayerSweep:
+    """One layer's single-layer sweep (Sec. III-E): ``sweep(ratio)`` prunes only this layer at
+    ``ratio`` on the dense network, scores it on validation data, restores the weights, and
+    caches by the number of kept input groups (ratios that round to the same count share)."""
+
+    def __init__(
+        self, run: _LiangRun, name: str, li: int, score: Callable[[nn.Module], float], acc0: float
+    ) -> None:
+        self.run, self.li, self.score, self.acc0 = run, li, score, acc0
+        self.prob = run.problem(name, li, None)
+        self.w = run.mods[name].weight
+        self.saved = self.w.detach().clone()
+        self.cache: dict[int, dict] = {}
+
+    def __call__(self, ratio: float) -> dict:
+        keep = keep_for_ratio(ratio, self.prob.n_bands)
+        if keep not in self.cache:
+            run, w, saved = self.run, self.w, self.saved
+            sol = solve_with(self.prob, keep, run.p, _gen(run.seed, 2, self.li, keep))
+            with torch.no_grad():
+                new = matrix_to_weight(sol.weight.to(saved.dtype), tuple(saved.shape))
+                w.copy_(new.to(w.device))
+            acc = self.score(run.model)
+            with torch.no_grad():
+                w.copy_(saved)
+            self.cache[keep] = {
+                "keep": keep,
+                "drop": self.acc0 - acc,
+                "acc": acc,
+                "tiles": sol.tiles,
+                "rel_error": sol.rel_error,
+            }
+        return {"ratio": ratio, **self.cache[keep]}
 
 
 @register
