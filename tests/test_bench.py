@@ -14,6 +14,7 @@ import yaml
 
 from xbarprune.experiment.bench import (
     build_rows,
+    hwa_effects,
     interpolate,
     load_bench,
     load_bench_file,
@@ -87,7 +88,7 @@ def _rec(method, budget, seed, saving, ideal, trials):
             "acc_ideal": ideal, "crossbars_dense": 40,
             "crossbars_compressed": round(40 * (1 - saving)),
             "crossbar_saving": 1 - round(40 * (1 - saving)) / 40, "weight_sparsity": saving,
-            "time_s": 1.0, "nonideal": {"pcm": {"1y": trials}}}  # fmt: skip
+            "compute_s": 1.0, "nonideal": {"pcm": {"1y": trials}}}  # fmt: skip
 
 
 def test_rows_matched_savings_and_paired_ranking_by_hand():
@@ -101,6 +102,8 @@ def test_rows_matched_savings_and_paired_ranking_by_hand():
     ]
     rows = build_rows(recs, "m", "d")
     a5 = next(r for r in rows if r["method"] == "a" and r["budget"] == 0.5)
+    assert a5["time_s"] == pytest.approx(365.25 * 86400)  # after programming, from "1y"
+    assert a5["compute_s"] == 1.0 and a5["hwa"] is False
     assert a5["acc_nonideal_per_seed"] == pytest.approx([0.7, 0.8])  # trial means per seed
     m, ci = mean_ci95([0.7, 0.8])
     assert a5["acc_nonideal_mean"] == pytest.approx(m) and a5["acc_nonideal_ci95"] == ci
@@ -137,6 +140,61 @@ def test_bad_bench_configs_name_the_key():
     bad["methods"][0]["params"]["exclude"] = ["conv9"]
     with pytest.raises(ConfigError, match="method.params.exclude"):
         run_bench(bad, out="/nonexistent/never-written", log=lambda s: None)
+
+
+def test_hwa_effects_are_paired_by_method_budget_and_seed_by_hand():
+    def rec(method, name, hwa, seed, ideal, trials):
+        r = _rec(method, 0.8, seed, 0.7, ideal, trials)
+        return {**r, "method_name": name, "hwa": hwa}
+
+    recs = [
+        rec("cf", "cf", False, 0, 0.98, [0.90, 0.92]),  # loss 0.07
+        rec("cf", "cf", False, 1, 0.97, [0.93, 0.93]),  # loss 0.04
+        rec("cf+hwa", "cf", True, 0, 0.97, [0.95, 0.95]),  # loss 0.02
+        rec("cf+hwa", "cf", True, 1, 0.975, [0.955, 0.955]),  # loss 0.02
+        rec("xrs", "xrs", False, 0, 0.9, [0.8, 0.8]),  # no HWA partner: no effect row
+    ]
+    (e,) = hwa_effects(recs)
+    assert (e["method"], e["hwa_method"], e["budget"], e["seeds"]) == ("cf", "cf+hwa", 0.8, [0, 1])
+    assert e["loss_plain_mean"] == pytest.approx(0.055)
+    assert e["loss_hwa_mean"] == pytest.approx(0.02)
+    assert e["loss_removed"] == pytest.approx(1 - 0.02 / 0.055)
+    assert e["loss_removed_per_seed"] == pytest.approx([1 - 0.02 / 0.07, 1 - 0.02 / 0.04])
+    assert e["ideal_delta_mean"] == pytest.approx((-0.01 + 0.005) / 2)
+    assert e["nonideal_gain_mean"] == pytest.approx((0.04 + 0.025) / 2)
+    assert e["time_s"] == pytest.approx(365.25 * 86400)
+
+
+def test_overrides_make_a_variant_axis_on_the_same_dense_model(tmp_path):
+    """A method listed twice, once with `overrides` (here hardware-aware fine-tuning), gives
+    two arms per budget that differ only by the override; a `none` with overrides is a variant
+    of the dense model that reuses the plain dense arm's training."""
+    from xbarprune.errors import ConfigError
+
+    hwa = {"finetune": {"hwa": {"weight_noise": 0.02}}}
+    cfg = copy.deepcopy(MINI)
+    gm = cfg["methods"][0]
+    cfg["methods"] = [
+        {"name": "none", "label": "none+hwa", "overrides": hwa},
+        gm,
+        {**copy.deepcopy(gm), "label": "group-magnitude+hwa", "overrides": hwa},
+    ]
+    arms = plan_arms(load_bench(cfg), tmp_path)
+    keys = [a.key for a in arms]
+    assert keys[0] == "none/default/s0"  # the plain dense arm is inserted and comes first
+    assert arms[0].dense_dir is None
+    assert all(a.dense_dir == arms[0].dir for a in arms[1:])
+    by = {a.key: a.config for a in arms}
+    plain, var = by["group-magnitude/0.7/s0"], by["group-magnitude+hwa/0.7/s0"]
+    assert "hwa" not in plain["finetune"]
+    assert var["finetune"]["hwa"] == {"weight_noise": 0.02}
+    strip = lambda c: {k: v for k, v in c.items() if k not in ("finetune", "name")}  # noqa: E731
+    assert strip(plain) == strip(var)
+    assert by["none+hwa/default/s0"]["finetune"]["hwa"] == {"weight_noise": 0.02}
+    bad = copy.deepcopy(cfg)
+    bad["methods"][0]["overrides"] = {"seed": 3}
+    with pytest.raises(ConfigError, match=r"overrides\.seed"):
+        load_bench(bad)
 
 
 # ---------------------------------------------------------------- arms are pipeline runs

@@ -48,7 +48,7 @@ from typing import Any
 from xbarprune.config import from_dict, load_yaml
 from xbarprune.errors import ConfigError, XbarpruneError
 from xbarprune.io import atomic_write_json, atomic_write_text, ensure_dir
-from xbarprune.units import format_time
+from xbarprune.units import format_time, parse_time
 
 MIN_VAL_FRACTION = 0.1
 
@@ -59,19 +59,28 @@ class MethodSpec:
     """One method of a bench: its registered ``name``, the ``params`` shared by its arms,
     the ``knob`` (a key of ``params``, dotted for nested keys) and its ``budgets`` (knob
     values). ``label`` names the method in rows (default: ``name``). A method without a knob
-    has one arm (``budget`` None)."""
+    has one arm (``budget`` None). ``overrides`` is an experiment-config mapping merged into
+    ``base`` for this method's arms only: it makes a variant axis, e.g. the same method with
+    and without hardware-aware fine-tuning (``{finetune: {hwa: {...}}}``, label ``cf+hwa``)."""
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     knob: str | None = None
     budgets: tuple[float, ...] = ()
     label: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.knob is not None and not self.budgets:
             raise ConfigError(f"methods[{self.name}].budgets: a knob needs at least one budget")
         if self.knob is None and self.budgets:
             raise ConfigError(f"methods[{self.name}].knob: budgets need the knob they set")
+        for k in ("seed", "method", "name", "nonideal"):
+            if k in self.overrides:
+                raise ConfigError(
+                    f"methods[{self.tag}].overrides.{k}: set by the bench itself; allowed "
+                    "overrides are experiment-config sections such as train, finetune, evaluate"
+                )
 
     @property
     def tag(self) -> str:
@@ -191,20 +200,25 @@ def plan_arms(cfg: BenchConfig, out: Path) -> list[Arm]:
     work = out / "work"
     arms: list[Arm] = []
     specs = list(cfg.methods)
-    if not any(m.name == "none" for m in specs):
-        specs.insert(0, MethodSpec(name="none"))
-    specs.sort(key=lambda m: m.name != "none")  # dense arms first
-    dense_tag = next(m.tag for m in specs if m.name == "none")
+    # the seed's dense model: the first plain `none` (no overrides); the others reuse its training
+    dense_spec = next((m for m in specs if m.name == "none" and not m.overrides), None)
+    if dense_spec is None:
+        dense_spec = MethodSpec(name="none")
+        specs.insert(0, dense_spec)
+    specs.sort(key=lambda m: (m is not dense_spec, m.name != "none"))  # dense arms first
     for seed in cfg.seeds:
         for m in specs:
             for b in m.budgets or (None,):
                 params = dict(m.params)
                 if m.knob is not None:
                     params = _set_dotted(params, m.knob, b)
-                conf = _merge(base, {"seed": seed, "method": {"name": m.name, "params": params}})
+                arm_base = _merge(base, m.overrides)
+                method = {"name": m.name, "params": params}
+                conf = _merge(arm_base, {"seed": seed, "method": method})
                 conf["name"] = f"{cfg.name}-{m.tag}-{_budget_name(b)}-s{seed}".replace("/", "_")
                 d = work / m.tag / _budget_name(b) / f"s{seed}"
-                dense = None if m.name == "none" else str(work / dense_tag / "default" / f"s{seed}")
+                dense = (None if m is dense_spec
+                         else str(work / dense_spec.tag / "default" / f"s{seed}"))  # fmt: skip
                 arms.append(Arm(m.tag, b, seed, conf, str(d), tuple(cfg.presets), dense))
     return arms
 
@@ -311,7 +325,8 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
         "crossbars_compressed": comp_x,
         "crossbar_saving": 1.0 - comp_x / dense_x if dense_x else 0.0,
         "weight_sparsity": rep["sparsity"]["weight"],
-        "time_s": compute,
+        "hwa": cfg.finetune.hwa is not None,
+        "compute_s": compute,
         "nonideal": {
             p: {format_time(r["time_s"]): r["per_trial"] for r in s["compressed"]["nonideal"]}
             for p, s in sims.items()
@@ -456,6 +471,7 @@ def build_rows(records: Sequence[dict], model: str, dataset: str) -> list[dict]:
                         "dataset": dataset,
                         "method": method,
                         "method_name": recs[0]["method_name"],
+                        "hwa": bool(recs[0].get("hwa", False)),
                         "budget": budget,
                         "seeds": [r["seed"] for r in recs],
                         "crossbar_saving": sm,
@@ -473,7 +489,8 @@ def build_rows(records: Sequence[dict], model: str, dataset: str) -> list[dict]:
                         "acc_nonideal_ci95": nci,
                         "acc_nonideal_per_seed": per_seed,
                         "trials_per_seed": len(recs[0]["nonideal"][preset][tlabel]),
-                        "time_s": statistics.fmean(r["time_s"] for r in recs),
+                        "time_s": parse_time(tlabel),  # after programming
+                        "compute_s": statistics.fmean(r["compute_s"] for r in recs),
                         "selection_split": "val",
                     }
                 )
@@ -566,6 +583,105 @@ def ranking(match_rows: Sequence[dict], at: float) -> list[dict]:
     return out
 
 
+def hwa_effects(records: Sequence[dict]) -> list[dict]:
+    """The paired effect of hardware-aware fine-tuning: each arm fine-tuned with ``hwa``
+    against the arm of the same registered method, budget and seed without it.
+
+    Per (method, budget, preset, time) and seed, the accuracy loss is the arm's own ideal
+    accuracy minus its non-ideal accuracy (mean over trials). ``loss_removed`` is
+    ``1 - mean(loss_hwa) / mean(loss_plain)`` over the paired seeds (Joshi et al. 2020 and
+    Rasch et al. 2023 report HWA as the share of the non-ideal loss it recovers);
+    ``loss_removed_per_seed`` and its CI are the per-seed ratios; ``ideal_delta`` is the paired
+    change of ideal accuracy (HWA minus plain).
+    """
+    plain = {(r["method_name"], r["budget"], r["seed"]): r for r in records if not r.get("hwa")}
+    groups: dict[tuple, list[tuple[dict, dict]]] = {}
+    for r in records:
+        if not r.get("hwa"):
+            continue
+        p = plain.get((r["method_name"], r["budget"], r["seed"]))
+        if p is not None:
+            groups.setdefault((r["method"], p["method"], r["budget"]), []).append((p, r))
+    out = []
+    for (tag, plain_tag, budget), pairs in groups.items():
+        pairs.sort(key=lambda pr: pr[0]["seed"])
+        first = pairs[0][1]
+        for preset in first["nonideal"]:
+            for tlabel in first["nonideal"][preset]:
+                lp, lh, ratio = [], [], []
+                for p, h in pairs:
+                    a = p["acc_ideal"] - statistics.fmean(p["nonideal"][preset][tlabel])
+                    b = h["acc_ideal"] - statistics.fmean(h["nonideal"][preset][tlabel])
+                    lp.append(a)
+                    lh.append(b)
+                    ratio.append(1.0 - b / a if a > 0 else float("nan"))
+                dideal = [h["acc_ideal"] - p["acc_ideal"] for p, h in pairs]
+                gain = [
+                    statistics.fmean(h["nonideal"][preset][tlabel])
+                    - statistics.fmean(p["nonideal"][preset][tlabel])
+                    for p, h in pairs
+                ]
+                mp, cp = mean_ci95(lp)
+                mh, ch = mean_ci95(lh)
+                rm, rc = mean_ci95([x for x in ratio if not math.isnan(x)])
+                dm, dc = mean_ci95(dideal)
+                gm, gc = mean_ci95(gain)
+                out.append(
+                    {
+                        "method": plain_tag,
+                        "method_name": first["method_name"],
+                        "hwa_method": tag,
+                        "budget": budget,
+                        "crossbar_saving": statistics.fmean(h["crossbar_saving"] for _, h in pairs),
+                        "nonideal": preset,
+                        "time": tlabel,
+                        "time_s": parse_time(tlabel),
+                        "seeds": [p["seed"] for p, _ in pairs],
+                        "loss_plain_mean": mp,
+                        "loss_plain_ci95": cp,
+                        "loss_hwa_mean": mh,
+                        "loss_hwa_ci95": ch,
+                        "loss_removed": (1.0 - mh / mp) if mp > 0 else None,
+                        "loss_removed_per_seed": ratio,
+                        "loss_removed_seed_mean": rm,
+                        "loss_removed_seed_ci95": rc,
+                        "ideal_delta_mean": dm,
+                        "ideal_delta_ci95": dc,
+                        "nonideal_gain_mean": gm,
+                        "nonideal_gain_ci95": gc,
+                    }
+                )
+    return out
+
+
+def _hwa_markdown(effects: Sequence[dict]) -> list[str]:
+    if not effects:
+        return []
+    lines = [
+        "",
+        "## Hardware-aware fine-tuning (paired with the same method, budget and seed)",
+        "",
+        "Loss = the arm's ideal accuracy minus its non-ideal accuracy; removed = 1 − "
+        "mean(loss with HWA) / mean(loss without); Δ ideal and the non-ideal gain are paired "
+        "differences (HWA − plain), mean ± 95 % CI over seeds.",
+        "",
+        "| method | budget | saving (%) | non-ideality | time | loss plain (pp) | "
+        "loss HWA (pp) | removed (%) | Δ ideal (pp) | non-ideal gain (pp) | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in effects:
+        rem = "–" if e["loss_removed"] is None else f"{100 * e['loss_removed']:.0f}"
+        lines.append(
+            f"| {e['method']} | {e['budget'] if e['budget'] is not None else '–'} | "
+            f"{100 * e['crossbar_saving']:.1f} | {e['nonideal']} | {e['time']} | "
+            f"{_pct(e['loss_plain_mean'], e['loss_plain_ci95'])} | "
+            f"{_pct(e['loss_hwa_mean'], e['loss_hwa_ci95'])} | {rem} | "
+            f"{_pct(e['ideal_delta_mean'], e['ideal_delta_ci95'])} | "
+            f"{_pct(e['nonideal_gain_mean'], e['nonideal_gain_ci95'])} | {len(e['seeds'])} |"
+        )
+    return lines
+
+
 # ---------------------------------------------------------------------------- output
 def _pct(x: float | None, ci: float | None = None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -625,8 +741,9 @@ def to_markdown(summary: dict) -> str:
             f"{_pct(r['crossbar_saving'], r['crossbar_saving_ci95'])} | "
             f"{_pct(r['acc_ideal_mean'], r['acc_ideal_ci95'])} | {r['nonideal']} | {r['time']} | "
             f"{_pct(r['acc_nonideal_mean'], r['acc_nonideal_ci95'])} | {len(r['seeds'])} | "
-            f"{r['trials_per_seed']} | {r['time_s']:.0f} |"
+            f"{r['trials_per_seed']} | {r['compute_s']:.0f} |"
         )
+    lines += _hwa_markdown(summary.get("hwa", []))
     lines += ["", "![Pareto](pareto.png)", ""]
     return "\n".join(lines)
 
@@ -717,7 +834,7 @@ def write_bench_html(summary: dict, path: Path) -> Path:
             "non-ideal ± CI95": _r(r["acc_nonideal_ci95"]),
             "seeds": len(r["seeds"]),
             "trials/seed": r["trials_per_seed"],
-            "compute s": round(r["time_s"], 1),
+            "compute s": round(r["compute_s"], 1),
             "selection": r["selection_split"],
         }
         for r in summary["rows"]
@@ -806,7 +923,7 @@ def run_bench(
         "header": {
             "command": command,
             "wall_time_s": round(time.perf_counter() - t0, 1),
-            "compute_s": sum(r["time_s"] for r in records),
+            "compute_s": sum(r["compute_s"] for r in records),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
             f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
             "executor": executor,
@@ -821,6 +938,7 @@ def run_bench(
         "rows": rows,
         "matched": mrows,
         "ranking": ranking(mrows, cfg.rank_at),
+        "hwa": hwa_effects(records),
         "records": records,
     }
     del first
