@@ -181,6 +181,7 @@ class Run:
         from xbarprune.analog.simulate import convert, trial_generator
 
         ncfg = ni.config
+        assert ncfg is not None  # NonIdealityModel.__post_init__ always sets config
         probe = NonIdealityConfig(dac_bits=ncfg.dac_bits, adc_bits=ncfg.adc_bits)
         am = convert(model, layout, cfg.device, NonIdealityModel.from_config(probe))
         am.program(trial_generator(0, 0))
