@@ -333,6 +333,8 @@ class Run:
                 why = "always rebuilt"
             elif not self.done(stage):
                 why = "not done yet" if old is None or old == cur else "not done; config changed"
+            elif old is None:  # done, but its record is missing or unreadable (and no legacy)
+                why = "no record of the config that made it"
             elif old != cur:
                 why = "config changed: " + _describe_change(old, cur)
             elif any(d in recomputed for d in STAGE_DEPS[stage]):
