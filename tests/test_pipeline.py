@@ -155,6 +155,17 @@ def test_changed_evaluate_reruns_only_simulate_and_report(finished, tmp_path):
     assert rep["accuracy"]["compressed_nonideal"]["1d"]["per_trial"][:2] == old
 
 
+def test_finished_stage_without_record_reruns(finished, tmp_path):
+    """A finished stage whose inputs record is gone (or unreadable) reruns with a reason; it
+    used to crash describing the change against a missing record (found by mypy, #18)."""
+    out = _copy_run(finished[0], tmp_path / "r")
+    (out / "stages" / "simulate.inputs.json").unlink()
+    logs: list[str] = []
+    rep = Run(load_config(TINY), out, log=logs.append).run()
+    assert any("[simulate] no record of the config that made it" in s for s in logs)
+    assert rep["accuracy"] == finished[1]["accuracy"]
+
+
 def test_runtime_and_key_order_recompute_nothing(finished, tmp_path):
     out = _copy_run(finished[0], tmp_path / "r")
     before = _mtimes(out)

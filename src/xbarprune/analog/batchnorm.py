@@ -119,6 +119,7 @@ class BNCalibration:
         self.cfg, self.data, self.seed, self.device = cfg, train_data, int(seed), device
 
     def _loader(self, trial: int, epoch: int) -> DataLoader:
+        # torch's Dataset declares no __len__; map-style training sets have one
         n = len(self.data)  # type: ignore[arg-type]
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + trial * 7919 + epoch)
         idx = torch.randperm(n, generator=g)[: min(self.cfg.samples, n)].tolist()

@@ -222,6 +222,7 @@ def tile_conv(layer, x: Tensor, chunk_elems: int | None = None) -> Tensor:
             o = torch.zeros(n, ho, wo, C + 1, dtype=acc_dtype, device=dev)
             o.index_add_(3, colmap.reshape(-1), a)
             out[s : s + n] = o[..., :C]
+    assert out is not None  # B >= 1: the loop ran
     y = out.mul_(_scale(layer, x_fs)).to(x.dtype).permute(0, 3, 1, 2)
     if OUTPUT_CONTIGUOUS:
         y = y.contiguous()

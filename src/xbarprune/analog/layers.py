@@ -39,6 +39,8 @@ deviations stay.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -56,12 +58,23 @@ from xbarprune.mapping.layout import LayerLayout
 from xbarprune.mapping.matrix import conv_unfold, matrix_to_weight, weight_to_matrix
 
 
+class _ConvBands(TypedDict):
+    """Index tensors of the grouped-convolution tile path (``AnalogLayer._init_conv_bands``)."""
+
+    block: Tensor  # (nb,) block index of each row band
+    ch: Tensor  # (nb * width,) input channel of each group slot
+    rows: Tensor  # (nb, width * kh * kw) mapped-matrix row of each local row
+    width: int
+
+
 class AnalogLayer(nn.Module):
     """A Conv2d/Linear computed through its crossbar tiles."""
 
+    inner: nn.Conv2d | nn.Linear
+
     def __init__(
         self,
-        module: nn.Module,
+        module: nn.Conv2d | nn.Linear,
         layout: LayerLayout,
         device: DeviceSpec,
         nonideal: NonIdealityModel,
@@ -80,6 +93,7 @@ class AnalogLayer(nn.Module):
         self.nonideal = nonideal
         self.weight_clip = weight_clip
         cfg = nonideal.config
+        assert cfg is not None, "NonIdealityModel.__post_init__ always sets config"
         self.dac_bits = cfg.dac_bits
         self.adc_bits = cfg.adc_bits
         self.adc_full_scale = cfg.adc_full_scale
@@ -265,6 +279,7 @@ class AnalogLayer(nn.Module):
             return
         placed = self.layout.placed.to(self._phys.device)
         used = placed.expand_as(self._phys) if self._cell_mode else self.layout.used_cells
+        assert self._read_gen is not None, "program() seeds the read generator with _phys"
         ctx = self._ctx(self._read_gen, self._time_s, used.to(self._phys.device))
         state = self._phys
         for eff in self.nonideal.stage("read"):
@@ -306,6 +321,7 @@ class AnalogLayer(nn.Module):
         if self.dac_bits is not None:
             x = self._dac(x)
         if not self.tile_mode:
+            assert self._w_eff is not None  # the weight-level path programs _w_eff
             w = matrix_to_weight(self._w_eff, self.layout.weight_shape).to(x.dtype)
             return self._digital(x, w)
         return self._tile_forward(x)
@@ -320,6 +336,7 @@ class AnalogLayer(nn.Module):
         if self.x_fs is None:
             self.x_fs = float(x.detach().abs().max()) or 1.0
             self.x_signed = bool((x < 0).any())
+        assert self.dac_bits is not None  # called only with a DAC
         return quantize_uniform(x, self.dac_bits, self.x_fs, signed=self.x_signed)
 
     def _tile_forward(self, x: Tensor) -> Tensor:
@@ -350,7 +367,7 @@ class AnalogLayer(nn.Module):
         convolution over ``m`` channels starting at ``c0_j`` with the band's weights (zero for
         kernel rows outside the band). Group j of one grouped conv computes band j.
         """
-        self._conv_bands = None
+        self._conv_bands: _ConvBands | None = None
         m = self.inner
         if not isinstance(m, nn.Conv2d):
             return
@@ -392,10 +409,12 @@ class AnalogLayer(nn.Module):
         (weights (nb*k*c_b, width, kh, kw), c_b, same_cols, cols, colmap). Cached until the
         layer is reprogrammed or a new read-noise draw changes the slices."""
         m = self.inner
+        cb = self._conv_bands
+        assert isinstance(m, nn.Conv2d) and cb is not None  # the grouped-convolution path
+        assert self._slices is not None  # tile mode programs _slices
         lay = self.layout
         k = lay.crossbar.cells_per_weight
         R, C = lay.matrix_shape
-        cb = self._conv_bands
         nb, width = cb["rows"].shape[0], cb["width"]
         kk = lay.kernel_numel
         cols = colmap = None
@@ -446,6 +465,7 @@ class AnalogLayer(nn.Module):
         xbar = lay.crossbar
         R, C = lay.matrix_shape
         k = xbar.cells_per_weight
+        assert self._slices is not None  # tile mode programs _slices
         slices = self._slices.to(dtype)  # (k, R, C)
         out = []
         for b in lay.blocks:

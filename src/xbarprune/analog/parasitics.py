@@ -58,7 +58,7 @@ class LayerNF:
 
 
 def programmed_tiles(
-    module: nn.Module,
+    module: nn.Conv2d | nn.Linear,
     layer: LayerLayout,
     device: DeviceSpec,
     nonideal: NonIdealityModel | None = None,
@@ -157,7 +157,7 @@ def column_nf(g: Tensor, g_eff: Tensor, volts: Tensor, used: Tensor) -> Tensor:
 
 
 def layer_nonideality(
-    module: nn.Module,
+    module: nn.Conv2d | nn.Linear,
     layer: LayerLayout,
     device: DeviceSpec,
     nonideal: NonIdealityModel,

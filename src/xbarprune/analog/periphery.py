@@ -66,17 +66,29 @@ def drift_gains(w0: Tensor, wt: Tensor, io: IOConfig, w_max: float, gen: torch.G
     return torch.tensor(out, dtype=torch.float64)
 
 
+def _padding(m: nn.Conv2d) -> tuple[int, ...]:
+    """``m.padding`` as numbers; string paddings (``"same"``, ``"valid"``) are not supported
+    on this path."""
+    if isinstance(m.padding, str):
+        raise MappingError(
+            f"padding={m.padding!r} is not supported with the peripheral I/O model (io); "
+            "give integer padding"
+        )
+    return m.padding
+
+
 def _out_hw(m: nn.Conv2d, x: Tensor) -> tuple[int, int]:
     H, W = x.shape[-2:]
-    ho = (H + 2 * m.padding[0] - m.dilation[0] * (m.kernel_size[0] - 1) - 1) // m.stride[0]
-    wo = (W + 2 * m.padding[1] - m.dilation[1] * (m.kernel_size[1] - 1) - 1) // m.stride[1]
+    pad = _padding(m)
+    ho = (H + 2 * pad[0] - m.dilation[0] * (m.kernel_size[0] - 1) - 1) // m.stride[0]
+    wo = (W + 2 * pad[1] - m.dilation[1] * (m.kernel_size[1] - 1) - 1) // m.stride[1]
     return ho + 1, wo + 1
 
 
 def unfold(m: nn.Conv2d, x: Tensor) -> Tensor:
     """``F.unfold(x, ...)`` with ``m``'s geometry, ``(B, C*kh*kw, Ho*Wo)``, as one copy of a
     strided view of the zero-padded input (3-8x faster than ``F.unfold`` on CPU here)."""
-    ph, pw = m.padding
+    ph, pw = _padding(m)
     xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
     B, C = xp.shape[:2]
     ho, wo = _out_hw(m, x)
@@ -157,7 +169,8 @@ def _rows(xv: Tensor, dim: int, idx) -> Tensor:
 def forward_weight_level(layer: AnalogLayer, x: Tensor) -> Tensor:
     """Whole-layer MVM (split into aihwkit tiles of ``max_input_size`` rows) through the
     periphery; see the module docstring."""
-    io: IOConfig = layer.io
+    io = layer.io
+    assert io is not None and layer._w_eff is not None  # called with io, weight-level programmed
     w = layer._w_eff.to(x.dtype)  # (R, C), physical (no digital gain)
     f = weight_factor(io, layer._w_max)
     wt = w * f if f != 1.0 else w
@@ -174,7 +187,7 @@ def forward_weight_level(layer: AnalogLayer, x: Tensor) -> Tensor:
     )
 
     def run(xc: Tensor, dim: int) -> Tensor:
-        y = None
+        y: Tensor | None = None
         r0 = 0
         for j, n in enumerate(sizes):
             xj = xc if n == w.shape[0] else _rows(xc, dim, slice(r0, r0 + n))
@@ -186,6 +199,7 @@ def forward_weight_level(layer: AnalogLayer, x: Tensor) -> Tensor:
                 yj = yj.mul_(g) if inplace else yj * g
             y = yj if y is None else (y.add_(yj) if inplace and not y.requires_grad else y + yj)
             r0 += n
+        assert y is not None  # split_sizes gives at least one chunk
         return y
 
     return _apply(layer, x, run)
@@ -194,7 +208,8 @@ def forward_weight_level(layer: AnalogLayer, x: Tensor) -> Tensor:
 def forward_per_tile(layer: AnalogLayer, x: Tensor) -> Tensor:
     """Per physical tile row band and cell slice through the periphery; see the module
     docstring. Differential encoding only."""
-    io: IOConfig = layer.io
+    io = layer.io
+    assert io is not None and layer._slices is not None  # called with io, tile mode programmed
     lay = layer.layout
     xbar = lay.crossbar
     if xbar.encoding != "differential":

@@ -98,6 +98,7 @@ class AnalogModel(nn.Module):
         for g in generators:
             self.program(g, time_s)
             for st, layer in zip(stacks, layers, strict=True):
+                assert layer._w_eff is not None  # can_batch_trials: the weight-level path
                 st.append(layer._w_eff)
         for st, layer in zip(stacks, layers, strict=True):
             layer._trial_w = torch.stack(st)

@@ -22,10 +22,10 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -38,6 +38,9 @@ from xbarprune.hardware.nonideal.model import preset as _preset
 from xbarprune.hardware.spec import DeviceSpec
 from xbarprune.io import atomic_write_json, atomic_write_text, save_checkpoint
 from xbarprune.mapping.layout import CrossbarLayout, map_model
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader, Dataset
 
 FORMATS: tuple[str, ...] = ("onnx", "aihwkit")
 
@@ -127,7 +130,7 @@ def simulate(
     model: nn.Module,
     layout: CrossbarLayout,
     *,
-    data: Iterable,
+    data: Dataset | DataLoader,
     preset: str | None = None,
     nonideal: NonIdealityConfig | None = None,
     device_spec: DeviceSpec | None = None,

@@ -251,6 +251,7 @@ def _experiment(
             acc_pruned = evaluate_accuracy(m, bench.test, device)
             bench.finetune(m, res.masks, ft_cfg)
             bench.save(m, work / f"model_{key}.pt")
+            assert res.layout is not None  # run_liang always returns its packed layout
             atomic_write_json(work / f"layout_{key}.json", res.layout.to_dict())
             layers = res.info["layers"]
             extra = {

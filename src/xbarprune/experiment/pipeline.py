@@ -181,6 +181,7 @@ class Run:
         from xbarprune.analog.simulate import convert, trial_generator
 
         ncfg = ni.config
+        assert ncfg is not None  # NonIdealityModel.__post_init__ always sets config
         probe = NonIdealityConfig(dac_bits=ncfg.dac_bits, adc_bits=ncfg.adc_bits)
         am = convert(model, layout, cfg.device, NonIdealityModel.from_config(probe))
         am.program(trial_generator(0, 0))
@@ -332,6 +333,8 @@ class Run:
                 why = "always rebuilt"
             elif not self.done(stage):
                 why = "not done yet" if old is None or old == cur else "not done; config changed"
+            elif old is None:  # done, but its record is missing or unreadable (and no legacy)
+                why = "no record of the config that made it"
             elif old != cur:
                 why = "config changed: " + _describe_change(old, cur)
             elif any(d in recomputed for d in STAGE_DEPS[stage]):

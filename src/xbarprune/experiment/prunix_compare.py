@@ -266,7 +266,9 @@ def best_other_arm(by: dict, mo: str, ds: str, others: list[tuple], last: float)
     """The strongest competitor PRUNIX is compared against: the (regularizer, pruner) arm of
     highest ideal **validation** accuracy (issue #21: it was the highest non-ideal *test*
     accuracy before; selection never reads the test split)."""
-    rows = [{**by[(mo, ds, *o, last)], "_arm": o} for o in others if (mo, ds, *o, last) in by]
+    # (mo, ds) + o + (last,), not by[(mo, ds, *o, last)]: mypy misreads a starred tuple in
+    # brackets as 3.11 syntax
+    rows = [{**by[(mo, ds) + o + (last,)], "_arm": o} for o in others if (mo, ds, *o, last) in by]
     best = select_best(rows, feasible=lambda r: True, objective=lambda r: r["acc_val"])
     return best["_arm"] if best else None
 
@@ -330,11 +332,11 @@ def _headline(rows: list[dict], times: list[float]) -> list[str]:
                 continue
             cells = []
             for t in times:
-                a = by[(*key, t)]["acc_nonideal_trials"]
+                a = by[key + (t,)]["acc_nonideal_trials"]
                 b = by[(mo, ds, reg, pr, t)]["acc_nonideal_trials"]
                 m, se = paired_difference(a, b)
                 cells.append(f"{100 * m:+.1f} ± {100 * se:.1f}")
-            di = 100 * (by[(*key, last)]["acc_ideal"] - by[(mo, ds, reg, pr, last)]["acc_ideal"])
+            di = 100 * (by[key + (last,)]["acc_ideal"] - by[(mo, ds, reg, pr, last)]["acc_ideal"])
             tag = " (best other arm on validation accuracy)" if (reg, pr) == best else ""
             out.append(
                 f"| {mo} | {ds} | {reg} + {pr}{tag} | " + " | ".join(cells) + f" | {di:+.1f} |"

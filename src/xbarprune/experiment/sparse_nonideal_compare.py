@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from xbarprune.analog.batchnorm import BNCalibration, BNCalibrationConfig
+from xbarprune.analog.batchnorm import BNCalibration, BNCalibrationConfig, BNMode
 from xbarprune.analog.parasitics import (
     RRAM_DATE22,
     choose_rearrangement,
@@ -137,8 +137,8 @@ def sparse_nonideal_study(
     for k, v in schemes.items():
         if k not in SCHEMES:
             raise ConfigError(f"schemes.{k}: unknown scheme; allowed: {', '.join(SCHEMES)}")
-        for s in v:
-            check_range(f"schemes.{k}[] (sparsity)", float(s), low=0.0, high=1.0, high_open=True)
+        for sp in v:
+            check_range(f"schemes.{k}[] (sparsity)", float(sp), low=0.0, high=1.0, high_open=True)
     params = from_dict(StructuredParams, data.get("params") or {}, "params")
     wct_p = from_dict(WCTParams, data.get("wct") or {}, "wct")
     mitigations = _mitigations(data.get("mitigations") or MITIGATIONS, "mitigations")
@@ -500,7 +500,8 @@ class _Experiment:
         return cfg
 
     def _bn_cfg(self, mit: str) -> BNCalibrationConfig:
-        mode = {"bn_adapt": "adapt", "bn_finetune": "finetune"}[mit]
+        modes: dict[str, BNMode] = {"bn_adapt": "adapt", "bn_finetune": "finetune"}
+        mode = modes[mit]
         return replace(self.bn_cfg, mode=mode)
 
     def _bn(self, mit: str) -> BNCalibration:
@@ -518,6 +519,7 @@ class _Experiment:
             path = w_path if wct else p_path
         model = self.load(path) if path is not None else copy.deepcopy(self.dense)
         if wct:
+            assert path is not None  # the WCT checkpoint chosen above
             w_max = load_checkpoint(path)["w_max"]
         model.eval()
         if scheme == "cf":
@@ -721,8 +723,9 @@ def _mitigation_markdown(rows: list[dict]) -> list[str]:
         "|---|---|---|---|---|" + "---|" * len(mits),
     ]
     for k in keys:
-        base = by.get((*k, "none")) or next(by[(*k, m)] for m in mits if (*k, m) in by)
-        cells = [f"{_drop(by[(*k, m)]):.1f}" if (*k, m) in by else "–" for m in mits]
+        # k + (m,), not by[(*k, m)]: mypy misreads a starred tuple in brackets as 3.11 syntax
+        base = by.get((*k, "none")) or next(by[k + (m,)] for m in mits if (*k, m) in by)
+        cells = [f"{_drop(by[k + (m,)]):.1f}" if (*k, m) in by else "–" for m in mits]
         lines.append(f"| {k[0]} | {k[2]} | {k[3]} | {k[4]:g} | {100 * base['acc_ideal']:.1f} | "
                      + " | ".join(cells) + " |")  # fmt: skip
     return [*lines, ""]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -282,7 +283,7 @@ def _measure(
     nonideal = None
     for counting, g in (("crossbar", x), ("code-4x4", 4)):
         spec = CrossbarSpec(rows=g, cols=2 * g, encoding="differential")  # g x g weights
-        kw = {}
+        kw: dict[str, Any] = {}
         if counting == "code-4x4":  # the code's count: every cluster alone, greedy windows
             um = run.params.unclustered
             kw = {"pack": False, "unclustered": "greedy" if um == "pack" else um}
@@ -423,6 +424,11 @@ def _markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _within(dense_acc: float, tolerance: float, r: dict) -> bool:
+    """Whether row ``r``'s validation accuracy is within ``tolerance`` of ``dense_acc``."""
+    return dense_acc - r["acc_val"] <= tolerance
+
+
 def variant_selection(rows: list[dict], tolerance: float = 0.01) -> list[dict]:
     """The TraNNsformer variant to use, per (model, X), chosen on the **validation** split
     (issue #21): the largest area saving (``crossbar`` counting) among variants whose ideal
@@ -444,7 +450,7 @@ def variant_selection(rows: list[dict], tolerance: float = 0.01) -> list[dict]:
         if d is not None and d.get("acc_val") is not None:
             best = select_best(
                 cands,
-                feasible=lambda r, dv=d["acc_val"]: dv - r["acc_val"] <= tolerance,
+                feasible=partial(_within, d["acc_val"], tolerance),
                 objective=lambda r: r["area_saving"],
             )
         out.append(

@@ -47,7 +47,9 @@ def to_onnx_bytes(model: nn.Module, example: Tensor) -> bytes:
             torch.onnx.export(
                 m,
                 (example.cpu(),),
-                buf,
+                # the TorchScript exporter (dynamo=False) writes to a file object too; torch's
+                # annotation names only paths
+                buf,  # type: ignore[arg-type]
                 dynamo=False,
                 input_names=["input"],
                 output_names=["output"],

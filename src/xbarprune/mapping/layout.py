@@ -101,7 +101,7 @@ class Groups:
             return vals.pow(2).sum(1).clamp_min(0).sqrt()
         return vals.abs().pow(p).sum(1).pow(1.0 / p)
 
-    def weight_mask(self, keep: Tensor, shape: tuple[int, int]) -> Tensor:
+    def weight_mask(self, keep: Tensor, shape: tuple[int, ...]) -> Tensor:
         """Group keep flags (G,) bool -> mapped-matrix mask (R, C) (weights of dropped groups 0).
 
         Weights in no group of this kind stay 1.
@@ -261,8 +261,9 @@ class LayerLayout:
         return m.reshape(R, C)
 
     # ------------------------------------------------------------------ groups
-    def groups(self, kind: GroupKind) -> Groups:
-        """Group index tensors of ``kind`` (cached).
+    def groups(self, kind: str) -> Groups:
+        """Group index tensors of ``kind`` (cached); ``kind`` is one of :data:`GROUP_KINDS`
+        (typed ``str`` too: kinds come from configs, and an unknown one raises SpecError).
 
         * ``tile``: all weight slots of one tile;
         * ``tile_column``: one logical column of one tile (its ``rows`` weights; the cells of a
@@ -578,7 +579,7 @@ def mappable_layers(
     *,
     on_unsupported: Literal["error", "digital"] = "error",
     digital: Sequence[str] = (),
-) -> dict[str, nn.Module]:
+) -> dict[str, nn.Conv2d | nn.Linear]:
     """Named Conv2d/Linear layers of ``model`` in definition order.
 
     Grouped convolutions and Conv1d/Conv3d/transposed convolutions raise
@@ -588,7 +589,7 @@ def mappable_layers(
     weights directly) stay digital; :func:`xbarprune.mapping.coverage.coverage` lists them.
     """
     skip = attention_internals(model)
-    out: dict[str, nn.Module] = {}
+    out: dict[str, nn.Conv2d | nn.Linear] = {}
     for name, mod in model.named_modules():
         if name in skip or (digital and name and matches(name, tuple(digital))):
             continue
@@ -626,7 +627,7 @@ def map_model(
     for name, mod in layers.items():
         if name in exclude:
             continue
-        kind = "conv" if isinstance(mod, nn.Conv2d) else "linear"
+        kind: Literal["conv", "linear"] = "conv" if isinstance(mod, nn.Conv2d) else "linear"
         out[name] = LayerLayout(name, kind, tuple(mod.weight.shape), crossbar)
     if not out:
         raise MappingError("the model has no Conv2d or Linear layer to map onto crossbars")

@@ -330,6 +330,11 @@ class ResNetCifar(nn.Module):
     every layer is an ordinary Conv2d. Works for any input channels and sizes >= 4.
     """
 
+    # the stages, registered by name in __init__ (add_module)
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(
         self,
         num_classes: int = 10,

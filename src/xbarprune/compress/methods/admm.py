@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -149,6 +149,16 @@ def project_all(
 
 
 # ----------------------------------------------------------------------------- ADMM state
+_K = TypeVar("_K")
+
+
+def _to_device(d: dict[_K, Tensor], device: torch.device) -> None:
+    """Move the tensors of ``d`` to ``device`` in place (those already there stay)."""
+    for n, t in d.items():
+        if t.device != device:
+            d[n] = t.to(device)
+
+
 class ADMMRegularizer:
     """ADMM state of the constrained layers and the W-step penalty (a training-loop
     regulariser ``reg(model, progress) -> Tensor``)::
@@ -167,7 +177,7 @@ class ADMMRegularizer:
     def __init__(
         self,
         model: nn.Module,
-        structure: dict[str, tuple[Groups, int] | list[tuple[Groups, int]]],
+        structure: Mapping[str, tuple[Groups, int] | list[tuple[Groups, int]]],
         level_sets: dict[str, LevelSet],
         *,
         rho: float = 1e-3,
@@ -219,10 +229,10 @@ class ADMMRegularizer:
             self.Z[n] = project_levels(a, ls, support, layer=n)
 
     def _follow_device(self, device: torch.device) -> None:
-        for d in (self.Y, self.Z, self.U, self.V):
-            for n, t in d.items():
-                if t.device != device:
-                    d[n] = t.to(device)
+        _to_device(self.Y, device)
+        _to_device(self.Z, device)
+        _to_device(self.U, device)
+        _to_device(self.V, device)
 
     def __call__(self, model: nn.Module | None = None, progress: float = 0.0) -> Tensor:
         total = None
@@ -262,9 +272,10 @@ class ADMMRegularizer:
         new_rho = min(self.rho * self.rho_growth, self.rho_max)
         if new_rho != self.rho:
             scale = self.rho / new_rho
-            for d in (self.U, self.V):
-                for n in d:
-                    d[n] *= scale
+            for key in self.U:
+                self.U[key] *= scale
+            for n in self.V:
+                self.V[n] *= scale
             self.rho = new_rho
         self.history.append(rec)
         return rec
@@ -676,6 +687,7 @@ def _result(p: ADMMParams, st: _ADMMState, example: torch.Tensor) -> CompressRes
         _, upr = remove_unused_paths(model, example, crossbar=layout.crossbar)
         upr.pop("removed_channels", None)
         info["unused_path_removal"] = upr
+    new_layout: CrossbarLayout | None
     if small is not None:
         new_layout = best_packed_layout(small, small_layout) if p.pack else small_layout
     else:

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -65,7 +65,7 @@ from xbarprune.compress.base import (
     plain_info,
     register,
 )
-from xbarprune.compress.parts.lgd import lgd_gram, top_r
+from xbarprune.compress.parts.lgd import Sampling, Select, lgd_gram, top_r
 from xbarprune.compress.selection import LayerSelection, unknown_names
 from xbarprune.errors import CompressionError, SpecError, check_range
 from xbarprune.mapping.layout import CrossbarLayout, LayerLayout
@@ -245,12 +245,19 @@ def _base_dataset(data) -> Dataset:
     return data.dataset if isinstance(data, DataLoader) else data
 
 
+def _size(ds: Dataset) -> int:
+    """``len(ds)``: map-style data sets have one, though torch's ``Dataset`` declares none."""
+    if not isinstance(ds, Sized):
+        raise TypeError(f"object of type '{type(ds).__name__}' has no len()")
+    return len(ds)
+
+
 def _labels(ds: Dataset) -> Tensor:
     if isinstance(ds, TensorDataset) and len(ds.tensors) > 1:
         return ds.tensors[1].reshape(-1).long()
     if isinstance(ds, Subset):
         return _labels(ds.dataset)[torch.as_tensor(ds.indices, dtype=torch.long)]
-    return torch.tensor([int(ds[i][1]) for i in range(len(ds))], dtype=torch.long)
+    return torch.tensor([int(ds[i][1]) for i in range(_size(ds))], dtype=torch.long)
 
 
 def _images(ds: Dataset, idx: Tensor) -> Tensor:
@@ -266,7 +273,7 @@ def balanced_images(data, n: int, generator: torch.Generator) -> Tensor:
     the first classes.
     """
     ds = _base_dataset(data)
-    if len(ds) == 0:
+    if _size(ds) == 0:
         raise CompressionError("liang: the training set is empty; it samples its inputs there")
     y = _labels(ds)
     classes = torch.unique(y)
@@ -308,7 +315,7 @@ def layer_input(model: nn.Module, name: str, x: Tensor) -> Tensor:
     return box["x"]
 
 
-def _patches(mod: nn.Module, x: Tensor) -> Tensor:
+def _patches(mod: nn.Conv2d | nn.Linear, x: Tensor) -> Tensor:
     """Layer input -> (B, R, L): the mapped-matrix input vector at each output position."""
     if isinstance(mod, nn.Conv2d):
         return conv_unfold(mod, x)[0]
@@ -387,6 +394,7 @@ def collect_stats(
             xr = _pick(p, ir)
             g_reg += (xr.t() @ xr).to(f64).cpu()
             if c_reg is not None:
+                assert xor is not None  # both come from ``original``
                 po = _patches(mod, xor[a : a + step]).float()
                 c_reg += (xr.t() @ _pick(po, ir)).to(f64).cpu()
             n_lgd += xl.shape[0]
@@ -608,8 +616,8 @@ def solve_layer(
     r0: int = 1,
     iterations: int = 50,
     lr: float | None = None,
-    sampling: str = "sequential",
-    select: str = "best",
+    sampling: Sampling = "sequential",
+    select: Select = "best",
     refit: bool = True,
     ridge: float = 1e-3,
     generator: torch.Generator | None = None,
@@ -750,9 +758,9 @@ def search_summary(records: dict[str, dict], ratios: dict[str, float]) -> dict:
 
 def _score_fn(ctx: CompressContext, p: LiangParams, seed: int) -> Callable[[nn.Module], float]:
     val = _base_dataset(ctx.selection_data("liang ratio sweeps"))
-    n = len(val) if p.eval_samples is None else min(p.eval_samples, len(val))
-    if n < len(val):
-        idx = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed + 17))[:n]
+    n = _size(val) if p.eval_samples is None else min(p.eval_samples, _size(val))
+    if n < _size(val):
+        idx = torch.randperm(_size(val), generator=torch.Generator().manual_seed(seed + 17))[:n]
         val = Subset(val, idx.tolist())
     loader = DataLoader(val, batch_size=512, shuffle=False)
     return lambda model: evaluate_accuracy(model, loader, ctx.device)

@@ -165,6 +165,7 @@ def run_prunix(ctx: CompressContext, p: PrunixParams) -> CompressResult:
         rec: dict = {"round": r, "target": target}
         if p.pruner == "apa":
             cur = layer_sparsity(ctx.model, names)
+            assert score is not None  # made above for the apa pruner
             ref, curves = measure_sensitivity(
                 ctx.model, ctx.layout, names, p.kind, p.grid, score, log=ctx.log
             )

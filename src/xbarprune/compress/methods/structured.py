@@ -29,6 +29,7 @@ fraction) or model-wide (``global``); by default the first mapped layer and the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -130,7 +131,7 @@ class _Channel:
     index: int
     prod: list[tuple[str, list[int]]]
     cons: list[tuple[str, list[int]]]
-    bns: list[tuple[nn.Module, list[int]]]
+    bns: list[tuple[nn.modules.batchnorm._BatchNorm, list[int]]]
     score: float
 
 
@@ -256,7 +257,7 @@ def cf_prune(
     return MaskSet(keep), report
 
 
-def bn_keeper(bn_zero: list) -> callable:
+def bn_keeper(bn_zero: list) -> Callable[[nn.Module], None]:
     """post_step hook keeping the BatchNorm scale/shift of pruned C/F channels at zero."""
 
     @torch.no_grad()

@@ -39,7 +39,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -197,12 +197,12 @@ class TraNNsformerParams:
         check_range(f"{pre}.drop_epochs", self.drop_epochs, low=0)
         if not self.prune_rate:
             raise SpecError(f"{pre}.prune_rate is empty")
-        for v in (*self.prune_rate, self.prune_slowdown, self.cp_factor0, self.cp_step):
-            check_range(f"{pre}.prune_rate/slowdown/cp", v, low=0.0)
+        for rate in (*self.prune_rate, self.prune_slowdown, self.cp_factor0, self.cp_step):
+            check_range(f"{pre}.prune_rate/slowdown/cp", rate, low=0.0)
         if not self.q_levels:
             raise SpecError(f"{pre}.q_levels is empty")
-        for v in (self.q_first, *self.q_levels):
-            check_range(f"{pre}.q_first/q_levels", v, low=0.0, high=1.0, high_open=True)
+        for q in (self.q_first, *self.q_levels):
+            check_range(f"{pre}.q_first/q_levels", q, low=0.0, high=1.0, high_open=True)
         check_range(f"{pre}.lr", self.lr, low=0.0, low_open=True)
         check_range(f"{pre}.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
 
@@ -223,7 +223,7 @@ class LayerState:
     """Per-layer state of the integrated training (``nnsetup.m``): masks are (out, in)."""
 
     name: str
-    module: nn.Module
+    module: nn.Conv2d | nn.Linear
     theta: float = 0.0
     rate: float = 0.0
     cp_factor: float = 0.005
@@ -277,10 +277,11 @@ class LayerState:
         }
 
 
-def select_layers(model: nn.Module, p: TraNNsformerParams) -> dict[str, nn.Module]:
+def select_layers(model: nn.Module, p: TraNNsformerParams) -> dict[str, nn.Conv2d | nn.Linear]:
     """Layers TraNNsformer transforms (clear errors for unsupported ones)."""
     mods = dict(model.named_modules())
     allowed = (nn.Linear, nn.Conv2d) if p.conv else (nn.Linear,)
+    out: dict[str, nn.Conv2d | nn.Linear]
     if p.layers:
         out = {}
         for n in p.layers:
@@ -330,8 +331,9 @@ def init_states(model: nn.Module, p: TraNNsformerParams, xbar: int) -> list[Laye
         if p.reinit:
             with torch.no_grad():
                 m.weight.uniform_(-0.01, 0.01)
-                if getattr(m, "bias", None) is not None:
-                    m.bias.zero_()
+                bias = getattr(m, "bias", None)
+                if bias is not None:
+                    bias.zero_()
         rate = p.prune_rate[min(i, len(p.prune_rate) - 1)] * slow
         if p.threshold_scale == "init_std":
             rate *= float(m.weight.detach().std()) / CODE_INIT_STD
@@ -353,6 +355,7 @@ def cdp(L: LayerState) -> None:
     """``cdp.m``: keep = cmap | (|w| >= theta); unclustered fraction over all m*n entries."""
     W = L.weight
     L.pmap = (W.abs() >= L.theta).cpu()
+    assert L.cmap is not None  # cdp runs once the layer is clustered
     keep = L.cmap | L.pmap
     W.mul_(keep.to(W.device))
     L.unc_curr = float((keep & ~L.cmap).float().mean())
@@ -371,9 +374,10 @@ def prune_layer(
     if p.mode == "prune_only" or epoch < p.cluster_epoch:
         adp(L)
         return
-    kw = {"k": L.k, "rule": p.size_rule, "mult": p.size_mult, "generator": gen}
+    kw: dict[str, Any] = {"k": L.k, "rule": p.size_rule, "mult": p.size_mult, "generator": gen}
     kw.update(max_rounds=p.max_rounds, split_failure=p.split_failure)
     if not L.clustered:
+        assert L.pmap is not None  # init_states sets it, adp renews it
         # the code clusters the pmap of the previous epoch's adp (W already pruned by it)
         L.clusters = scic(L.pmap, p.q_first, xbar, **kw)
         for c in L.clusters:
@@ -387,6 +391,7 @@ def prune_layer(
         L.unc_prev = L.unc_curr
         cdp(L)
         return
+    assert L.pmap is not None and L.cmap is not None  # the layer is clustered
     unc = L.pmap & ~L.cmap
     new: list[Cluster] = []
     if bool(unc.any()):
@@ -409,6 +414,7 @@ def cluster_prune(L: LayerState, p: TraNNsformerParams) -> None:
     valid = L.valid
     if not valid:
         return
+    assert L.cmap is not None and L.pmap is not None  # valid clusters: the layer is clustered
     live = L.cmap & L.pmap
     scores = [
         c.quality * int(live[c.outputs.view(-1, 1), c.inputs.view(1, -1)].sum()) for c in valid
@@ -714,9 +720,9 @@ def layer_blocks(
                 "zeroed (drop_unclustered) before mapping"
             )
         if unclustered == "compact":
-            r, c = U.any(1), U.any(0)
-            oo, ii = r.nonzero().flatten(), c.nonzero().flatten()
-            un_pieces.append(_Piece(ii, oo, U[r][:, c]))
+            r_any, c_any = U.any(1), U.any(0)
+            oo, ii = r_any.nonzero().flatten(), c_any.nonzero().flatten()
+            un_pieces.append(_Piece(ii, oo, U[r_any][:, c_any]))
         else:  # greedy windows (code): cols x rows windows on the (out, in) mask
             for r0, c0, taken in _windows(U, cols, rows):
                 oo = torch.arange(r0, r0 + taken.shape[0])

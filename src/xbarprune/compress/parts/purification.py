@@ -56,13 +56,14 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from xbarprune.errors import CompressionError, check_range
 from xbarprune.hardware.spec import CrossbarSpec
-from xbarprune.mapping.layout import mappable_layers
+from xbarprune.mapping.layout import CrossbarLayout, mappable_layers
 from xbarprune.mapping.matrix import weight_to_matrix
 from xbarprune.mapping.permute import pack_layout
 from xbarprune.training.masks import MaskSet
@@ -96,7 +97,7 @@ class Member:
     """One layer of a channel group: its name, module and, per root channel, its indices."""
 
     name: str
-    module: nn.Module
+    module: nn.Conv2d | nn.Linear
     idx: dict[int, list[int]]
 
 
@@ -114,7 +115,7 @@ class ChannelGroup:
 
 @dataclass
 class Trace:
-    graph: object  # torch_pruning.DependencyGraph
+    graph: Any  # torch_pruning.DependencyGraph (torch_pruning has no type information)
     groups: list[ChannelGroup]
     names: dict[nn.Module, str]
 
@@ -214,7 +215,7 @@ def _capture_inputs(model: nn.Module, example: Tensor, modules: Sequence[nn.Modu
     return store
 
 
-def _bn_after(trace: Trace, module: nn.Module) -> nn.Module | None:
+def _bn_after(trace: Trace, module: nn.Module) -> nn.modules.batchnorm._BatchNorm | None:
     node = trace.graph.module2node.get(module)
     if node is None or len(node.outputs) != 1:
         return None
@@ -260,9 +261,12 @@ def _fold_plan(
 def _apply_fold(trace: Trace, c: Member, r: int, delta: Tensor, where: str) -> None:
     mod = c.module
     if where == "bias":
+        assert isinstance(mod.bias, Tensor)  # _fold_plan chose "bias": the layer has one
         mod.bias.add_(delta)
     elif where == "bn":
-        _bn_after(trace, mod).running_mean.sub_(delta)
+        bn = _bn_after(trace, mod)
+        assert bn is not None and bn.running_mean is not None  # _fold_plan chose "bn"
+        bn.running_mean.sub_(delta)
     elif where == "new_bias":
         mod.bias = nn.Parameter(delta.clone())
     mod.weight[:, c.idx.get(r, [])] = 0
@@ -305,7 +309,7 @@ def mask_unused_paths(
                 pz = all(_out_zero(p, r) for p in g.producers)
                 cz = all(_in_zero(c, r) for c in g.consumers)
                 if pz and not cz:
-                    plans = []
+                    plans: list[tuple[Member, tuple[Tensor, str]]] | None = []
                     for c in g.consumers:
                         if _in_zero(c, r):
                             continue
@@ -314,6 +318,7 @@ def mask_unused_paths(
                             kept[(g.root, r)] = plan
                             plans = None
                             break
+                        assert plans is not None  # set to None only right before the break
                         plans.append((c, plan))
                     if plans is None:
                         continue
@@ -530,8 +535,8 @@ def remove_unused_paths(
 
 
 def shrink(
-    model: nn.Module, layout, example_input: Tensor
-) -> tuple[nn.Module, object, MaskSet, dict]:
+    model: nn.Module, layout: CrossbarLayout, example_input: Tensor
+) -> tuple[nn.Module, CrossbarLayout, MaskSet, dict]:
     """The physically smaller model of a masked one, for a method's result (issue #19).
 
     :func:`remove_unused_paths` on ``model``, then the smaller model's dense layout over the

@@ -46,6 +46,7 @@ class _ElementwisePower:
         ws = _weights(model, self.layout)
         n = sum(w.numel() for w in ws.values())
         total = sum(w.abs().pow(self.power).sum() for w in ws.values())
+        assert isinstance(total, Tensor), "a layout has at least one layer"
         return ramp(self.lam, progress, self.warmup) * total / n
 
 
@@ -64,9 +65,10 @@ class GroupLasso:
     lam: float = 1e-4
     warmup: float = 0.0
 
-    def __call__(self, model: nn.Module, progress: float = 1.0) -> Tensor:
+    def __call__(self, model: nn.Module, progress: float = 1.0) -> Tensor | float:
+        """The penalty (a float 0.0 only for a layout without layers)."""
         ws = _weights(model, self.layout)
-        total = 0.0
+        total: Tensor | float = 0.0
         n_groups = 0
         for layer in self.layout:
             g = layer.groups(self.kind)

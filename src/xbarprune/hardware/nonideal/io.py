@@ -261,7 +261,8 @@ def _pass_fast(
     if ostep is not None:
         v.mul_(1.0 / ostep).round_()
         uo = ostep
-        b = _code_bound(cfg.out_bound, ostep)
+        assert b is not None  # IOConfig.out_step raises without out_bound
+        b = _code_bound(b, ostep)
     if b is None or (float(v.amax()) <= b and float(v.amin()) >= -b):
         # nothing beyond the bound (the usual case): two whole-tensor reductions, the clip (a
         # no-op then) skipped and no per-vector flags (None: no vector clipped); the same

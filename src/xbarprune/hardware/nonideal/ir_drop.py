@@ -297,9 +297,9 @@ def nodal_solve(
         if p == q:
             continue
         for here, other in ((p, q), (q, p)):
-            j = sense_cls.get(here)
-            if j is not None and other not in sense_cls:
-                out[:, :, j] += cond[:, e : e + 1] * (volt(other) - volt(here))
+            col = sense_cls.get(here)
+            if col is not None and other not in sense_cls:
+                out[:, :, col] += cond[:, e : e + 1] * (volt(other) - volt(here))
     if squeeze_b:
         out = out[:, 0]
     if squeeze_t:
@@ -549,6 +549,7 @@ def _direct_chunk(g: Tensor, r_row, r_col, r_source, r_sink) -> Tensor:
             s_mat = a_i.sub_(p, alpha=w * w)
             y[:, :, :i] = torch.bmm(p, y[:, :, :i]).mul_(w)  # inputs below row i only
         y[:, :, i] += h[:, i]
+    assert s_mat is not None  # last >= 0: the loop ran
     x = torch.cholesky_solve(y, _spd_cholesky(s_mat))  # voltages of row `last`
     if r_sink > 0:
         return k * x.transpose(1, 2)
