@@ -191,6 +191,30 @@ def test_overrides_make_a_variant_axis_on_the_same_dense_model(tmp_path):
     strip = lambda c: {k: v for k, v in c.items() if k not in ("finetune", "name")}  # noqa: E731
     assert strip(plain) == strip(var)
     assert by["none+hwa/default/s0"]["finetune"]["hwa"] == {"weight_noise": 0.02}
+    dirs = {a.key: a for a in arms}
+    assert dirs["group-magnitude+hwa/0.7/s0"].partner_dir == dirs["group-magnitude/0.7/s0"].dir
+    assert dirs["group-magnitude/0.7/s0"].partner_dir is None
+    assert dirs["none+hwa/default/s0"].partner_dir is None
+    # HWA does not enter compression: a variant's compress inputs equal its partner's, its
+    # fine-tune inputs do not; the partner's compression is copied, a foreign one is not
+    from xbarprune.experiment.bench import _reuse_stage
+
+    runs = {k: Run(load_config(by[k]), tmp_path / k.replace("/", "_"), log=lambda s: None)
+            for k in ("group-magnitude/0.7/s0", "group-magnitude+hwa/0.7/s0",
+                      "group-magnitude/0.4/s0")}  # fmt: skip
+    p_run, v_run, o_run = runs.values()
+    assert p_run.stage_inputs("compress") == v_run.stage_inputs("compress")
+    assert p_run.stage_inputs("finetune") != v_run.stage_inputs("finetune")
+    for r in (p_run, o_run):
+        r.stages.mkdir(parents=True)
+        (r.stages / "compress.pt").write_bytes(b"ckpt")
+        (r.stages / "compress.inputs.json").write_text(json.dumps(r.stage_inputs("compress")))
+    variant = dirs["group-magnitude+hwa/0.7/s0"]
+    variant = type(variant)(**{**variant.__dict__, "dir": str(v_run.dir)})
+    _reuse_stage(variant, str(o_run.dir), "compress")  # other budget: inputs differ
+    assert not (v_run.stages / "compress.pt").exists()
+    _reuse_stage(variant, str(p_run.dir), "compress")
+    assert (v_run.stages / "compress.pt").read_bytes() == b"ckpt"
     bad = copy.deepcopy(cfg)
     bad["methods"][0]["overrides"] = {"seed": 3}
     with pytest.raises(ConfigError, match=r"overrides\.seed"):

@@ -184,6 +184,9 @@ class Arm:
     dir: str
     presets: tuple[str, ...]
     dense_dir: str | None  # the seed's dense run, whose training this arm reuses
+    # a variant's plain partner (same method, budget and seed, no overrides), whose
+    # compression this arm reuses when the compress inputs are equal
+    partner_dir: str | None = None
 
     @property
     def key(self) -> str:
@@ -219,7 +222,13 @@ def plan_arms(cfg: BenchConfig, out: Path) -> list[Arm]:
                 d = work / m.tag / _budget_name(b) / f"s{seed}"
                 dense = (None if m is dense_spec
                          else str(work / dense_spec.tag / "default" / f"s{seed}"))  # fmt: skip
-                arms.append(Arm(m.tag, b, seed, conf, str(d), tuple(cfg.presets), dense))
+                plain = None
+                if m.overrides and m.name != "none":
+                    p = next((x for x in specs if x.name == m.name and not x.overrides
+                              and b in (x.budgets or (None,))), None)  # fmt: skip
+                    if p is not None:
+                        plain = str(work / p.tag / _budget_name(b) / f"s{seed}")
+                arms.append(Arm(m.tag, b, seed, conf, str(d), tuple(cfg.presets), dense, plain))
     return arms
 
 
@@ -257,29 +266,41 @@ def validate_arms(arms: Sequence[Arm]) -> None:
         shared[key] = run._splits
 
 
-def _copy_dense(arm: Arm) -> None:
-    """Give the arm the seed's dense model if its training inputs equal the dense run's."""
+def _reuse_stage(arm: Arm, source: str | None, stage: str) -> None:
+    """Copy ``stage`` (its checkpoint and input record) from the run at ``source`` when its
+    recorded inputs equal this arm's: the seed's dense training for every arm, the plain
+    partner's compression for a variant (hardware-aware fine-tuning does not enter
+    compression). Nothing is copied when this arm has the stage or the inputs differ."""
     import shutil
 
-    if arm.dense_dir is None:
+    if source is None:
         return
-    src = Path(arm.dense_dir) / "stages"
+    src = Path(source) / "stages"
     dst = Path(arm.dir) / "stages"
-    if (dst / "train.pt").is_file() or not (src / "train.pt").is_file():
+    if (dst / f"{stage}.pt").is_file() or not (src / f"{stage}.pt").is_file():
         return
     try:
-        rec = json.loads((src / "train.inputs.json").read_text())
+        rec = json.loads((src / f"{stage}.inputs.json").read_text())
     except (OSError, ValueError):
         return
     from xbarprune.experiment.config import load_config
     from xbarprune.experiment.pipeline import Run
 
-    mine = Run(load_config(arm.config), arm.dir, log=lambda s: None).stage_inputs("train")
+    mine = Run(load_config(arm.config), arm.dir, log=lambda s: None).stage_inputs(stage)
     if mine != rec:
         return
     ensure_dir(dst)
-    shutil.copy2(src / "train.pt", dst / "train.pt")
-    shutil.copy2(src / "train.inputs.json", dst / "train.inputs.json")
+    for name in (f"{stage}.pt", f"{stage}.inputs.json"):
+        tmp = dst / f".{name}.tmp"
+        shutil.copy2(src / name, tmp)
+        tmp.replace(dst / name)  # atomic: a killed copy leaves no half stage
+
+
+def _copy_dense(arm: Arm) -> None:
+    """Give the arm the seed's dense model, and a variant its plain partner's compression,
+    where the inputs are equal."""
+    _reuse_stage(arm, arm.dense_dir, "train")
+    _reuse_stage(arm, arm.partner_dir, "compress")
 
 
 def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[str, Any]:
@@ -365,15 +386,18 @@ def execute(
     workers: int = 1,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Run every arm (dense arms first) and return their records in the order of ``arms``."""
+    """Run every arm and return their records in the order of ``arms``: dense arms first,
+    then the plain arms, then the variants that reuse a plain partner's compression."""
     dense = [a for a in arms if a.dense_dir is None]
-    rest = [a for a in arms if a.dense_dir is not None]
+    plain = [a for a in arms if a.dense_dir is not None and a.partner_dir is None]
+    variants = [a for a in arms if a.dense_dir is not None and a.partner_dir is not None]
+    groups = [g for g in (dense, plain, variants) if g]
     if executor == "ray":
-        return _execute_ray(dense, rest, arms, log)
+        return _execute_ray(groups, arms, log)
     if executor != "local":
         raise ConfigError(f"--executor = {executor!r}; allowed: local, ray")
     out: dict[str, dict] = {}
-    for group in (dense, rest):
+    for group in groups:
         if workers > 1 and len(group) > 1:
             from concurrent.futures import ProcessPoolExecutor
 
@@ -393,7 +417,7 @@ def execute(
     return [out[a.key] for a in arms]
 
 
-def _execute_ray(dense, rest, arms, log) -> list[dict]:
+def _execute_ray(groups, arms, log) -> list[dict]:
     try:
         import ray
     except ImportError as exc:
@@ -407,7 +431,7 @@ def _execute_ray(dense, rest, arms, log) -> list[dict]:
     try:
         remote = ray.remote(num_cpus=1)(run_arm)
         out: dict[str, dict] = {}
-        for group in (dense, rest):
+        for group in groups:
             refs = {a.key: remote.remote(a, 1) for a in group}
             for k, r in refs.items():
                 out[k] = ray.get(r)

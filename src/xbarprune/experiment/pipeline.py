@@ -222,7 +222,10 @@ class Run:
             data.pop("batch_size_eval", None)
             own = {"seed": d["seed"], "model": d["model"], "data": data, "train": d["train"]}
         elif stage == "compress":
-            own = {k: d[k] for k in ("method", "crossbar", "device", "finetune")}
+            # finetune: the methods' own fine-tuning; without hwa, which compress never uses
+            ft = {k: v for k, v in d["finetune"].items() if k != "hwa"}
+            own = {"method": d["method"], "crossbar": d["crossbar"], "device": d["device"],
+                   "finetune": ft}  # fmt: skip
             if self._method().uses_nonideal():
                 own["nonideal"] = d["nonideal"]
         elif stage == "finetune":
