@@ -117,7 +117,7 @@ def simulator_grid(
 def quantize_to_units(w: Tensor, w_max: float | Tensor, units: Tensor) -> Tensor:
     """Nearest level of ``w_max * units`` (``units`` sorted, in [-1, 1]); no gradient."""
     u = units.to(w.device, w.dtype)
-    x = (w / w_max).detach()
+    x = (w / w_max).detach().contiguous()
     mids = (u[1:] + u[:-1]) / 2
     idx = torch.bucketize(x, mids)
     return (w_max * u[idx]).detach()
