@@ -79,6 +79,7 @@ def effects(name: str) -> dict[str, tuple[NonIdealityConfig, tuple[str, ...]]]:
 def grid_diagnostics(model, layout, n_levels, units, aging, dev) -> dict:
     """On-level fraction, relative quantisation error and aging-clipped share (simulator grid).
 
+    ``on_nonzero_level``: the same fraction among weights whose nearest level is not zero.
     The relative quantisation error and the clipped share are over the non-zero weights of all
     mapped layers, each layer on its own w_max (max |W|, what programming uses).
     """
@@ -86,12 +87,13 @@ def grid_diagnostics(model, layout, n_levels, units, aging, dev) -> dict:
     if u is None:
         m = n_levels - 1
         u = torch.arange(-m, m + 1, dtype=torch.float64) / m
+    step = float((u[1:] - u[:-1]).min())
     top = None
     if aging is not None:
         g_lo, g_hi = aging.window(dev)
         top = (g_hi - g_lo) / dev.g_range  # aged top weight / w_max (differential)
     err2 = nrm2 = 0.0
-    above = nz_tot = 0
+    above = nz_tot = near_lv = on_lv = 0
     w_max = {}
     for name, mat in layer_matrices(model, layout).items():
         mat = mat.detach().double()
@@ -102,10 +104,16 @@ def grid_diagnostics(model, layout, n_levels, units, aging, dev) -> dict:
         err2 += float(((mat - q)[nz] ** 2).sum())
         nrm2 += float((mat[nz] ** 2).sum())
         nz_tot += int(nz.sum())
+        # weights whose nearest level is not zero, and those of them within 5 % of a step
+        lv = q != 0
+        near_lv += int(lv.sum())
+        on_lv += int((((mat - q).abs() <= 0.05 * wm * step) & lv).sum())
         if top is not None:
             above += int(((mat.abs() / wm > top) & nz).sum())
     return {
         "on_level": on_level_fraction(model, layout, n_levels, units=units),
+        # on_level counts weights near zero as on level 0 (L2 scores ~0.33 that way)
+        "on_nonzero_level": on_lv / max(near_lv, 1),
         "quant_rel_err": (err2 / max(nrm2, 1e-30)) ** 0.5,
         "aging_clipped_share": above / max(nz_tot, 1) if top is not None else None,
         "w_max": w_max,
@@ -301,8 +309,9 @@ def markdown(s: dict) -> str:
         "## On-level fraction (simulator grid, within 5 % of a step) and w_max",
         "",
         "| arm | after reg. | before final ft | after plain ft | after kept ft | "
+        "on a non-zero level: before / plain / kept | rel. quant. error: before / plain / kept | "
         "w_max after / before (plain, per layer) | aging-clipped share (plain) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in arms.items():
         b = r["before_final"]
@@ -312,7 +321,10 @@ def markdown(s: dict) -> str:
         clip = pl["aging_clipped_share"]
         lines.append(
             f"| {name} | {r['after_regularization']['on_level']:.3f} | {b['on_level']:.3f} | "
-            f"{pl['on_level']:.3f} | {kp['on_level']:.3f} | {ratio} | "
+            f"{pl['on_level']:.3f} | {kp['on_level']:.3f} | "
+            f"{b['on_nonzero_level']:.3f} / {pl['on_nonzero_level']:.3f} / "
+            f"{kp['on_nonzero_level']:.3f} | {b['quant_rel_err']:.4f} / "
+            f"{pl['quant_rel_err']:.4f} / {kp['quant_rel_err']:.4f} | {ratio} | "
             f"{'–' if clip is None else f'{100 * clip:.2f} %'} |"
         )
     lines += ["", f"Dense model on-level fraction: {s['dense']['on_level']:.3f}.", ""]
