@@ -22,7 +22,8 @@ Writes ``<out>/grid_probe.json`` (every number) and ``<out>/grid_probe.md`` (tab
 per effect and arm, sawtooth - L2 at the same pruner and sparsity target, paired mean ± s.e.).
 Finished arms are cached in ``<out>/work/`` (a killed run resumes).
 
-    # full (about 20-30 min on 2 CPU cores; the data under ../shared/data as for the study)
+    # full (estimated 15-20 min on 2 quiet CPU cores from the study's timings; data in
+    # ../shared/data as for the study)
     python scripts/prunix_grid_probe.py --out results/prunix/grid_probe
     # smoke test (embedded MNIST subset, 1 epoch, tiny; under a minute)
     python scripts/prunix_grid_probe.py --quick --out /tmp/prunix_grid_probe
