@@ -95,3 +95,13 @@ def test_full_comparison(tmp_path):  # ~1 h on 2 CPU cores; writes to tmp_path, 
     assert len(summary["rows"]) == len(data["experiments"]) * 3 * (
         1 + len(data["regularizers"]) * len(data["pruners"])
     )
+
+
+def test_final_regularizer_must_be_a_bool(tmp_path):
+    from xbarprune.errors import ConfigError
+
+    data = copy.deepcopy(load_yaml(CONFIG))
+    data.pop("kind")
+    data["final_regularizer"] = "yes"
+    with pytest.raises(ConfigError, match="final_regularizer"):
+        prunix_study(data, out=str(tmp_path), quick=True, command="test", t0=0.0)

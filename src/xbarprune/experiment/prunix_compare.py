@@ -4,7 +4,14 @@ For each (model, dataset): train the dense model once; for each regulariser trai
 dense model (``reg_epochs``); for each pruner prune that model to the same target sparsity on the
 same crossbar groups with the same schedule (rounds, fine-tuning), fine-tune with masks fixed,
 then evaluate it ideal and through the configured non-idealities (``nonideal: prunix``) at each
-drift time with ``trials`` Monte Carlo trials. Rows go to ``<out>/summary.json`` (+ summary.md
+drift time with ``trials`` Monte Carlo trials.
+
+The last fine-tune (after the pruner's own rounds) runs without any regulariser by default
+(``final_regularizer: false``, the design of the published results); ``final_regularizer:
+true`` keeps each arm's own regulariser through it, so the group sawtooth's weights stay on the
+programmed levels up to programming (issue #21 item 8). Each arm records the sawtooth's
+on-level fraction before and after that fine-tune (``on_level_before_final`` /
+``on_level_after_final``, on the simulator's grid). Rows go to ``<out>/summary.json`` (+ summary.md
 and a plot). Arms already finished (``<out>/work/.../*.json``) are skipped, so a killed run
 resumes.
 """
@@ -18,8 +25,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from xbarprune.compress.methods.prunix import PrunixParams, build_regularizer, run_prunix
+from xbarprune.compress.methods.prunix import (
+    PrunixParams,
+    build_regularizer,
+    run_prunix,
+    sawtooth_grid,
+)
+from xbarprune.compress.parts.sawtooth import on_level_fraction
 from xbarprune.config import from_dict, to_dict
+from xbarprune.errors import ConfigError
 from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
 from xbarprune.experiment.studies import header, study
 from xbarprune.experiment.studykit import (
@@ -56,6 +70,7 @@ _KEYS = {
     "evaluate",
     "regularizers",
     "pruners",
+    "final_regularizer",
     "params",
     "quick",
     "runtime",
@@ -87,6 +102,9 @@ def prunix_study(data: dict, *, out: str | None, quick: bool, command: str, t0: 
     regs: dict[str, dict] = data.get("regularizers") or {"none": {}, "group_sawtooth": {}}
     pruners: list[str] = list(data.get("pruners") or ["apa", "uniform"])
     common = dict(data.get("params") or {})
+    final_reg = data.get("final_regularizer", False)
+    if not isinstance(final_reg, bool):
+        raise ConfigError(f"prunix: final_regularizer = {final_reg!r}; allowed: true, false")
     device = select_device()
     set_threads(data)
     exps = data.get("experiments") or [{"model": {"name": "lenet5"}, "data": {}}]
@@ -107,6 +125,7 @@ def prunix_study(data: dict, *, out: str | None, quick: bool, command: str, t0: 
             "params": common,
             "regularizers": regs,
             "pruners": pruners,
+            "final_regularizer": final_reg,
             "seed": seed,
         }
         summary["rows"] = rows
@@ -134,6 +153,7 @@ def prunix_study(data: dict, *, out: str | None, quick: bool, command: str, t0: 
             common,
             work / f"{mc.name}_{dc.name}",
             device,
+            final_reg,
         )
         flush()
     flush()
@@ -155,6 +175,7 @@ def _one_experiment(
     common,
     work: Path,
     device,
+    final_reg: bool = False,
 ) -> list[dict]:
     bench = Bench.open(mc, dc, seed, work, device)
     dense = bench.dense(train_cfg)
@@ -198,10 +219,18 @@ def _one_experiment(
                 t = time.perf_counter()
                 m = bench.load(reg_path)
                 p = replace(params, pruner=pruner, reg_epochs=0)
-                res = run_prunix(bench.context(m, layout, dev, ft_cfg, ni), p)
-                # the final fine-tune runs without the regulariser, for all arms
-                bench.finetune(m, res.masks, ft_cfg)
+                ctx = bench.context(m, layout, dev, ft_cfg, ni)
+                res = run_prunix(ctx, p)
+                n_levels, units = sawtooth_grid(ctx)
+                on_before = on_level_fraction(m, layout, n_levels, units=units)
+                # by default the final fine-tune runs without the regulariser, for all arms;
+                # final_regularizer: true keeps each arm's own (issue #21 item 8)
+                final = build_regularizer(p, ctx) if final_reg else None
+                bench.finetune(m, res.masks, ft_cfg, regularizer=final)
                 extra = {
+                    "final_regularizer": final_reg,
+                    "on_level_before_final": on_before,
+                    "on_level_after_final": on_level_fraction(m, layout, n_levels, units=units),
                     "compress_seconds": round(time.perf_counter() - t, 1),
                     "lam": params.lam,
                     "allocation": res.info["rounds"][-1].get("allocation", {}).get("sparsity")
@@ -211,7 +240,9 @@ def _one_experiment(
                 packed = pack_layout(layout, m, p.kind) if p.pack else layout
                 return measure(m, reg, pruner, extra, packed)
 
-            rows += expand(bench.arm(f"{reg}_{pruner}", build, config=[params, pruner]))
+            # the default keeps the fingerprint of arms stored before final_regularizer existed
+            cfg = [params, pruner] + ([{"final_regularizer": True}] if final_reg else [])
+            rows += expand(bench.arm(f"{reg}_{pruner}", build, config=cfg))
     return rows
 
 

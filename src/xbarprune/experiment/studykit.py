@@ -267,8 +267,10 @@ class Bench:
         epochs: int | None = None,
         seed_offset: int = 5,
         desc: str = "finetune",
+        regularizer=None,
     ) -> None:
-        """Fine-tune in place with the masks fixed (pruned weights stay exactly zero)."""
+        """Fine-tune in place with the masks fixed (pruned weights stay exactly zero);
+        ``regularizer(model, progress)`` is added to the loss if given."""
         if (epochs if epochs is not None else cfg.epochs) <= 0:
             return
         train(
@@ -281,6 +283,7 @@ class Bench:
             desc=desc,
             epochs=epochs,
             log=self.log,
+            regularizer=regularizer,
         )
         if masks is not None:
             MaskSet(masks.masks).apply(model)

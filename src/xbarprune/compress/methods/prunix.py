@@ -36,7 +36,7 @@ from xbarprune.compress.parts.apa import (
 )
 from xbarprune.compress.parts.pruning import magnitude_masks, weight_sparsity
 from xbarprune.compress.parts.regularizers import make_regularizer
-from xbarprune.compress.parts.sawtooth import GroupSawtooth, on_level_fraction
+from xbarprune.compress.parts.sawtooth import GroupSawtooth, on_level_fraction, simulator_grid
 from xbarprune.compress.selection import LayerSelection
 from xbarprune.errors import SpecError, check_range
 from xbarprune.io import atomic_write_json
@@ -103,10 +103,44 @@ class PrunixParams:
             check_range("method.params.grid[]", s, low=0.0, high=1.0, high_open=True)
 
 
+def quant_levels(nonideal) -> int | None:
+    """Levels of the non-ideality model's :class:`Quantization` (None: absent, or it uses the
+    device's levels)."""
+    from xbarprune.hardware.nonideal.quantization import Quantization
+
+    for e in getattr(nonideal, "effects", ()) or ():
+        if isinstance(e, Quantization):
+            return e.levels
+    return None
+
+
+def sawtooth_grid(ctx: CompressContext) -> tuple[int, tuple[float, ...] | None]:
+    """The sawtooth's grid: ``(n_levels, units)``, the simulator's programmable weights.
+
+    ``n_levels = L**k`` (device levels ** cells per weight) names the uniform differential
+    grid; ``units`` (in units of w_max, :func:`simulator_grid`) is given only where the
+    simulator's grid differs from it: offset encoding, or a :class:`Quantization` whose
+    levels differ from the device's (issue #21). None keeps the uniform grid exactly.
+    """
+    xbar, dev = ctx.layout.crossbar, ctx.device_spec
+    n_levels = dev.levels**xbar.cells_per_weight
+    q = quant_levels(ctx.nonideal)
+    units = simulator_grid(xbar.cells_per_weight, dev.levels, xbar.encoding, q)
+    uniform = simulator_grid(xbar.cells_per_weight, dev.levels, "differential", None)
+    same = len(units) == len(uniform) and all(
+        abs(a - b) < 1e-9 for a, b in zip(units, uniform, strict=True)
+    )
+    if same:
+        return n_levels, None
+    return n_levels, units
+
+
 def build_regularizer(p: PrunixParams, ctx: CompressContext):
     if p.regularizer == "group_sawtooth":
-        n_levels = ctx.device_spec.levels**ctx.layout.crossbar.cells_per_weight
-        return GroupSawtooth(ctx.layout, n_levels=n_levels, kind=p.kind, lam=p.lam, warmup=p.warmup)
+        n_levels, units = sawtooth_grid(ctx)
+        return GroupSawtooth(
+            ctx.layout, n_levels=n_levels, kind=p.kind, lam=p.lam, warmup=p.warmup, units=units
+        )
     return make_regularizer(p.regularizer, ctx.layout, lam=p.lam, warmup=p.warmup, kind=p.kind)
 
 
@@ -152,8 +186,10 @@ def run_prunix(ctx: CompressContext, p: PrunixParams) -> CompressResult:
     if reg is not None and p.reg_epochs > 0:
         ctx.log(f"  regularised training: {p.regularizer}, lam={p.lam}, {p.reg_epochs} epochs")
         ctx.finetune(None, p.reg_epochs, regularizer=reg, tag="regularize")
-    n_levels = ctx.device_spec.levels**ctx.layout.crossbar.cells_per_weight
-    info["on_level_fraction_before_pruning"] = on_level_fraction(ctx.model, ctx.layout, n_levels)
+    n_levels, units = sawtooth_grid(ctx)
+    info["on_level_fraction_before_pruning"] = on_level_fraction(
+        ctx.model, ctx.layout, n_levels, units=units
+    )
     info["val_acc_after_regularization"] = ctx.val_accuracy()
     names = prunable_layers(p, ctx)
     n_params = {n: ctx.layout[n].matrix_shape[0] * ctx.layout[n].matrix_shape[1] for n in names}

@@ -22,10 +22,21 @@ within Delta/2 of zero is penalised exactly like group lasso (so whole groups ar
 and crossbars freed); a group of large weights is pulled onto conductance levels (so
 quantisation and drift cost less). ``lam(t)`` ramps linearly over the first ``warmup`` fraction
 of training. Vectorised over groups: one gather per layer, no Python loop over groups.
+
+The simulator's grid (issue #21): the uniform grid above is the set of weights the simulator
+(:mod:`xbarprune.hardware.conductance` + :class:`~xbarprune.hardware.nonideal.Quantization`)
+can program only for the differential encoding with ``Quantization.levels == device.levels``.
+:func:`simulator_grid` enumerates that set, in units of ``w_max``, for any crossbar and
+quantisation (offset encoding: ``w = w_max (2u - 1)``, L**k levels with step
+``2 w_max / (L**k - 1)``, zero not a level for even L**k; a quantiser with other levels than
+the device), and ``GroupSawtooth(units=...)`` regularises towards it (nearest level instead of
+the uniform rounding). For the differential encoding with matching levels both are the same
+grid.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +66,76 @@ def sawtooth(w: Tensor, delta: float | Tensor, n_levels: int) -> Tensor:
     return (w - quantize_to_grid(w, delta, n_levels)).abs()
 
 
+def simulator_grid(
+    cells_per_weight: int,
+    device_levels: int,
+    encoding: str = "differential",
+    quant_levels: int | None = None,
+) -> tuple[float, ...]:
+    """The weights the simulator can program, in units of ``w_max``, sorted (float64).
+
+    Mirrors :func:`xbarprune.hardware.conductance.encode` / ``decode`` followed by
+    :func:`~xbarprune.hardware.nonideal.quantization.quantize_levels` on every cell:
+
+    * k = 1: a cell holds ``u`` continuous, quantised to ``Q = quant_levels`` levels
+      (``device_levels`` when None: the programmable levels, also when the non-ideality
+      model has no quantisation and the cell is continuous);
+    * k > 1: ``q = round(u (L**k - 1))``, digit ``d_j`` on a cell at ``d_j / (L - 1)``, then
+      quantised to Q levels; ``u = sum_j s_j cell_j`` with ``s_j = L**j (L-1)/(L**k-1)``;
+    * differential: ``w = +-u`` (the other column of the pair at G_min);
+      offset: ``w = 2u - 1``.
+    """
+    k, L = int(cells_per_weight), int(device_levels)
+    Q = L if quant_levels is None else int(quant_levels)
+
+    def cell(x: float) -> float:  # quantize_levels in normalised units
+        return round(x * (Q - 1)) / (Q - 1)
+
+    if k == 1:
+        us = {i / (Q - 1) for i in range(Q)}
+    else:
+        sig = [L**j * (L - 1) / (L**k - 1) for j in range(k)]
+        cells = [cell(d / (L - 1)) for d in range(L)]
+        us = {
+            sum(s * cells[d] for s, d in zip(sig, digits, strict=True))
+            for digits in itertools.product(range(L), repeat=k)
+        }
+    if encoding == "differential":
+        ws = set(us) | {-u for u in us}
+    elif encoding == "offset":
+        ws = {2 * u - 1 for u in us}
+    else:
+        raise ValueError(f"encoding {encoding!r}; allowed: differential, offset")
+    # merge values equal up to float rounding (sums of slice significances)
+    out: list[float] = []
+    for w in sorted(ws):
+        if not out or w - out[-1] > 1e-9:
+            out.append(w)
+    return tuple(out)
+
+
+def quantize_to_units(w: Tensor, w_max: float | Tensor, units: Tensor) -> Tensor:
+    """Nearest level of ``w_max * units`` (``units`` sorted, in [-1, 1]); no gradient."""
+    u = units.to(w.device, w.dtype)
+    x = (w / w_max).detach().contiguous()
+    mids = (u[1:] + u[:-1]) / 2
+    idx = torch.bucketize(x, mids)
+    return (w_max * u[idx]).detach()
+
+
+def _quantize(w: Tensor, w_max: Tensor, n_levels: int, units: Tensor | None) -> Tensor:
+    if units is None:
+        return quantize_to_grid(w, level_step(w_max, n_levels), n_levels)
+    return quantize_to_units(w, w_max, units)
+
+
+def _unit_step(n_levels: int, units: Tensor | None) -> float:
+    """Smallest level spacing in units of w_max (the tolerance scale of on_level_fraction)."""
+    if units is None or units.numel() < 2:
+        return 1.0 / (n_levels - 1)
+    return float((units[1:] - units[:-1]).min())
+
+
 @dataclass
 class GroupSawtooth:
     """``R_GS`` as a training-loop regulariser ``reg(model, progress) -> Tensor``.
@@ -65,6 +146,8 @@ class GroupSawtooth:
         kind: group kind (tile_column, tile_row, tile, filter, channel, weight).
         lam: strength after warm-up.
         warmup: fraction of training over which lam ramps linearly from 0.
+        units: the level set in units of w_max (:func:`simulator_grid`), or None for the
+            uniform differential grid of ``n_levels`` magnitude codes.
     """
 
     layout: CrossbarLayout
@@ -72,12 +155,19 @@ class GroupSawtooth:
     kind: str = "tile_column"
     lam: float = 1e-3
     warmup: float = 0.3
+    units: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         check_range("regularizer.lam", self.lam, low=0.0)
         check_range("regularizer.warmup", self.warmup, low=0.0, high=1.0)
         if int(self.n_levels) < 2:
             check_range("regularizer.n_levels", self.n_levels, low=2)
+        self._units = None if self.units is None else torch.tensor(self.units, dtype=torch.float64)
+
+    def quantize(self, mat: Tensor) -> Tensor:
+        """Q(mat): the nearest grid level, with w_max = max |mat| (detached, no gradient)."""
+        w_max = mat.detach().abs().max().clamp_min(_EPS)
+        return _quantize(mat, w_max, self.n_levels, self._units)
 
     def penalty(self, model: nn.Module) -> Tensor:
         """Un-scaled sum_g sqrt(|g|) ||s(W_g)||_2 / N_groups."""
@@ -87,8 +177,7 @@ class GroupSawtooth:
         for layer in self.layout:
             w = mods[layer.name].weight
             mat = weight_to_matrix(w)
-            delta = level_step(mat.detach().abs().max().clamp_min(_EPS), self.n_levels)
-            s = sawtooth(mat, delta, self.n_levels)
+            s = (mat - self.quantize(mat)).abs()
             g = layer.groups(self.kind)
             vals = g.gather(s)
             norms = (vals.pow(2).sum(1) + _EPS).sqrt()
@@ -104,16 +193,26 @@ class GroupSawtooth:
 
 
 def on_level_fraction(
-    model: nn.Module, layout: CrossbarLayout, n_levels: int, tol: float = 0.05
+    model: nn.Module,
+    layout: CrossbarLayout,
+    n_levels: int,
+    tol: float = 0.05,
+    units: tuple[float, ...] | None = None,
 ) -> float:
-    """Share of non-zero weights within ``tol * Delta`` of a grid level (a diagnostic)."""
+    """Share of non-zero weights within ``tol * Delta`` of a grid level (a diagnostic).
+
+    ``units``: the level set in units of w_max (:func:`simulator_grid`; Delta is then its
+    smallest spacing times w_max), or None for the uniform differential grid.
+    """
     mods = dict(model.named_modules())
+    u = None if units is None else torch.tensor(units, dtype=torch.float64)
     near = tot = 0
     for layer in layout:
         mat = weight_to_matrix(mods[layer.name].weight.detach())
-        delta = level_step(mat.abs().max().clamp_min(_EPS), n_levels)
+        w_max = mat.abs().max().clamp_min(_EPS)
+        delta = w_max * _unit_step(n_levels, u)
         nz = mat != 0
-        s = sawtooth(mat, delta, n_levels)
+        s = (mat - _quantize(mat, w_max, n_levels, u)).abs()
         near += int(((s <= tol * delta) & nz).sum())
         tot += int(nz.sum())
     return near / max(tot, 1)
