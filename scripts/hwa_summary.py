@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from xbarprune.experiment.bench import hwa_markdown
 from xbarprune.io import atomic_write_json, atomic_write_text
 
 
@@ -64,21 +65,7 @@ def markdown(summary: dict) -> str:
         lines.append(f"- `{h['command']}` → {h['summary']}: wall time of the last invocation "
                      f"{h['wall_time_s']} s, arm compute {h['compute_s']} s "
                      f"({h['machine']})")  # fmt: skip
-    lines += ["", "Loss = the arm's ideal (digital) accuracy minus its non-ideal accuracy; "
-              "removed = 1 − mean(loss with HWA) / mean(loss without); Δ ideal and the gain are "
-              "paired by seed (HWA − plain); mean ± 95 % CI over seeds, 10 trials per seed.", "",
-              "| model | method | saving (%) | non-ideality | time | loss plain (pp) | "
-              "loss HWA (pp) | removed (%) | Δ ideal (pp) | non-ideal gain (pp) | seeds |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for e in summary["effects"]:
-        rem = "–" if e["loss_removed"] is None else f"{100 * e['loss_removed']:.0f}"
-        lines.append(
-            f"| {e['model']} | {e['method']} | {100 * e['crossbar_saving']:.1f} | "
-            f"{e['nonideal']} | {e['time']} | {_pp(e['loss_plain_mean'], e['loss_plain_ci95'])} | "
-            f"{_pp(e['loss_hwa_mean'], e['loss_hwa_ci95'])} | {rem} | "
-            f"{_pp(e['ideal_delta_mean'], e['ideal_delta_ci95'])} | "
-            f"{_pp(e['nonideal_gain_mean'], e['nonideal_gain_ci95'])} | {len(e['seeds'])} |"
-        )
+    lines += hwa_markdown(summary["effects"], with_model=True)
     lines += ["", "## Do the compression methods keep their ranking after HWA?", "",
               "| model | non-ideality | time | without HWA (best first) | with HWA | kept |",
               "|---|---|---|---|---|---|"]  # fmt: skip

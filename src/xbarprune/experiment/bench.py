@@ -296,7 +296,7 @@ def _reuse_stage(arm: Arm, source: str | None, stage: str) -> None:
         tmp.replace(dst / name)  # atomic: a killed copy leaves no half stage
 
 
-def _copy_dense(arm: Arm) -> None:
+def _reuse_stages(arm: Arm) -> None:
     """Give the arm the seed's dense model, and a variant its plain partner's compression,
     where the inputs are equal."""
     _reuse_stage(arm, arm.dense_dir, "train")
@@ -319,7 +319,7 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
         torch.set_num_threads(threads)
     log: Callable[[str], None] = (lambda s: None) if quiet else print
     cfg = load_config(arm.config)
-    _copy_dense(arm)
+    _reuse_stages(arm)
     run = Run(cfg, arm.dir, log=log)
     t0 = time.perf_counter()
     rep = run.run()
@@ -678,7 +678,8 @@ def hwa_effects(records: Sequence[dict]) -> list[dict]:
     return out
 
 
-def _hwa_markdown(effects: Sequence[dict]) -> list[str]:
+def hwa_markdown(effects: Sequence[dict], with_model: bool = False) -> list[str]:
+    """The Markdown table of :func:`hwa_effects` (a ``model`` column first if asked)."""
     if not effects:
         return []
     lines = [
@@ -689,14 +690,16 @@ def _hwa_markdown(effects: Sequence[dict]) -> list[str]:
         "mean(loss with HWA) / mean(loss without); Δ ideal and the non-ideal gain are paired "
         "differences (HWA − plain), mean ± 95 % CI over seeds.",
         "",
-        "| method | budget | saving (%) | non-ideality | time | loss plain (pp) | "
+        ("| model " if with_model else "")
+        + "| method | budget | saving (%) | non-ideality | time | loss plain (pp) | "
         "loss HWA (pp) | removed (%) | Δ ideal (pp) | non-ideal gain (pp) | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        ("|---" if with_model else "") + "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in effects:
         rem = "–" if e["loss_removed"] is None else f"{100 * e['loss_removed']:.0f}"
         lines.append(
-            f"| {e['method']} | {e['budget'] if e['budget'] is not None else '–'} | "
+            (f"| {e['model']} " if with_model else "")
+            + f"| {e['method']} | {e['budget'] if e['budget'] is not None else '–'} | "
             f"{100 * e['crossbar_saving']:.1f} | {e['nonideal']} | {e['time']} | "
             f"{_pct(e['loss_plain_mean'], e['loss_plain_ci95'])} | "
             f"{_pct(e['loss_hwa_mean'], e['loss_hwa_ci95'])} | {rem} | "
@@ -767,7 +770,7 @@ def to_markdown(summary: dict) -> str:
             f"{_pct(r['acc_nonideal_mean'], r['acc_nonideal_ci95'])} | {len(r['seeds'])} | "
             f"{r['trials_per_seed']} | {r['compute_s']:.0f} |"
         )
-    lines += _hwa_markdown(summary.get("hwa", []))
+    lines += hwa_markdown(summary.get("hwa", []))
     lines += ["", "![Pareto](pareto.png)", ""]
     return "\n".join(lines)
 
