@@ -231,11 +231,21 @@ def _code_bound(bound: float, step: float) -> float:
 
 
 def _pass_fast(
-    x: Tensor, s: Tensor, w: Tensor, cfg: IOConfig, gen, dim: int
+    x: Tensor,
+    s: Tensor,
+    w: Tensor,
+    cfg: IOConfig,
+    gen,
+    dim: int,
+    keep: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """One round without autograd, on integer codes: the DAC step is folded into ``w`` and
     the ADC step into the output scale, which saves two passes over the large tensors; the
-    same numbers as :func:`prepare_input` / :func:`output_noise_and_bound` (up to rounding)."""
+    same numbers as :func:`prepare_input` / :func:`output_noise_and_bound` (up to rounding).
+    ``keep``: if given, receives ``codes``, the DAC output in units of ``inp_step`` (of 1
+    without a DAC) before any input noise, and, if some output lies beyond the bound,
+    ``over``, the elementwise "beyond the bound before the clip" mask (the outputs whose
+    gradient the clip stops)."""
     step = cfg.inp_step
     if step is None:
         c, ui = x / s, 1.0
@@ -249,6 +259,8 @@ def _pass_fast(
         # inp_bound exists
         if not (cfg.noise_management == "abs_max" and cfg.nm_thres == 0 and round(1 / step) <= nb):
             c.clamp_(-nb, nb)
+    if keep is not None:
+        keep["codes"] = c
     if cfg.inp_noise > 0:
         c.add_(_randn(c, gen).mul_(cfg.inp_noise / ui))
     wu = w * ui if ui != 1.0 else w
@@ -269,6 +281,8 @@ def _pass_fast(
         # numbers and flags as the per-vector test
         return v.mul_(s * uo), None
     clipped = _absmax(v, dim, keepdim=False) > b * (1 + 1e-6)
+    if keep is not None:
+        keep["over"] = v.abs() > b
     v.clamp_(-b, b)
     return v.mul_(s * uo), clipped
 
@@ -299,33 +313,174 @@ def io_mvm(
     ``(B, out, L)``. The result is in the input's units times the tile's.
     Input and output noise are drawn from ``gen``. ``scale``: the noise-management scale of
     every vector if already known (as :func:`manage_input` returns it), else computed here.
-    With autograd (hardware-aware training) the roundings pass gradients straight through.
+    With autograd (hardware-aware training) the roundings pass gradients straight through
+    (:class:`_IOMVM`; the chain of reference functions, :func:`io_mvm_reference`, when the DAC
+    adds noise).
     """
     if dim not in (-1, 1) or (dim == 1 and x.dim() != 3):
         raise ValueError(f"io_mvm: dim must be -1, or 1 for a (B, in, L) input; got {dim}")
-    grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
-    one_pass = _pass_ref if grad else _pass_fast
     s = manage_input(x, cfg, dim) if scale is None else scale
-    y, clipped = one_pass(x, s, w, cfg, gen, dim)
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        if cfg.inp_noise > 0:  # the DAC noise is not kept for the backward: reference chain
+            return _managed(x, s, w, cfg, gen, dim, _pass_ref)[0]
+        y = _IOMVM.apply(x, w, s, cfg, gen, dim)
+        assert isinstance(y, Tensor)
+        return y
+    return _managed(x, s, w, cfg, gen, dim, _pass_fast)[0]
+
+
+def io_mvm_reference(
+    x: Tensor, w: Tensor, cfg: IOConfig, gen: torch.Generator | None, dim: int = -1
+) -> Tensor:
+    """:func:`io_mvm` through the reference functions (:func:`prepare_input`,
+    :func:`output_noise_and_bound`) in every round, gradients by autograd through their
+    straight-through roundings and clips. The specification :class:`_IOMVM` is tested
+    against (the same values, draws and gradients); 5-10x slower under autograd."""
+    return _managed(x, manage_input(x, cfg, dim), w, cfg, gen, dim, _pass_ref)[0]
+
+
+def _managed(
+    x: Tensor,
+    s: Tensor,
+    w: Tensor,
+    cfg: IOConfig,
+    gen,
+    dim: int,
+    one_pass,
+    keep: dict[str, Tensor] | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """The MVM with iterative bound management (module docstring), one round per
+    ``one_pass``. Returns ``(y, r)``: ``r`` the final reduction of every vector (``s``'s
+    shape), None if no vector was re-run. ``keep`` (``_pass_fast`` only): receives what each
+    vector's final round left (:func:`_pass_fast`): ``codes`` (``x``'s shape) and, if any
+    output clipped, ``over`` (``y``'s shape)."""
+    if keep is None:
+        y, clipped = one_pass(x, s, w, cfg, gen, dim)
+    else:
+        y, clipped = one_pass(x, s, w, cfg, gen, dim, keep)
+    r_all: Tensor | None = None
     if cfg.bound_management == "iterative" and clipped is not None and bool(clipped.any()):
         # re-run the clipping vectors alone, as (n, in) rows, with r = 2, 4, ...
-        if dim == 1:
-            xv, sv, yv = x.transpose(1, 2), s.transpose(1, 2), y.transpose(1, 2)
-        else:
-            xv, sv, yv = x, s, y
+        def rows_of(t: Tensor) -> Tensor:
+            return t.transpose(1, 2) if dim == 1 else t
+
+        xv, sv, yv = rows_of(x), rows_of(s), rows_of(y)
         idx = clipped.nonzero(as_tuple=True)
         rows, srow = xv[idx], sv[idx]  # (n, in), (n, 1)
         out = yv[idx]
         todo = torch.arange(rows.shape[0], device=x.device)
         r = 1.0
+        final: dict[str, Tensor] = {}
+        if keep is not None:  # per re-run row: reduction, codes, beyond-bound mask
+            final = {"r": torch.ones_like(srow), "codes": rows_of(keep["codes"])[idx]}
+            final["over"] = rows_of(keep["over"])[idx]
         while todo.numel() and not bm_limit_reached(r, cfg):
             r *= 2.0
-            v, clip = one_pass(rows[todo], srow[todo] * r, w, cfg, gen, -1)
+            if keep is None:
+                v, clip = one_pass(rows[todo], srow[todo] * r, w, cfg, gen, -1)
+            else:
+                k: dict[str, Tensor] = {}
+                v, clip = one_pass(rows[todo], srow[todo] * r, w, cfg, gen, -1, k)
+                final["r"][todo] = r
+                final["codes"][todo] = k["codes"]
+                final["over"][todo] = k["over"] if "over" in k else False
             out = out.index_copy(0, todo, v)
             todo = todo[clip] if clip is not None else todo[:0]
         yv = yv.index_put(idx, out)
         y = yv.transpose(1, 2) if dim == 1 else yv
-    return y
+        if keep is not None:
+            r_all = torch.ones_like(s)
+            rows_of(r_all)[idx] = final["r"]
+            rows_of(keep["codes"])[idx] = final["codes"]
+            rows_of(keep["over"])[idx] = final["over"]
+            if not bool(keep["over"].any()):
+                del keep["over"]
+    return y, r_all
+
+
+class _IOMVM(torch.autograd.Function):
+    """:func:`io_mvm` under autograd: the forward is the fast pass (no graph of the
+    elementwise steps), the backward the straight-through chain written out (Rasch et al.
+    2023, Methods; aihwkit's ``AnalogMVM`` with STE roundings). With ``sr = s r`` the
+    vector's noise-management scale times its final bound-management reduction,
+    ``u = clip(step round(x / (sr step)), +-inp_bound)`` the DAC output and ``g`` the
+    incoming gradient::
+
+        g_v = g * sr, zero where the ADC clipped (|v| > out_bound before the clip)
+        dL/dx = (g_v W^T, zero where the DAC clipped) / sr
+        dL/dW = sum over vectors of u^T g_v
+
+    the gradients autograd takes through :func:`io_mvm_reference` (tests/test_io_grad.py),
+    without its saved intermediates. Where the DAC cannot clip (abs-max noise management, no
+    cap: the default) the forward's DAC codes are kept instead of ``x`` and the ``sr`` of
+    ``dL/dx`` cancels; else ``x`` is kept and the codes recomputed. ``s`` gets no gradient
+    (the reference detaches it too).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, s: Tensor, cfg: IOConfig, gen, dim: int) -> Tensor:  # type: ignore[override]
+        keep: dict[str, Tensor] = {}
+        y, r = _managed(x.detach(), s, w.detach(), cfg, gen, dim, _pass_fast, keep)
+        sr = s if r is None else s * r
+        ctx.cfg, ctx.dim = cfg, dim
+        ctx.never_clips = _dac_never_clips(cfg)
+        ctx.has_over = "over" in keep
+        saved = keep["codes"] if ctx.never_clips else x
+        over = keep.get("over", sr.new_empty(0))
+        ctx.save_for_backward(saved, w, sr, over)
+        return y
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        saved, w, sr, over = ctx.saved_tensors
+        cfg: IOConfig = ctx.cfg
+        dim: int = ctx.dim
+        step = cfg.inp_step
+        ui = 1.0 if step is None else step
+        g = grads[0]
+        if ctx.has_over:
+            g = g.masked_fill(over, 0.0)
+        if ctx.never_clips:
+            codes = saved
+        else:  # recompute the DAC codes (and their clip) from x
+            codes = torch.div(saved, sr * step).round_() if step is not None else saved / sr
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            if ctx.never_clips:  # (g sr) W^T / sr = g W^T
+                gx = g @ w.t() if dim == -1 else _left_mm(w, g)
+            else:
+                gv = g * sr
+                gu = gv @ w.t() if dim == -1 else _left_mm(w, gv)
+                nb = _code_bound(cfg.inp_bound, step) if step is not None else cfg.inp_bound
+                gx = gu.masked_fill_(codes.abs() > nb, 0.0).div_(sr)
+        if ctx.needs_input_grad[1]:
+            if not ctx.never_clips:
+                nb = _code_bound(cfg.inp_bound, step) if step is not None else cfg.inp_bound
+                codes = codes.clamp(-nb, nb)
+            gv = g * (sr * ui)  # u^T (g sr) with u = codes * ui
+            if dim == -1:
+                gw = codes.reshape(-1, w.shape[0]).t() @ gv.reshape(-1, w.shape[1])
+            else:
+                gw = torch.bmm(codes, gv.transpose(1, 2)).sum(0)
+        return gx, gw, None, None, None, None
+
+
+def _left_mm(w: Tensor, g: Tensor) -> Tensor:
+    """``w @ g[b]`` for every ``b`` of a ``(B, out, L)`` ``g``, as one ``bmm`` over a
+    broadcast ``w`` (``torch.matmul`` folds ``B`` into the rows instead, which costs two
+    transposing copies of the ``(B, in, L)`` result)."""
+    return torch.bmm(w.unsqueeze(0).expand(g.shape[0], -1, -1), g)
+
+
+def _dac_never_clips(cfg: IOConfig) -> bool:
+    """Abs-max noise management without a cap keeps ``|x / s r| <= 1 <= inp_bound``: the
+    DAC's clip (and its gradient mask) is then a no-op (as in :func:`_pass_fast`)."""
+    step = cfg.inp_step
+    if cfg.noise_management != "abs_max" or cfg.nm_thres != 0:
+        return False
+    if step is None:
+        return cfg.inp_bound >= 1.0
+    return round(1 / step) <= _code_bound(cfg.inp_bound, step)
 
 
 def split_sizes(size: int, max_size: int) -> list[int]:
