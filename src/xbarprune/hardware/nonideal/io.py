@@ -383,7 +383,7 @@ def _managed(
                 v, clip = one_pass(rows[todo], srow[todo] * r, w, cfg, gen, -1, k)
                 final["r"][todo] = r
                 final["codes"][todo] = k["codes"]
-                final["over"][todo] = k["over"] if "over" in k else False
+                final["over"][todo] = k.get("over", False)
             out = out.index_copy(0, todo, v)
             todo = todo[clip] if clip is not None else todo[:0]
         yv = yv.index_put(idx, out)
