@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from xbarprune.errors import ConfigError
 from xbarprune.experiment.bench import (
     build_rows,
     hwa_effects,
@@ -20,6 +21,7 @@ from xbarprune.experiment.bench import (
     load_bench_file,
     matched,
     mean_ci95,
+    merge_records,
     plan_arms,
     ranking,
     run_bench,
@@ -163,6 +165,36 @@ def test_hwa_effects_are_paired_by_method_budget_and_seed_by_hand():
     assert e["ideal_delta_mean"] == pytest.approx((-0.01 + 0.005) / 2)
     assert e["nonideal_gain_mean"] == pytest.approx((0.04 + 0.025) / 2)
     assert e["time_s"] == pytest.approx(365.25 * 86400)
+
+
+def test_merge_records_adds_only_arms_this_run_lacks_and_refuses_mismatches():
+    def _krec(*a):
+        r = _rec(*a)
+        return {**r, "key": f"{r['method']}/{r['budget']}/s{r['seed']}"}
+
+    own = [_krec("cf", 0.8, 2, 0.7, 0.98, [0.9, 0.9])]
+    old = {
+        "model": "lenet5",
+        "dataset": "mnist",
+        "header": {
+            "command": "xbarprune bench x.yaml --set seeds=[0,1]",
+            "wall_time_s": 5.0,
+            "compute_s": 9.0,
+        },  # fmt: skip
+        "records": [_krec("cf", 0.8, s, 0.7, 0.97, [0.8, 0.8]) for s in (0, 1, 2)],
+    }
+    recs, prov = merge_records(own, "lenet5", "mnist", [("old.json", old)])
+    assert sorted(r["seed"] for r in recs) == [0, 1, 2]
+    (s2,) = [r for r in recs if r["seed"] == 2]
+    assert s2["acc_ideal"] == 0.98  # this run's own arm wins over the merged one
+    assert prov == [{"from": "old.json", "command": old["header"]["command"], "records": 2,
+                     "wall_time_s": 5.0, "compute_s": 9.0}]  # fmt: skip
+    rows = build_rows(recs, "lenet5", "mnist")
+    assert {len(r["seeds"]) for r in rows} == {3}
+    with pytest.raises(ConfigError, match="vgg-small on mnist"):
+        merge_records(own, "lenet5", "mnist", [("v.json", {**old, "model": "vgg-small"})])
+    with pytest.raises(ConfigError, match="in both"):
+        merge_records([], "lenet5", "mnist", [("a.json", old), ("b.json", old)])
 
 
 def test_overrides_make_a_variant_axis_on_the_same_dense_model(tmp_path):

@@ -205,7 +205,9 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     if a.set:
         data = apply_overrides(data, a.set)
     command = "xbarprune bench " + " ".join(shlex.quote(x) for x in sys.argv[2:])
-    run_bench(data, out=a.out, quick=a.quick, executor=a.executor, command=command)
+    run_bench(
+        data, out=a.out, quick=a.quick, executor=a.executor, command=command, merge=a.merge or ()
+    )
     return 0
 
 
@@ -347,6 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="the config's quick: overrides")
     b.add_argument("--executor", choices=["local", "ray"], default="local")
     b.add_argument("--set", action="append", metavar="KEY=VALUE")
+    b.add_argument(
+        "--merge",
+        action="append",
+        metavar="SUMMARY",
+        help="an earlier summary.json of the same bench whose records of arms this run does "
+        "not plan join the summary (a bench spread over sessions; the header says which)",
+    )
     b.set_defaults(fn=_cmd_bench)
     _add_export_parser(sub)
     return p

@@ -726,6 +726,11 @@ def to_markdown(summary: dict) -> str:
         f"Command: `{h['command']}`  ",
         f"Wall time: {h['wall_time_s']} s; compute of all arms: {h['compute_s']:.0f} s; "
         f"machine: {h['machine']}",
+        *[
+            f"Merged: {m['records']} record(s) of `{m['command']}` ({m['from']}; wall time "
+            f"{m['wall_time_s']} s, compute {m['compute_s']:.0f} s)  "
+            for m in h.get("merged", [])
+        ],
         "",
         f"Seeds per figure: {', '.join(map(str, nseeds))} "
         f"({'single-seed numbers: no confidence interval' if nseeds == [1] else 'mean ± 95 % CI over seeds (Student t), Monte Carlo trials nested per seed'}). "  # noqa: E501
@@ -926,9 +931,12 @@ def run_bench(
     executor: str = "local",
     command: str = "xbarprune bench",
     log: Callable[[str], None] = print,
+    merge: Sequence[str | Path] = (),
 ) -> dict:
     """Plan, validate, execute and summarise a bench; returns the summary (also written to
-    ``<out>/summary.json``, ``summary.md``, ``pareto.png`` and ``report.html``)."""
+    ``<out>/summary.json``, ``summary.md``, ``pareto.png`` and ``report.html``). ``merge``:
+    earlier summaries whose records of arms this run does not plan join the summary
+    (:func:`merge_records`; the header says which)."""
     import platform
 
     import torch
@@ -944,22 +952,29 @@ def run_bench(
     from xbarprune.experiment.config import load_config
 
     base = load_config(arms[0].config)
+    own_compute = sum(r["compute_s"] for r in records)
+    merged: list[dict] = []
+    if merge:
+        others = [(str(p), _load_summary(p)) for p in merge]
+        records, merged = merge_records(records, base.model.name, base.data.name, others)
+        log(f"merged {sum(m['records'] for m in merged)} record(s) from {len(merged)} summary")
     rows = build_rows(records, base.model.name, base.data.name)
     mrows = matched(rows, cfg.match_savings)
     summary = {
         "header": {
             "command": command,
             "wall_time_s": round(time.perf_counter() - t0, 1),
-            "compute_s": sum(r["compute_s"] for r in records),
+            "compute_s": own_compute,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
             f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
             "executor": executor,
             "quick": quick,
+            "merged": merged,
         },
         "model": base.model.name,
         "dataset": base.data.name,
         "presets": list(cfg.presets),
-        "seeds": list(cfg.seeds),
+        "seeds": sorted({int(r["seed"]) for r in records}),
         "rank_at": cfg.rank_at,
         "selection_split": "val",
         "rows": rows,
@@ -976,6 +991,58 @@ def run_bench(
     write_bench_html(summary, outdir / "report.html")
     log(f"written {outdir / 'summary.json'}, summary.md, pareto.png")
     return summary
+
+
+def merge_records(
+    records: Sequence[dict], model: str, dataset: str, others: Sequence[tuple[str, dict]]
+) -> tuple[list[dict], list[dict]]:
+    """``records`` plus the records of earlier summaries (``(path, summary)``) that this
+    run did not produce (by arm key: method, budget, seed): a bench spread over sessions
+    whose arm cache is gone (e.g. seeds 0-1 one day, seed 2 another). Returns the records
+    and one provenance entry per summary (path, its command, records taken, wall and
+    compute time). A summary of another model or dataset is an error; so is a record key
+    produced by two merged summaries (which one would count?)."""
+    have = {r["key"] for r in records}
+    out, prov = list(records), []
+    taken: dict[str, str] = {}
+    for path, other in others:
+        if (other.get("model"), other.get("dataset")) != (model, dataset):
+            raise ConfigError(
+                f"--merge {path}: a bench of {other.get('model')} on {other.get('dataset')}, "
+                f"this one is {model} on {dataset}"
+            )
+        n = 0
+        for r in other.get("records", []):
+            if r["key"] in have:
+                continue  # this run's own arm wins
+            if r["key"] in taken:
+                raise ConfigError(
+                    f"--merge: arm {r['key']} is in both {taken[r['key']]} and {path}"
+                )
+            taken[r["key"]] = path
+            out.append(r)
+            n += 1
+        h = other.get("header", {})
+        prov.append(
+            {
+                "from": path,
+                "command": h.get("command"),
+                "records": n,
+                "wall_time_s": h.get("wall_time_s"),
+                "compute_s": h.get("compute_s"),
+            }
+        )
+    return out, prov
+
+
+def _load_summary(path: str | Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--merge {path}: not a readable summary.json ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise ConfigError(f"--merge {path}: a bench summary.json has a 'records' list")
+    return data
 
 
 def load_bench_file(path: str | Path) -> dict:
