@@ -25,6 +25,8 @@ step() { echo "=== $1 ($(date +%T))"; }
   OMP_NUM_THREADS=2 timeout 120 $py benchmarks/analog_inference.py --device cpu --threads 2 \
     --model vgg-small --image-size 32 --in-channels 3 --batch 500 --rows 64 --cols 64 \
     --repeat 3 --no-mem --trials 2 --json 2>&1 | tail -1
+  step "HWA training step through aihwkit-default, small VGG b128, GPU"
+  timeout 90 $py benchmarks/hwa_training.py --device cuda --repeat 5 --json 2>&1 | tail -14
   step "quick-start pipeline on CUDA"
   timeout 120 $py -m xbarprune.cli run examples/quickstart.yaml --out /tmp/qs_cuda \
     --set runtime.device=cuda --set evaluate.trials=3 2>&1 | tail -4
