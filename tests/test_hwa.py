@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -156,3 +159,84 @@ def test_pipeline_finetune_hwa(tmp_path):
     bad.stage_compress()  # compression's own retraining runs without HWA
     with pytest.raises(ConfigError, match="classifier.fc9.*not mapped"):
         bad.stage_finetune()
+
+
+def test_select_weight_noise_config_errors():
+    with pytest.raises(SpecError, match="needs hwa.preset"):
+        HWAConfig(select_weight_noise=(0.01, 0.02), io=IOConfig())
+    with pytest.raises(SpecError, match="give one"):
+        HWAConfig(preset="pcm", weight_noise=0.03, select_weight_noise=(0.01, 0.02))
+    with pytest.raises(SpecError, match=">= 2 candidates"):
+        HWAConfig(preset="pcm", select_weight_noise=(0.01,))
+    with pytest.raises(SpecError, match=r"select_weight_noise\[1\]"):
+        HWAConfig(preset="pcm", select_weight_noise=(0.01, -0.02))
+    with pytest.raises(SpecError, match="select_trials"):
+        HWAConfig(preset="pcm", select_weight_noise=(0.01, 0.02), select_trials=0)
+    with pytest.raises(SpecError):
+        HWAConfig(preset="pcm", select_weight_noise=(0.01, 0.02), select_time="yesterday")
+
+
+def test_noise_chosen_on_validation_equals_a_run_with_that_noise(tmp_path):
+    """``finetune.hwa.select_weight_noise``: the chosen candidate is the argmax of the
+    recorded validation accuracies, and the selected model is bitwise the model a plain run
+    with ``weight_noise`` = the chosen value fine-tunes (same start, seed and draws); the
+    test split is not read (its labels replaced by random ones change nothing)."""
+    from xbarprune.experiment.config import load_config
+    from xbarprune.experiment.pipeline import Run
+    from xbarprune.io import load_checkpoint
+
+    cfg = {
+        "name": "tiny-hwa-select",
+        "seed": 2,
+        "model": {"name": "lenet5"},
+        "data": {
+            "name": "mnist-embedded",
+            "train_subset": 300,
+            "test_subset": 100,
+            "val_size": 0.2,
+            "batch_size_eval": 100,
+        },  # fmt: skip
+        "train": {"epochs": 1, "batch_size": 50, "progress": False},
+        "method": {"name": "magnitude", "params": {"sparsity": 0.6}},
+        "finetune": {
+            "epochs": 1,
+            "batch_size": 50,
+            "progress": False,
+            "hwa": {"preset": "pcm", "select_weight_noise": [0.0, 0.3], "select_trials": 2},
+        },
+        "crossbar": {"rows": 32, "cols": 32},
+        "nonideal": "pcm",
+        "evaluate": {"times": ["1y"], "trials": 1, "seed": 1},
+        "runtime": {"device": "cpu", "threads": 1},
+    }
+    run = Run(load_config(cfg), tmp_path / "sel")
+    for stage in ("train", "compress", "finetune"):
+        getattr(run, f"stage_{stage}")()
+    sel = json.loads((run.stages / "hwa_selection.json").read_text())
+    assert sel["split"] == "val" and sel["candidates"] == [0.0, 0.3]
+    assert len(sel["val_acc"]) == 2 and all(0 <= a <= 1 for a in sel["val_acc"])
+    assert sel["chosen"] == sel["candidates"][sel["val_acc"].index(max(sel["val_acc"]))]
+    chosen = load_checkpoint(run._path("finetune"))["model"]
+
+    one = json.loads(json.dumps(cfg))
+    one["finetune"]["hwa"] = {"preset": "pcm", "weight_noise": sel["chosen"]}
+    plain = Run(load_config(one), tmp_path / "one")
+    for stage in ("train", "compress", "finetune"):
+        getattr(plain, f"stage_{stage}")()
+    ref = load_checkpoint(plain._path("finetune"))["model"]
+    assert chosen.keys() == ref.keys()
+    assert all(torch.equal(chosen[k], ref[k]) for k in ref)
+
+    # the selection never reads the test split: random test labels, the same choice
+    other = Run(load_config(cfg), tmp_path / "rnd")
+    test = other.splits.test
+    g = torch.Generator().manual_seed(9)
+    rnd = TensorDataset(
+        torch.stack([test[i][0] for i in range(len(test))]),
+        torch.randint(0, 10, (len(test),), generator=g),
+    )
+    other._splits = dataclasses.replace(other.splits, test=rnd)
+    for stage in ("train", "compress", "finetune"):
+        getattr(other, f"stage_{stage}")()
+    sel2 = json.loads((other.stages / "hwa_selection.json").read_text())
+    assert sel2 == sel

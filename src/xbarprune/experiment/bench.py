@@ -354,6 +354,9 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
         },
         "wall_s": time.perf_counter() - t0,
     }
+    sel = run.stages / "hwa_selection.json"
+    if sel.exists():  # finetune.hwa.select_weight_noise: the choice made on validation
+        record["hwa_selection"] = json.loads(sel.read_text())
     return record
 
 
@@ -710,6 +713,34 @@ def hwa_markdown(effects: Sequence[dict], with_model: bool = False) -> list[str]
 
 
 # ---------------------------------------------------------------------------- output
+def selection_markdown(records: Sequence[dict]) -> list[str]:
+    """The HWA weight noise each arm chose on the validation split
+    (``finetune.hwa.select_weight_noise``), with every candidate's validation accuracy."""
+    sel = [r for r in records if r.get("hwa_selection")]
+    if not sel:
+        return []
+    s0 = sel[0]["hwa_selection"]
+    lines = [
+        "",
+        "## HWA weight noise chosen on the validation split",
+        "",
+        f"Each candidate fine-tuned from the same model and seed, measured under "
+        f"{s0['preset']} at {s0['time']} on the validation images with {s0['trials']} chips "
+        "(chip seeds disjoint from the final measurement's); the test split was not read.",
+        "",
+        "| method | budget | seed | validation accuracy per candidate (%) | chosen |",
+        "|---|---|---|---|---|",
+    ]
+    for r in sorted(sel, key=lambda r: (r["method"], str(r["budget"]), r["seed"])):
+        h = r["hwa_selection"]
+        cands = ", ".join(
+            f"{c:g}: {100 * a:.2f}" for c, a in zip(h["candidates"], h["val_acc"], strict=True)
+        )
+        b = r["budget"] if r["budget"] is not None else "–"
+        lines.append(f"| {r['method']} | {b} | {r['seed']} | {cands} | {h['chosen']:g} |")
+    return lines
+
+
 def _pct(x: float | None, ci: float | None = None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
@@ -776,6 +807,7 @@ def to_markdown(summary: dict) -> str:
             f"{r['trials_per_seed']} | {r['compute_s']:.0f} |"
         )
     lines += hwa_markdown(summary.get("hwa", []))
+    lines += selection_markdown(summary.get("records", []))
     lines += ["", "![Pareto](pareto.png)", ""]
     return "\n".join(lines)
 

@@ -428,7 +428,9 @@ class Run:
         hwa = self.cfg.finetune.hwa  # hardware-aware fine-tuning (training/hwa.py)
         if hwa is not None:
             check_unmapped(hwa, {layer["name"] for layer in ck["layout"]["layers"]})
-        if (len(masks) or hwa is not None) and self.cfg.finetune.epochs > 0:
+        if hwa is not None and hwa.select_weight_noise and self.cfg.finetune.epochs > 0:
+            hist = self._finetune_select_noise(model, masks, ck)
+        elif (len(masks) or hwa is not None) and self.cfg.finetune.epochs > 0:
             h = train(
                 model,
                 self.splits.train,
@@ -454,6 +456,86 @@ class Run:
                 **({"architecture": ck["architecture"]} if ck.get("architecture") else {}),
             },
         )
+
+    def _finetune_select_noise(self, model: nn.Module, masks: MaskSet, ck: dict) -> list:
+        """Hardware-aware fine-tuning with the weight noise chosen on the validation split
+        (``finetune.hwa.select_weight_noise``, training/hwa.py): one fine-tune per candidate
+        from the same model and seed (each resumable from its own checkpoint), each measured
+        under ``hwa.preset`` at ``hwa.select_time`` on the validation images with
+        ``select_trials`` chips whose seeds (``evaluate.seed + 10007``) are disjoint from the
+        final measurement's; ``model`` ends as the best candidate's. Writes
+        ``stages/hwa_selection.json``. Returns the chosen candidate's training history."""
+        from xbarprune.hardware.nonideal.model import preset
+        from xbarprune.units import parse_time
+
+        hwa = self.cfg.finetune.hwa
+        assert hwa is not None and hwa.preset is not None  # HWAConfig checks it
+        val = self._val()
+        if val is None:
+            raise ConfigError(
+                "finetune.hwa.select_weight_noise needs a validation split; set data.val_size > 0"
+            )
+        layout = CrossbarLayout.from_dict(ck["layout"])
+        ni = NonIdealityModel.from_config(preset(hwa.preset))
+        t = parse_time(hwa.select_time)
+        loader = DataLoader(val, batch_size=self.cfg.data.batch_size_eval)
+        calib = self.calibration_images()
+        clip = mapping_clip(ck.get("info") or {}, layout)
+        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        accs: list[float] = []
+        best: tuple[float, dict, list] | None = None
+        for i, c in enumerate(hwa.select_weight_noise):
+            model.load_state_dict(start)
+            one = dataclasses.replace(hwa, weight_noise=c, select_weight_noise=())
+            h = train(
+                model,
+                self.splits.train,
+                dataclasses.replace(self.cfg.finetune, hwa=one),
+                device=self.device,
+                val_data=val,
+                masks=masks,
+                checkpoint=self.stages / f"finetune_ckpt_{i}.pt",
+                seed=self.cfg.seed + 1,
+                desc=f"finetune hwa {c:g}",
+                log=self.log,
+            )
+            acc = evaluate(
+                model,
+                loader,
+                layout,
+                self.cfg.device,
+                ni,
+                trials=hwa.select_trials,
+                seed=self.cfg.evaluate.seed + 10007,
+                times=[t],
+                device=self.device,
+                weight_clip=clip,
+                calibration=calib,
+            )[0].mean
+            accs.append(acc)
+            self.log(f"  hwa weight_noise {c:g}: validation {hwa.preset} @ {hwa.select_time} "
+                     f"{acc:.4f}")  # fmt: skip
+            if best is None or acc > best[0]:
+                best = (acc, {k: v.detach().clone() for k, v in model.state_dict().items()},
+                        h.epochs)  # fmt: skip
+        assert best is not None  # >= 2 candidates
+        model.load_state_dict(best[1])
+        chosen = hwa.select_weight_noise[accs.index(best[0])]
+        atomic_write_json(
+            self.stages / "hwa_selection.json",
+            {
+                "split": "val",
+                "preset": hwa.preset,
+                "time": hwa.select_time,
+                "trials": hwa.select_trials,
+                "chip_seed": self.cfg.evaluate.seed + 10007,
+                "candidates": list(hwa.select_weight_noise),
+                "val_acc": accs,
+                "chosen": chosen,
+            },
+        )
+        self.log(f"  hwa weight_noise chosen on validation: {chosen:g}")
+        return best[2]
 
     def models(self) -> tuple[nn.Module, nn.Module, CrossbarLayout, CrossbarLayout, dict]:
         dense, _ = self._load_model("train")

@@ -50,6 +50,7 @@ from xbarprune.errors import ConfigError, SpecError, check_range
 from xbarprune.hardware.nonideal.io import IOConfig, io_mvm, manage_input
 from xbarprune.hardware.nonideal.model import NonIdealityConfig, preset
 from xbarprune.hardware.nonideal.pcm import pcm_prog_sigma
+from xbarprune.units import parse_time
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,50 @@ class HWAConfig:
             gives the weight noise, and whose ``io`` (if any) the forward's periphery.
         io: the peripheral I/O model to train through (overrides the preset's).
         layers: the layers to perturb (default: every Conv2d/Linear).
+        select_weight_noise: candidate ``weight_noise`` values (>= 2) chosen among on the
+            validation split: the fine-tune runs once per candidate from the same model and
+            seed, each result is measured under ``preset`` at ``select_time`` with
+            ``select_trials`` Monte Carlo chips (chip seeds disjoint from the final
+            measurement's), and the best mean validation accuracy is kept (ties: the first
+            candidate). Needs ``preset`` and excludes ``weight_noise``. The test split is
+            never read (issue #17: "a noise level chosen on validation").
+        select_time: the evaluation time of the selection (e.g. ``1y``).
+        select_trials: Monte Carlo chips per candidate (>= 1).
     """
 
     weight_noise: float = 0.0
     preset: str | None = None
     io: IOConfig | None = None
     layers: tuple[str, ...] = ()
+    select_weight_noise: tuple[float, ...] = ()
+    select_time: str = "1y"
+    select_trials: int = 3
 
     def __post_init__(self) -> None:
         check_range("hwa.weight_noise", self.weight_noise, low=0.0)
+        if self.select_weight_noise:
+            for i, c in enumerate(self.select_weight_noise):
+                check_range(f"hwa.select_weight_noise[{i}]", c, low=0.0)
+            if len(self.select_weight_noise) < 2:
+                raise SpecError(
+                    "hwa.select_weight_noise: give >= 2 candidates (one value is hwa.weight_noise)"
+                )
+            if self.weight_noise > 0:
+                raise SpecError(
+                    "hwa.weight_noise and hwa.select_weight_noise: give one (the selection "
+                    "sets weight_noise)"
+                )
+            if self.preset is None:
+                raise SpecError(
+                    "hwa.select_weight_noise needs hwa.preset: the non-ideality the "
+                    "candidates are measured under on the validation split"
+                )
+            parse_time(self.select_time)  # raises naming the value and the units
+            if isinstance(self.select_trials, bool) or not isinstance(self.select_trials, int) \
+                    or self.select_trials < 1:  # fmt: skip
+                raise SpecError(
+                    f"hwa.select_trials = {self.select_trials!r}; allowed: an integer >= 1"
+                )
         if self.preset is not None:
             cfg = preset(self.preset)  # unknown names raise, listing the known ones
             if cfg.pcm is None and cfg.variation is None:
