@@ -38,11 +38,16 @@ def assemble(root: Path) -> dict:
         s = json.loads(p.read_text())
         h = s["header"]
         header.append({"summary": str(p), "command": h["command"], "wall_time_s": h["wall_time_s"],
-                       "compute_s": round(h["compute_s"], 1), "machine": h["machine"]})  # fmt: skip
+                       "compute_s": round(h["compute_s"], 1), "machine": h["machine"],
+                       "merged": h.get("merged", [])})  # fmt: skip
+        # a second study of the same model (e.g. lenet5-select: noise chosen on validation)
+        # is labelled by its folder
+        label = s["model"] if p.parent.name == s["model"] else f"{s['model']} ({p.parent.name})"
         for r in s["rows"]:
-            rows.append({**r, "label": r["method"], "method": r["method_name"]})
+            rows.append({**r, "label": r["method"], "method": r["method_name"],
+                         "study": label})  # fmt: skip
         for e in s.get("hwa", []):
-            effects.append({"model": s["model"], "dataset": s["dataset"], **e})
+            effects.append({"model": label, "dataset": s["dataset"], **e})
         keys = {(r["nonideal"], r["time"]) for r in s["rows"]}
         for preset, t in sorted(keys):
             sel = [r for r in s["rows"] if (r["nonideal"], r["time"]) == (preset, t)
@@ -52,7 +57,7 @@ def assemble(root: Path) -> dict:
                 rs = sorted((r for r in sel if r["hwa"] is flag),
                             key=lambda r: -r["acc_nonideal_mean"])  # fmt: skip
                 order[flag] = [r["method_name"] for r in rs]
-            ranks.append({"model": s["model"], "nonideal": preset, "time": t,
+            ranks.append({"model": label, "nonideal": preset, "time": t,
                           "order_plain": order[False], "order_hwa": order[True],
                           "kept": order[False] == order[True]})  # fmt: skip
     return {"header": header, "rows": rows, "effects": effects, "ranking": ranks,
@@ -65,6 +70,11 @@ def markdown(summary: dict) -> str:
         lines.append(f"- `{h['command']}` → {h['summary']}: wall time of the last invocation "
                      f"{h['wall_time_s']} s, arm compute {h['compute_s']} s "
                      f"({h['machine']})")  # fmt: skip
+        for m in h.get("merged", []):
+            lines.append(
+                f"  - merged with {m['records']} record(s) of `{m['command']}` (wall "
+                f"time {m['wall_time_s']} s, arm compute {m['compute_s']:.1f} s)"
+            )
     lines += hwa_markdown(summary["effects"], with_model=True)
     lines += ["", "## Do the compression methods keep their ranking after HWA?", "",
               "| model | non-ideality | time | without HWA (best first) | with HWA | kept |",
@@ -76,7 +86,7 @@ def markdown(summary: dict) -> str:
     lines += ["", "## Every arm", "", "| model | method | HWA | ideal (%) | non-ideality | time | "
               "non-ideal (%) | seeds |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in summary["rows"]:
-        lines.append(f"| {r['model']} | {r['method']} | {'yes' if r['hwa'] else 'no'} | "
+        lines.append(f"| {r['study']} | {r['method']} | {'yes' if r['hwa'] else 'no'} | "
                      f"{_pp(r['acc_ideal_mean'], r['acc_ideal_ci95'])} | {r['nonideal']} | "
                      f"{r['time']} | {_pp(r['acc_nonideal_mean'], r['acc_nonideal_ci95'])} | "
                      f"{len(r['seeds'])} |")  # fmt: skip
