@@ -418,7 +418,7 @@ class _IOMVM(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, s: Tensor, cfg: IOConfig, gen, dim: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, w: Tensor, s: Tensor, cfg: IOConfig, gen, dim: int) -> Tensor:
         keep: dict[str, Tensor] = {}
         y, r = _managed(x.detach(), s, w.detach(), cfg, gen, dim, _pass_fast, keep)
         sr = s if r is None else s * r
@@ -431,7 +431,7 @@ class _IOMVM(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:
         saved, w, sr, over = ctx.saved_tensors
         cfg: IOConfig = ctx.cfg
         dim: int = ctx.dim
