@@ -371,3 +371,74 @@ def test_quick_bench_of_every_method(tmp_path):
         assert (out / f).stat().st_size > 500, f
     assert "single-seed" in (out / "summary.md").read_text()
     assert load_bench_file(ROOT / "examples" / "bench_lenet5.yaml")["kind"] == "bench"
+
+
+# ---------------------------------------------------------------- a bench's own non-idealities
+def test_bench_nonideal_definitions_are_validated_and_named_in_arms(tmp_path):
+    base = {"methods": [{"name": "none"}], "seeds": [0]}
+    cfg = load_bench({**base, "presets": ["paper", "pcm"],
+                      "nonideal": {"paper": {"quantization": {"levels": 16}}}})  # fmt: skip
+    (arm,) = plan_arms(cfg, tmp_path)
+    assert arm.config["nonideal"] == {"quantization": {"levels": 16}}  # the first preset
+    assert arm.definitions == {"paper": {"quantization": {"levels": 16}}, "pcm": "pcm"}
+    assert load_config(arm.config).nonideal_config().quantization.levels == 16
+    for bad, key in [
+        ({"presets": ["pcm"], "nonideal": {"pcm": {}}}, r"nonideal\.pcm: shadows"),
+        ({"presets": ["mine"]}, r"presets: 'mine' is neither"),
+        ({"presets": ["p"], "nonideal": {"p": {"quantization": {"levels": 1}}}},
+         r"nonideal\.p: quantization\.levels"),
+        ({"presets": ["p"], "nonideal": {"p": {"bogus": 1}}}, r"nonideal\.p: unknown"),
+        ({"presets": ["pcm"], "nonideal": {"q": {}}}, r"nonideal: \['q'\] defined but not"),
+        ({"presets": ["pcm", "pcm"]}, r"presets: .* repeats"),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError, match=key):
+            load_bench({**base, **bad})
+
+
+def test_a_bench_defined_preset_equal_to_a_builtin_gives_its_numbers(mini):
+    """The pcm preset written out as a bench-defined effect mapping under another name gives
+    the same per-trial accuracies as the built-in name (two code paths, same draws); the
+    cache keeps the definition, so a changed mapping is simulated again."""
+    from xbarprune.config import to_dict
+    from xbarprune.experiment.bench import _cached_simulation
+    from xbarprune.hardware.nonideal.model import preset
+
+    out, summary = mini
+    arm = next(a for a in plan_arms(load_bench(MINI), out) if a.budget == 0.7)
+    run = Run(load_config(arm.config), arm.dir, log=lambda s: None)
+    rec = next(r for r in summary["records"] if r["key"] == arm.key)
+    mine = to_dict(preset("pcm"))
+    res, secs = _cached_simulation(run, "mypcm", mine)
+    got = {r["time_s"]: r["per_trial"] for r in res["compressed"]["nonideal"]}
+    assert list(got.values()) == [rec["nonideal"]["pcm"]["1d"]]
+    assert secs > 0
+    again, secs2 = _cached_simulation(run, "mypcm", mine)
+    assert again == res and secs2 == secs  # read back from the cache
+    mine["faults"] = {"sa0": 0.9, "sa1": 0.0}
+    changed, _ = _cached_simulation(run, "mypcm", mine)
+    cached = json.loads((Path(arm.dir) / "bench_sim" / "mypcm.json").read_text())
+    assert cached["record"]["nonideal"]["faults"]["sa0"] == 0.9
+    assert changed["compressed"]["nonideal"] != res["compressed"]["nonideal"]
+
+
+def test_method_metrics_are_averaged_over_seeds_by_hand():
+    from xbarprune.experiment.bench import _method_metrics, metrics_markdown
+
+    rep = {"method": {"info": {"compression": {"compression_conv": 100, "weights": 7,
+                                               "flag": True, "note": "x"}}}}  # fmt: skip
+    assert _method_metrics(rep) == {"compression_conv": 100.0, "weights": 7.0}
+    assert _method_metrics({"method": {"info": {}}}) == {}
+    recs = []
+    for seed, conv in enumerate([100.0, 110.0, 120.0]):
+        r = _rec("admm", None, seed, 0.5, 0.98, [0.9])
+        r["method_metrics"] = {"compression_conv": conv}
+        recs.append(r)
+    (row,) = build_rows(recs, "m", "d")
+    m = row["method_metrics"]["compression_conv"]
+    assert m["mean"] == pytest.approx(110.0)
+    assert m["ci95"] == pytest.approx(4.302653 * 10.0 / math.sqrt(3), rel=1e-6)
+    text = "\n".join(metrics_markdown([row]))
+    assert "| admm | – | 110 ± 24.8 | 98.00 ± 0.00 | 3 |" in text
+    recs[0].pop("method_metrics")  # a seed without the metric: not reported
+    (row,) = build_rows(recs, "m", "d")
+    assert "method_metrics" not in row and metrics_markdown([row]) == []

@@ -96,6 +96,9 @@ class BenchConfig:
     base: dict[str, Any] = field(default_factory=dict)
     methods: tuple[MethodSpec, ...] = ()
     presets: tuple[str, ...] = ("pcm", "reram")
+    #: named non-idealities that ``presets`` may list besides the built-in presets: name ->
+    #: a ``nonideal`` effect mapping (as in an experiment config), e.g. a paper's own device
+    nonideal: dict[str, dict[str, Any]] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0, 1, 2)
     match_savings: tuple[float, ...] = (0.5, 0.7, 0.85)
     rank_at: float = 0.7
@@ -111,6 +114,9 @@ class BenchConfig:
             raise ConfigError(f"seeds: {list(self.seeds)} repeats a seed")
         if not self.presets:
             raise ConfigError("presets: a bench needs at least one non-ideality preset")
+        if len(set(self.presets)) != len(self.presets):
+            raise ConfigError(f"presets: {list(self.presets)} repeats a name")
+        self._check_nonideal()
         tags = [m.tag for m in self.methods]
         if len(set(tags)) != len(tags):
             raise ConfigError(f"methods: labels {tags} repeat; give each a distinct 'label'")
@@ -119,6 +125,38 @@ class BenchConfig:
                 raise ConfigError(f"match_savings / rank_at = {s}; allowed: (0, 1)")
         if self.workers < 1:
             raise ConfigError(f"workers = {self.workers}; allowed: an integer >= 1")
+
+    def _check_nonideal(self) -> None:
+        from xbarprune.hardware.nonideal.model import PRESETS, NonIdealityConfig
+
+        for name, spec in self.nonideal.items():
+            if name in PRESETS:
+                raise ConfigError(
+                    f"nonideal.{name}: shadows the built-in preset {name!r}; give it another name"
+                )
+            if not isinstance(spec, dict):
+                raise ConfigError(
+                    f"nonideal.{name}: expected a mapping of effects (quantization, variation, "
+                    f"...); got {type(spec).__name__}"
+                )
+            try:
+                from_dict(NonIdealityConfig, spec)
+            except XbarpruneError as exc:
+                raise ConfigError(f"nonideal.{name}: {exc}") from exc
+        for p in self.presets:
+            if p not in PRESETS and p not in self.nonideal:
+                raise ConfigError(
+                    f"presets: {p!r} is neither a built-in preset ({', '.join(sorted(PRESETS))}) "
+                    "nor a name defined under `nonideal:`"
+                )
+        unused = set(self.nonideal) - set(self.presets)
+        if unused:
+            raise ConfigError(f"nonideal: {sorted(unused)} defined but not listed in presets")
+
+    def definition(self, name: str) -> str | dict[str, Any]:
+        """What the experiment config's ``nonideal`` takes for the preset ``name``: the
+        built-in preset's name, or the bench's own effect mapping."""
+        return copy.deepcopy(self.nonideal[name]) if name in self.nonideal else name
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -187,6 +225,9 @@ class Arm:
     # a variant's plain partner (same method, budget and seed, no overrides), whose
     # compression this arm reuses when the compress inputs are equal
     partner_dir: str | None = None
+    #: preset name -> what ``Run.simulate(nonideal=...)`` takes (a built-in preset's name or
+    #: the bench's own effect mapping); a name missing here is a built-in preset
+    definitions: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -198,7 +239,7 @@ def plan_arms(cfg: BenchConfig, out: Path) -> list[Arm]:
     base = copy.deepcopy(cfg.base)
     base.pop("method", None)
     base.pop("seed", None)
-    base["nonideal"] = cfg.presets[0]
+    base["nonideal"] = cfg.definition(cfg.presets[0])
     base = _merge(base, {"evaluate": {"dense": False}})
     work = out / "work"
     arms: list[Arm] = []
@@ -228,7 +269,19 @@ def plan_arms(cfg: BenchConfig, out: Path) -> list[Arm]:
                               and b in (x.budgets or (None,))), None)  # fmt: skip
                     if p is not None:
                         plain = str(work / p.tag / _budget_name(b) / f"s{seed}")
-                arms.append(Arm(m.tag, b, seed, conf, str(d), tuple(cfg.presets), dense, plain))
+                arms.append(
+                    Arm(
+                        m.tag,
+                        b,
+                        seed,
+                        conf,
+                        str(d),
+                        tuple(cfg.presets),
+                        dense,
+                        plain,
+                        {p: cfg.definition(p) for p in cfg.presets},
+                    )
+                )
     return arms
 
 
@@ -326,7 +379,7 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
     sims: dict[str, Any] = {arm.presets[0]: json.loads((run.stages / "simulate.json").read_text())}
     extra_s = 0.0
     for p in arm.presets[1:]:
-        sims[p], secs = _cached_simulation(run, p)
+        sims[p], secs = _cached_simulation(run, p, arm.definitions.get(p, p))
         extra_s += secs
     # the arm's own compute, as recorded when each stage ran (a cached arm keeps its numbers);
     # the dense training is counted once, in the seed's dense arm
@@ -354,19 +407,37 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
         },
         "wall_s": time.perf_counter() - t0,
     }
+    metrics = _method_metrics(rep)
+    if metrics:
+        record["method_metrics"] = metrics
     sel = run.stages / "hwa_selection.json"
     if sel.exists():  # finetune.hwa.select_weight_noise: the choice made on validation
         record["hwa_selection"] = json.loads(sel.read_text())
     return record
 
 
-def _cached_simulation(run: Any, preset_name: str) -> tuple[dict, float]:
-    """``run.simulate(nonideal=preset)`` and its compute seconds, cached in
-    ``<arm>/bench_sim/<preset>.json`` with the record of its inputs (recomputed when they
-    change)."""
+def _method_metrics(rep: dict) -> dict[str, float]:
+    """The numeric compression figures a method reports in its own terms (``info
+    ["compression"]``, e.g. ADMM's conv / total weight compression of Ma et al. 2020, Table 1),
+    so a paper's metric can be averaged over seeds beside the bench's crossbar saving."""
+    info = (rep.get("method") or {}).get("info") or {}
+    comp = info.get("compression")
+    if not isinstance(comp, dict):
+        return {}
+    return {k: float(v) for k, v in comp.items() if isinstance(v, int | float)
+            and not isinstance(v, bool)}  # fmt: skip
+
+
+def _cached_simulation(
+    run: Any, preset_name: str, definition: str | dict[str, Any] | None = None
+) -> tuple[dict, float]:
+    """``run.simulate(nonideal=definition)`` (default: the built-in preset ``preset_name``)
+    and its compute seconds, cached in ``<arm>/bench_sim/<preset>.json`` with the record of
+    its inputs (recomputed when they change, a bench-defined effect mapping included)."""
+    definition = preset_name if definition is None else definition
     rec = dict(run.stage_inputs("simulate"))
     rec = {k: v for k, v in rec.items() if not k.startswith("nonideal")}
-    rec["nonideal"] = preset_name
+    rec["nonideal"] = definition
     path = run.dir / "bench_sim" / f"{preset_name}.json"
     if path.is_file():
         try:
@@ -376,7 +447,12 @@ def _cached_simulation(run: Any, preset_name: str) -> tuple[dict, float]:
         except (OSError, ValueError):
             pass
     t0 = time.perf_counter()
-    res = run.simulate(nonideal=preset_name)
+    if isinstance(definition, dict):
+        from xbarprune.hardware.nonideal.model import NonIdealityConfig
+
+        res = run.simulate(nonideal=from_dict(NonIdealityConfig, copy.deepcopy(definition)))
+    else:
+        res = run.simulate(nonideal=definition)
     secs = time.perf_counter() - t0
     atomic_write_json(path, {"record": rec, "result": res, "seconds": secs})
     return res, secs
@@ -488,6 +564,13 @@ def build_rows(records: Sequence[dict], model: str, dataset: str) -> list[dict]:
         saving = [r["crossbar_saving"] for r in recs]
         im, ici = mean_ci95(ideal)
         sm, sci = mean_ci95(saving)
+        # a method's own metrics (every seed has them, or none is reported)
+        mkeys = set.intersection(*(set(r.get("method_metrics") or {}) for r in recs))
+        metrics = {
+            k: dict(zip(("mean", "ci95"), mean_ci95([r["method_metrics"][k] for r in recs]),
+                        strict=True))
+            for k in sorted(mkeys)
+        }  # fmt: skip
         for preset in recs[0]["nonideal"]:
             for tlabel in recs[0]["nonideal"][preset]:
                 per_seed = [statistics.fmean(r["nonideal"][preset][tlabel]) for r in recs]
@@ -519,6 +602,7 @@ def build_rows(records: Sequence[dict], model: str, dataset: str) -> list[dict]:
                         "time_s": parse_time(tlabel),  # after programming
                         "compute_s": statistics.fmean(r["compute_s"] for r in recs),
                         "selection_split": "val",
+                        **({"method_metrics": metrics} if metrics else {}),
                     }
                 )
     return rows
@@ -741,6 +825,40 @@ def selection_markdown(records: Sequence[dict]) -> list[str]:
     return lines
 
 
+def metrics_markdown(rows: Sequence[dict]) -> list[str]:
+    """The methods' own metrics (:func:`_method_metrics`), one line per (method, budget)."""
+    seen: dict[tuple, dict] = {}
+    for r in rows:
+        if r.get("method_metrics"):
+            seen.setdefault((r["method"], r["budget"]), r)
+    if not seen:
+        return []
+    keys = sorted({k for r in seen.values() for k in r["method_metrics"]})
+    lines = [
+        "",
+        "## The methods' own metrics (mean ± 95 % CI over seeds)",
+        "",
+        "| method | budget | " + " | ".join(keys) + " | ideal (%) | seeds |",
+        "|---|---|" + "---|" * len(keys) + "---|---|",
+    ]
+    for (method, budget), r in seen.items():
+        cells = []
+        for k in keys:
+            m = r["method_metrics"].get(k)
+            if m is None:
+                cells.append("–")
+                continue
+            ci = f" ± {m['ci95']:.3g}" if m["ci95"] is not None else ""
+            cells.append(f"{m['mean']:.4g}{ci}")
+        b = budget if budget is not None else "–"
+        lines.append(
+            f"| {method} | {b} | "
+            + " | ".join(cells)
+            + f" | {_pct(r['acc_ideal_mean'], r['acc_ideal_ci95'])} | {len(r['seeds'])} |"
+        )
+    return lines
+
+
 def _pct(x: float | None, ci: float | None = None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
@@ -806,6 +924,7 @@ def to_markdown(summary: dict) -> str:
             f"{_pct(r['acc_nonideal_mean'], r['acc_nonideal_ci95'])} | {len(r['seeds'])} | "
             f"{r['trials_per_seed']} | {r['compute_s']:.0f} |"
         )
+    lines += metrics_markdown(rows)
     lines += hwa_markdown(summary.get("hwa", []))
     lines += selection_markdown(summary.get("records", []))
     lines += ["", "![Pareto](pareto.png)", ""]
@@ -1006,6 +1125,7 @@ def run_bench(
         "model": base.model.name,
         "dataset": base.data.name,
         "presets": list(cfg.presets),
+        "nonideal_definitions": copy.deepcopy(cfg.nonideal),
         "seeds": sorted({int(r["seed"]) for r in records}),
         "rank_at": cfg.rank_at,
         "selection_split": "val",
