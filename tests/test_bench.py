@@ -428,6 +428,10 @@ def test_method_metrics_are_averaged_over_seeds_by_hand():
                                                "flag": True, "note": "x"}}}}  # fmt: skip
     assert _method_metrics(rep) == {"compression_conv": 100.0, "weights": 7.0}
     assert _method_metrics({"method": {"info": {}}}) == {}
+    staged = {"dense": {"compression_conv": 1.0}, "admm+prm": {"compression_conv": 170.0}}
+    assert _method_metrics({"method": {"info": {"compression": staged}}}) == {
+        "compression_conv": 170.0  # the last stage: the final model
+    }
     recs = []
     for seed, conv in enumerate([100.0, 110.0, 120.0]):
         r = _rec("admm", None, seed, 0.5, 0.98, [0.9])

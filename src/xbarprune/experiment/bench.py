@@ -422,6 +422,8 @@ def _method_metrics(rep: dict) -> dict[str, float]:
     so a paper's metric can be averaged over seeds beside the bench's crossbar saving."""
     info = (rep.get("method") or {}).get("info") or {}
     comp = info.get("compression")
+    if isinstance(comp, dict) and comp and all(isinstance(v, dict) for v in comp.values()):
+        comp = list(comp.values())[-1]  # per stage (dense, admm, ..., final): the final model
     if not isinstance(comp, dict):
         return {}
     return {k: float(v) for k, v in comp.items() if isinstance(v, int | float)
