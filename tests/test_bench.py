@@ -446,3 +446,20 @@ def test_method_metrics_are_averaged_over_seeds_by_hand():
     recs[0].pop("method_metrics")  # a seed without the metric: not reported
     (row,) = build_rows(recs, "m", "d")
     assert "method_metrics" not in row and metrics_markdown([row]) == []
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")
+                   if yaml.safe_load(p.read_text()).get("kind") == "bench"),  # fmt: skip
+)
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_bench_example_plans_and_validates(name, quick, tmp_path):
+    from xbarprune.experiment.bench import validate_arms
+
+    cfg = load_bench(load_bench_file(ROOT / "examples" / name), quick=quick)
+    arms = plan_arms(cfg, tmp_path)
+    validate_arms(arms)
+    n = sum(len(m.budgets) or 1 for m in cfg.methods)
+    n += not any(m.name == "none" and not m.overrides for m in cfg.methods)  # dense arm added
+    assert len(arms) == n * len(cfg.seeds)
+    assert all(set(a.definitions) == set(cfg.presets) for a in arms)
