@@ -449,8 +449,12 @@ def test_method_metrics_are_averaged_over_seeds_by_hand():
 
 
 @pytest.mark.parametrize(
-    "name", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")
-                   if yaml.safe_load(p.read_text()).get("kind") == "bench"),  # fmt: skip
+    "name",
+    sorted(
+        p.name
+        for p in (ROOT / "examples").glob("*.yaml")
+        if yaml.safe_load(p.read_text()).get("kind") == "bench"
+    ),  # fmt: skip
 )
 @pytest.mark.parametrize("quick", [False, True])
 def test_every_bench_example_plans_and_validates(name, quick, tmp_path):
