@@ -467,3 +467,30 @@ def test_every_bench_example_plans_and_validates(name, quick, tmp_path):
     n += not any(m.name == "none" and not m.overrides for m in cfg.methods)  # dense arm added
     assert len(arms) == n * len(cfg.seeds)
     assert all(set(a.definitions) == set(cfg.presets) for a in arms)
+
+
+def test_paired_comparisons_by_hand():
+    from xbarprune.experiment.bench import paired_comparisons, pairs_markdown
+
+    recs = []
+    for seed, (ia, ib) in enumerate([(0.98, 0.97), (0.97, 0.97), (0.99, 0.97)]):
+        recs.append(_rec("a", None, seed, 0.8, ia, [0.9, 0.8]))
+        recs.append(_rec("b", None, seed, 0.8, ib, [0.8, 0.8 - 0.01 * seed]))
+    recs.append(_rec("a", 0.5, 0, 0.5, 0.9, [0.9]))  # no partner at budget 0.5: not compared
+    (c,) = paired_comparisons(recs, [("a", "b")])
+    assert (c["a"], c["b"], c["budget"], c["seeds"]) == ("a", "b", None, [0, 1, 2])
+    assert c["ideal_diff_per_seed"] == pytest.approx([0.01, 0.0, 0.02])
+    assert c["ideal_diff_mean"] == pytest.approx(0.01)
+    assert c["ideal_diff_ci95"] == pytest.approx(4.302653 * 0.01 / math.sqrt(3), rel=1e-6)
+    # per-seed trial means: a 0.85; b 0.8, 0.795, 0.79
+    assert c["nonideal_diff_per_seed"] == pytest.approx([0.05, 0.055, 0.06])
+    assert c["nonideal_diff_mean"] == pytest.approx(0.055)
+    assert "| a | b | – | 80.0 / 80.0 | pcm | 1y | +1.00 ± 2.48 | +5.50 ± 1.24 | 3 |" in "\n".join(
+        pairs_markdown([c])
+    )
+    assert paired_comparisons(recs, [("b", "a")])[0]["nonideal_diff_mean"] == pytest.approx(-0.055)
+    base = {"methods": [{"name": "cf", "label": "x"}], "seeds": [0]}
+    assert load_bench({**base, "pairs": [["x", "none"]]}).pairs == (("x", "none"),)
+    for bad, key in [([["x", "y"]], r"pairs\[0\]: 'y' is not"), ([["x", "x"]], r"two different")]:
+        with pytest.raises(ConfigError, match=key):
+            load_bench({**base, "pairs": bad})

@@ -104,6 +104,9 @@ class BenchConfig:
     rank_at: float = 0.7
     quick: dict[str, Any] = field(default_factory=dict)
     workers: int = 1
+    #: (a, b) method labels compared directly, paired by budget and seed (a - b), e.g. a
+    #: paper's method against its baseline at the same budget (:func:`paired_comparisons`)
+    pairs: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -125,6 +128,13 @@ class BenchConfig:
                 raise ConfigError(f"match_savings / rank_at = {s}; allowed: (0, 1)")
         if self.workers < 1:
             raise ConfigError(f"workers = {self.workers}; allowed: an integer >= 1")
+        tags = {m.tag for m in self.methods} | {"none"}
+        for i, pair in enumerate(self.pairs):
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ConfigError(f"pairs[{i}] = {list(pair)}; allowed: two different labels")
+            for t in pair:
+                if t not in tags:
+                    raise ConfigError(f"pairs[{i}]: {t!r} is not a method label ({sorted(tags)})")
 
     def _check_nonideal(self) -> None:
         from xbarprune.hardware.nonideal.model import PRESETS, NonIdealityConfig
@@ -767,6 +777,79 @@ def hwa_effects(records: Sequence[dict]) -> list[dict]:
     return out
 
 
+def paired_comparisons(records: Sequence[dict], pairs: Sequence[Sequence[str]]) -> list[dict]:
+    """Method ``a`` against method ``b`` (labels), paired by budget and seed: per (budget,
+    preset, time) the per-seed differences a - b of ideal accuracy and of non-ideal accuracy
+    (each seed's mean over its trials; trial i of both arms sees the same chip seed), their mean
+    and 95 % CI over the seeds both have. Budgets are matched by value (None with None)."""
+    by = {(r["method"], r["budget"], r["seed"]): r for r in records}
+    out = []
+    for a, b in pairs:
+        keys = sorted(
+            {(bud, seed) for (m, bud, seed) in by if m == a and (b, bud, seed) in by},
+            key=lambda k: (k[0] is not None, k[0] or 0.0, k[1]),
+        )
+        budgets = list(dict.fromkeys(k[0] for k in keys))
+        for bud in budgets:
+            seeds = [sd for (bb, sd) in keys if bb == bud]
+            ra, rb = [by[(a, bud, sd)] for sd in seeds], [by[(b, bud, sd)] for sd in seeds]
+            dideal = [x["acc_ideal"] - y["acc_ideal"] for x, y in zip(ra, rb, strict=True)]
+            im, ici = mean_ci95(dideal)
+            for preset in ra[0]["nonideal"]:
+                for tlabel in ra[0]["nonideal"][preset]:
+                    d = [
+                        statistics.fmean(x["nonideal"][preset][tlabel])
+                        - statistics.fmean(y["nonideal"][preset][tlabel])
+                        for x, y in zip(ra, rb, strict=True)
+                    ]
+                    m, ci = mean_ci95(d)
+                    out.append(
+                        {
+                            "a": a,
+                            "b": b,
+                            "budget": bud,
+                            "nonideal": preset,
+                            "time": tlabel,
+                            "seeds": seeds,
+                            "saving_a": statistics.fmean(x["crossbar_saving"] for x in ra),
+                            "saving_b": statistics.fmean(y["crossbar_saving"] for y in rb),
+                            "ideal_diff_mean": im,
+                            "ideal_diff_ci95": ici,
+                            "ideal_diff_per_seed": dideal,
+                            "nonideal_diff_mean": m,
+                            "nonideal_diff_ci95": ci,
+                            "nonideal_diff_per_seed": d,
+                        }
+                    )
+    return out
+
+
+def pairs_markdown(comparisons: Sequence[dict]) -> list[str]:
+    if not comparisons:
+        return []
+    lines = [
+        "",
+        "## Paired comparisons (a − b, same budget and seed; mean ± 95 % CI over seeds, pp)",
+        "",
+        "| a | b | budget | saving a / b (%) | non-ideality | time | Δ ideal | Δ non-ideal | "
+        "seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def pp(m: float, ci: float | None) -> str:
+        return f"{100 * m:+.2f}" + (f" ± {100 * ci:.2f}" if ci is not None else "")
+
+    for c in comparisons:
+        b = c["budget"] if c["budget"] is not None else "–"
+        lines.append(
+            f"| {c['a']} | {c['b']} | {b} | {100 * c['saving_a']:.1f} / "
+            f"{100 * c['saving_b']:.1f} | {c['nonideal']} | {c['time']} | "
+            f"{pp(c['ideal_diff_mean'], c['ideal_diff_ci95'])} | "
+            f"{pp(c['nonideal_diff_mean'], c['nonideal_diff_ci95'])} | {len(c['seeds'])} |"
+        )
+    return lines
+
+
 def hwa_markdown(effects: Sequence[dict], with_model: bool = False) -> list[str]:
     """The Markdown table of :func:`hwa_effects` (a ``model`` column first if asked)."""
     if not effects:
@@ -927,6 +1010,7 @@ def to_markdown(summary: dict) -> str:
             f"{r['trials_per_seed']} | {r['compute_s']:.0f} |"
         )
     lines += metrics_markdown(rows)
+    lines += pairs_markdown(summary.get("pairs", []))
     lines += hwa_markdown(summary.get("hwa", []))
     lines += selection_markdown(summary.get("records", []))
     lines += ["", "![Pareto](pareto.png)", ""]
@@ -1135,6 +1219,7 @@ def run_bench(
         "matched": mrows,
         "ranking": ranking(mrows, cfg.rank_at),
         "hwa": hwa_effects(records),
+        "pairs": paired_comparisons(records, cfg.pairs),
         "records": records,
     }
     del first
