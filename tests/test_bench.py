@@ -494,3 +494,33 @@ def test_paired_comparisons_by_hand():
     for bad, key in [([["x", "y"]], r"pairs\[0\]: 'y' is not"), ([["x", "x"]], r"two different")]:
         with pytest.raises(ConfigError, match=key):
             load_bench({**base, "pairs": bad})
+
+
+def test_a_failing_arm_is_reported_and_the_others_go_on(mini, monkeypatch, tmp_path):
+    """A method that fails on its own numbers (a diverging loss) is a result: its arm is listed
+    under `failed`, no row includes it, and every other arm is measured as before."""
+    from xbarprune.errors import CompressionError
+    from xbarprune.experiment import pipeline
+
+    out, summary = mini
+    real = pipeline.Run.run
+
+    def run(self):
+        if "/0.7/" in str(self.dir):
+            raise CompressionError("the training loss became inf in epoch 3")
+        return real(self)
+
+    monkeypatch.setattr(pipeline.Run, "run", run)
+    again = run_bench(copy.deepcopy(MINI), out=str(out), log=lambda s: None)
+    (f,) = again["failed"]
+    assert f["key"] == "group-magnitude/0.7/s0" and "loss became inf" in f["failed"]
+    assert {r["budget"] for r in again["rows"]} == {None, 0.4}
+    keep = [r for r in summary["rows"] if r["budget"] != 0.7]
+    assert [r["acc_nonideal_per_seed"] for r in again["rows"]] == [
+        r["acc_nonideal_per_seed"] for r in keep
+    ]
+    md = (out / "summary.md").read_text()
+    assert "## Failed arms" in md and "| group-magnitude/0.7/s0 | CompressionError:" in md
+    # a merged summary keeps its failed arms (not silently dropped)
+    recs, _ = merge_records([], "lenet5", "mnist-embedded", [("old", again)])
+    assert any(r.get("failed") for r in recs)

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from xbarprune.config import from_dict, load_yaml
-from xbarprune.errors import ConfigError, XbarpruneError
+from xbarprune.errors import CompressionError, ConfigError, TrainingError, XbarpruneError
 from xbarprune.io import atomic_write_json, atomic_write_text, ensure_dir
 from xbarprune.units import format_time, parse_time
 
@@ -385,7 +385,21 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
     _reuse_stages(arm)
     run = Run(cfg, arm.dir, log=log)
     t0 = time.perf_counter()
-    rep = run.run()
+    try:
+        rep = run.run()
+    except (CompressionError, TrainingError) as exc:
+        # the method or the training failed on its own numbers (e.g. a diverging loss): a
+        # result of this arm and seed, reported as such; the other arms go on
+        return {
+            "key": arm.key,
+            "method": arm.method,
+            "method_name": cfg.method.name,
+            "budget": arm.budget,
+            "seed": arm.seed,
+            "failed": f"{type(exc).__name__}: {exc}",
+            "compute_s": 0.0,
+            "wall_s": time.perf_counter() - t0,
+        }
     sims: dict[str, Any] = {arm.presets[0]: json.loads((run.stages / "simulate.json").read_text())}
     extra_s = 0.0
     for p in arm.presets[1:]:
@@ -910,6 +924,23 @@ def selection_markdown(records: Sequence[dict]) -> list[str]:
     return lines
 
 
+def failed_markdown(failed: Sequence[dict]) -> list[str]:
+    """Arms whose method or training failed on its own numbers: not in any row, so those rows
+    average over fewer seeds (their ``seeds`` column says which)."""
+    if not failed:
+        return []
+    lines = [
+        "",
+        "## Failed arms (not in any row: those rows have fewer seeds)",
+        "",
+        "| arm | error |",
+        "|---|---|",
+    ]
+    for r in failed:
+        lines.append(f"| {r['key']} | {str(r['failed']).replace('|', '/')} |")
+    return lines
+
+
 def metrics_markdown(rows: Sequence[dict]) -> list[str]:
     """The methods' own metrics (:func:`_method_metrics`), one line per (method, budget)."""
     seen: dict[tuple, dict] = {}
@@ -1009,6 +1040,7 @@ def to_markdown(summary: dict) -> str:
             f"{_pct(r['acc_nonideal_mean'], r['acc_nonideal_ci95'])} | {len(r['seeds'])} | "
             f"{r['trials_per_seed']} | {r['compute_s']:.0f} |"
         )
+    lines += failed_markdown(summary.get("failed", []))
     lines += metrics_markdown(rows)
     lines += pairs_markdown(summary.get("pairs", []))
     lines += hwa_markdown(summary.get("hwa", []))
@@ -1195,6 +1227,10 @@ def run_bench(
         others = [(str(p), _load_summary(p)) for p in merge]
         records, merged = merge_records(records, base.model.name, base.data.name, others)
         log(f"merged {sum(m['records'] for m in merged)} record(s) from {len(merged)} summary")
+    failed = [r for r in records if r.get("failed")]
+    records = [r for r in records if not r.get("failed")]
+    for r in failed:
+        log(f"  arm {r['key']} FAILED: {r['failed']}")
     rows = build_rows(records, base.model.name, base.data.name)
     mrows = matched(rows, cfg.match_savings)
     summary = {
@@ -1221,6 +1257,7 @@ def run_bench(
         "hwa": hwa_effects(records),
         "pairs": paired_comparisons(records, cfg.pairs),
         "records": records,
+        "failed": failed,
     }
     del first
     ensure_dir(outdir)
@@ -1251,7 +1288,7 @@ def merge_records(
                 f"this one is {model} on {dataset}"
             )
         n = 0
-        for r in other.get("records", []):
+        for r in [*other.get("records", []), *other.get("failed", [])]:
             if r["key"] in have:
                 continue  # this run's own arm wins
             if r["key"] in taken:

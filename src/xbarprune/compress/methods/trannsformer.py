@@ -486,7 +486,8 @@ def train_epochs(
             loss = _loss(model(x), y, p.loss)
             if not torch.isfinite(loss.detach()):
                 raise CompressionError(
-                    f"trannsformer: the training loss became {float(loss)} in epoch {epoch}; "
+                    f"trannsformer: the training loss became {float(loss.detach())} in epoch "
+                    f"{epoch}; "
                     f"lower method.params.lr (= {p.lr:g}) or use method.params.loss: ce"
                 )
             opt.zero_grad(set_to_none=True)
