@@ -524,3 +524,23 @@ def test_a_failing_arm_is_reported_and_the_others_go_on(mini, monkeypatch, tmp_p
     # a merged summary keeps its failed arms (not silently dropped)
     recs, _ = merge_records([], "lenet5", "mnist-embedded", [("old", again)])
     assert any(r.get("failed") for r in recs)
+
+
+def test_an_arm_alone_in_its_group_gets_the_pool_thread_count(monkeypatch, tmp_path):
+    """With workers, an arm run alone in this process (a group of one, e.g. the one arm left
+    on a resumed bench) gets the pool's thread count, so it computes exactly what the pool
+    would: float reductions depend on the thread count."""
+    from xbarprune.experiment import bench
+
+    seen = []
+    monkeypatch.setattr(bench, "run_arm", lambda a, threads=None: seen.append(threads) or {})
+    arms = plan_arms(load_bench({"methods": [{"name": "none"}], "seeds": [0]}), tmp_path)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        bench.execute(arms, workers=2, log=lambda s: None)
+        assert seen == [2] and torch.get_num_threads() == 4  # restored afterwards
+        bench.execute(arms, workers=1, log=lambda s: None)
+        assert seen == [2, None]  # one worker: the process's own threads
+    finally:
+        torch.set_num_threads(before)

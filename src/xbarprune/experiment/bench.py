@@ -501,24 +501,31 @@ def execute(
         return _execute_ray(groups, arms, log)
     if executor != "local":
         raise ConfigError(f"--executor = {executor!r}; allowed: local, ray")
+    import torch
+
     out: dict[str, dict] = {}
+    # every arm of a bench with workers runs with the same torch thread count, in the pool or
+    # alone in this process (a group of one arm), so a resumed bench computes an arm exactly
+    # as a fresh one: float reductions depend on the thread count
+    threads = max(1, torch.get_num_threads() // workers) if workers > 1 else None
     for group in groups:
         if workers > 1 and len(group) > 1:
             from concurrent.futures import ProcessPoolExecutor
 
-            import torch
-
-            threads = max(1, torch.get_num_threads() // workers)
             with ProcessPoolExecutor(workers) as pool:
                 futs = {a.key: pool.submit(run_arm, a, threads) for a in group}
                 for k, f in futs.items():
                     out[k] = f.result()
                     log(f"  arm {k} done")
         else:
-            for a in group:
-                t0 = time.perf_counter()
-                out[a.key] = run_arm(a)
-                log(f"  arm {a.key}: {time.perf_counter() - t0:.1f} s")
+            before = torch.get_num_threads()
+            try:
+                for a in group:
+                    t0 = time.perf_counter()
+                    out[a.key] = run_arm(a, threads)
+                    log(f"  arm {a.key}: {time.perf_counter() - t0:.1f} s")
+            finally:
+                torch.set_num_threads(before)
     return [out[a.key] for a in arms]
 
 
