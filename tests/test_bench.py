@@ -428,6 +428,8 @@ def test_method_metrics_are_averaged_over_seeds_by_hand():
                                                "flag": True, "note": "x"}}}}  # fmt: skip
     assert _method_metrics(rep) == {"compression_conv": 100.0, "weights": 7.0}
     assert _method_metrics({"method": {"info": {}}}) == {}
+    search = {"search": {"ratios": {"conv2": 0.7, "fc1": 0.75}, "stops": {"conv2": ["T_d"]}}}
+    assert _method_metrics({"method": {"info": search}}) == {"ratio:conv2": 0.7, "ratio:fc1": 0.75}
     staged = {"dense": {"compression_conv": 1.0}, "admm+prm": {"compression_conv": 170.0}}
     assert _method_metrics({"method": {"info": {"compression": staged}}}) == {
         "compression_conv": 170.0  # the last stage: the final model

@@ -441,17 +441,24 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
 
 
 def _method_metrics(rep: dict) -> dict[str, float]:
-    """The numeric compression figures a method reports in its own terms (``info
-    ["compression"]``, e.g. ADMM's conv / total weight compression of Ma et al. 2020, Table 1),
-    so a paper's metric can be averaged over seeds beside the bench's crossbar saving."""
+    """The numeric figures a method reports in its own terms, averaged over seeds beside the
+    bench's crossbar saving: ``info["compression"]`` (e.g. ADMM's conv / total weight
+    compression of Ma et al. 2020, Table 1; per stage: the final one) and the per-layer ratios
+    of a search, ``info["search"]["ratios"]``, as ``ratio:<layer>`` (Liang et al.)."""
     info = (rep.get("method") or {}).get("info") or {}
     comp = info.get("compression")
     if isinstance(comp, dict) and comp and all(isinstance(v, dict) for v in comp.values()):
         comp = list(comp.values())[-1]  # per stage (dense, admm, ..., final): the final model
-    if not isinstance(comp, dict):
-        return {}
-    return {k: float(v) for k, v in comp.items() if isinstance(v, int | float)
-            and not isinstance(v, bool)}  # fmt: skip
+    out: dict[str, float] = {}
+    if isinstance(comp, dict):
+        out.update({k: float(v) for k, v in comp.items() if isinstance(v, int | float)
+                    and not isinstance(v, bool)})  # fmt: skip
+    # a per-layer search's outcome (Liang et al. 2018 Sec. III-E: the ratio each layer ends at)
+    ratios = (info.get("search") or {}).get("ratios")
+    if isinstance(ratios, dict):
+        out.update({f"ratio:{k}": float(v) for k, v in ratios.items()
+                    if isinstance(v, int | float)})  # fmt: skip
+    return out
 
 
 def _cached_simulation(
