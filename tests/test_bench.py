@@ -546,3 +546,19 @@ def test_an_arm_alone_in_its_group_gets_the_pool_thread_count(monkeypatch, tmp_p
         assert seen == [2, None]  # one worker: the process's own threads
     finally:
         torch.set_num_threads(before)
+
+
+def test_report_html_lists_pairs_and_failed_arms(tmp_path):
+    from xbarprune.experiment.bench import paired_comparisons, write_bench_html
+
+    recs = [_rec(m, None, s, 0.8, 0.9, [0.8]) for m in ("a", "b") for s in (0, 1)]
+    rows = build_rows(recs, "m", "d")
+    summary = {
+        "header": {"command": "x", "wall_time_s": 1.0, "compute_s": 2.0},
+        "model": "m", "dataset": "d", "rank_at": 0.7, "ranking": [], "rows": rows,
+        "pairs": paired_comparisons(recs, [("a", "b")]),
+        "failed": [{"key": "c/default/s0", "failed": "CompressionError: loss inf"}],
+    }  # fmt: skip
+    html = write_bench_html(summary, tmp_path / "report.html").read_text()
+    assert "Paired comparisons" in html and "Δ non-ideal ± CI95" in html
+    assert "Failed arms" in html and "c/default/s0" in html and "loss inf" in html

@@ -1185,6 +1185,35 @@ def write_bench_html(summary: dict, path: Path) -> Path:
         "selection": "validation split only; the test split is read by the final measurement",
     }
     at = f"{100 * summary['rank_at']:.0f} %"
+    extra = []
+    if summary.get("pairs"):
+        extra.append(
+            Table(
+                "Paired comparisons (a − b, same budget and seed; pp, CI95 over seeds)",
+                [
+                    {
+                        "a": c["a"],
+                        "b": c["b"],
+                        "budget": c["budget"],
+                        "non-ideality": c["nonideal"],
+                        "time": c["time"],
+                        "Δ ideal (pp)": _r(c["ideal_diff_mean"]),
+                        "Δ ideal ± CI95": _r(c["ideal_diff_ci95"]),
+                        "Δ non-ideal (pp)": _r(c["nonideal_diff_mean"]),
+                        "Δ non-ideal ± CI95": _r(c["nonideal_diff_ci95"]),
+                        "seeds": len(c["seeds"]),
+                    }
+                    for c in summary["pairs"]
+                ],
+            )
+        )
+    if summary.get("failed"):
+        extra.append(
+            Table(
+                "Failed arms (in no row: those rows have fewer seeds)",
+                [{"arm": r["key"], "error": r["failed"]} for r in summary["failed"]],
+            )
+        )
     return write_html(
         path,
         f"xbarprune bench: {summary['model']} on {summary['dataset']}",
@@ -1194,6 +1223,7 @@ def write_bench_html(summary: dict, path: Path) -> Path:
                 f"Ranking at {at} crossbar saving (interpolated per seed; Δ paired by seed)", rank
             ),  # fmt: skip
             Table("Every arm (mean over seeds; CI95 = half-width of the 95 % t-interval)", arms),
+            *extra,
         ],
         plots=[
             LinePlot(
