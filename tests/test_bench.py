@@ -487,9 +487,11 @@ def test_paired_comparisons_by_hand():
     # per-seed trial means: a 0.85; b 0.8, 0.795, 0.79
     assert c["nonideal_diff_per_seed"] == pytest.approx([0.05, 0.055, 0.06])
     assert c["nonideal_diff_mean"] == pytest.approx(0.055)
-    assert "| a | b | – | 80.0 / 80.0 | pcm | 1y | +1.00 ± 2.48 | +5.50 ± 1.24 | 3 |" in "\n".join(
-        pairs_markdown([c])
-    )
+    # loss to the non-idealities, a's minus b's: (0.01 - 0.05, 0 - 0.055, 0.02 - 0.06)
+    assert c["loss_diff_per_seed"] == pytest.approx([-0.04, -0.055, -0.04])
+    assert c["loss_diff_mean"] == pytest.approx(-0.045)
+    row = "| a | b | – | 80.0 / 80.0 | pcm | 1y | +1.00 ± 2.48 | +5.50 ± 1.24 | -4.50 ± 2.15 | 3 |"
+    assert row in "\n".join(pairs_markdown([c]))
     assert paired_comparisons(recs, [("b", "a")])[0]["nonideal_diff_mean"] == pytest.approx(-0.055)
     base = {"methods": [{"name": "cf", "label": "x"}], "seeds": [0]}
     assert load_bench({**base, "pairs": [["x", "none"]]}).pairs == (("x", "none"),)

@@ -128,13 +128,13 @@ class BenchConfig:
                 raise ConfigError(f"match_savings / rank_at = {s}; allowed: (0, 1)")
         if self.workers < 1:
             raise ConfigError(f"workers = {self.workers}; allowed: an integer >= 1")
-        tags = {m.tag for m in self.methods} | {"none"}
+        labels = {m.tag for m in self.methods} | {"none"}
         for i, pair in enumerate(self.pairs):
             if len(pair) != 2 or pair[0] == pair[1]:
                 raise ConfigError(f"pairs[{i}] = {list(pair)}; allowed: two different labels")
             for t in pair:
-                if t not in tags:
-                    raise ConfigError(f"pairs[{i}]: {t!r} is not a method label ({sorted(tags)})")
+                if t not in labels:
+                    raise ConfigError(f"pairs[{i}]: {t!r} is not a method label ({sorted(labels)})")
 
     def _check_nonideal(self) -> None:
         from xbarprune.hardware.nonideal.model import PRESETS, NonIdealityConfig
@@ -831,6 +831,10 @@ def paired_comparisons(records: Sequence[dict], pairs: Sequence[Sequence[str]]) 
                         for x, y in zip(ra, rb, strict=True)
                     ]
                     m, ci = mean_ci95(d)
+                    # the accuracy each loses to the non-idealities, a's minus b's (Bhattacharjee
+                    # et al. 2022 compare sparse and dense models by this drop)
+                    dl = [di - dn for di, dn in zip(dideal, d, strict=True)]
+                    lm, lci = mean_ci95(dl)
                     out.append(
                         {
                             "a": a,
@@ -847,6 +851,9 @@ def paired_comparisons(records: Sequence[dict], pairs: Sequence[Sequence[str]]) 
                             "nonideal_diff_mean": m,
                             "nonideal_diff_ci95": ci,
                             "nonideal_diff_per_seed": d,
+                            "loss_diff_mean": lm,
+                            "loss_diff_ci95": lci,
+                            "loss_diff_per_seed": dl,
                         }
                     )
     return out
@@ -860,8 +867,8 @@ def pairs_markdown(comparisons: Sequence[dict]) -> list[str]:
         "## Paired comparisons (a − b, same budget and seed; mean ± 95 % CI over seeds, pp)",
         "",
         "| a | b | budget | saving a / b (%) | non-ideality | time | Δ ideal | Δ non-ideal | "
-        "seeds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Δ loss to the non-idealities | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def pp(m: float, ci: float | None) -> str:
@@ -873,7 +880,8 @@ def pairs_markdown(comparisons: Sequence[dict]) -> list[str]:
             f"| {c['a']} | {c['b']} | {b} | {100 * c['saving_a']:.1f} / "
             f"{100 * c['saving_b']:.1f} | {c['nonideal']} | {c['time']} | "
             f"{pp(c['ideal_diff_mean'], c['ideal_diff_ci95'])} | "
-            f"{pp(c['nonideal_diff_mean'], c['nonideal_diff_ci95'])} | {len(c['seeds'])} |"
+            f"{pp(c['nonideal_diff_mean'], c['nonideal_diff_ci95'])} | "
+            f"{pp(c['loss_diff_mean'], c['loss_diff_ci95'])} | {len(c['seeds'])} |"
         )
     return lines
 
@@ -1201,6 +1209,8 @@ def write_bench_html(summary: dict, path: Path) -> Path:
                         "Δ ideal ± CI95": _r(c["ideal_diff_ci95"]),
                         "Δ non-ideal (pp)": _r(c["nonideal_diff_mean"]),
                         "Δ non-ideal ± CI95": _r(c["nonideal_diff_ci95"]),
+                        "Δ loss (pp)": _r(c["loss_diff_mean"]),
+                        "Δ loss ± CI95": _r(c["loss_diff_ci95"]),
                         "seeds": len(c["seeds"]),
                     }
                     for c in summary["pairs"]
