@@ -283,8 +283,11 @@ def test_arm_equals_xbarprune_run(mini, tmp_path):
     assert row["selection_split"] == "val"
 
 
-def test_unchanged_arms_are_reused_and_a_changed_arm_is_rebuilt(mini):
-    out, _ = mini
+def test_unchanged_arms_are_reused_and_a_changed_arm_is_rebuilt(mini, tmp_path):
+    import shutil
+
+    out = shutil.copytree(mini[0], tmp_path / "bench", copy_function=shutil.copy2)
+    # a copy: the changed arms below must not replace the module fixture's models
     arms = plan_arms(load_bench(MINI), out)
     stamp = {a.key: (Path(a.dir) / "stages" / "compress.pt").stat().st_mtime_ns for a in arms}
     run_bench(copy.deepcopy(MINI), out=str(out), log=lambda s: None)
