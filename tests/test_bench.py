@@ -488,9 +488,19 @@ def test_paired_comparisons_by_hand():
     for seed, (ia, ib) in enumerate([(0.98, 0.97), (0.97, 0.97), (0.99, 0.97)]):
         recs.append(_rec("a", None, seed, 0.8, ia, [0.9, 0.8]))
         recs.append(_rec("b", None, seed, 0.8, ib, [0.8, 0.8 - 0.01 * seed]))
-    recs.append(_rec("a", 0.5, 0, 0.5, 0.9, [0.9]))  # no partner at budget 0.5: not compared
-    (c,) = paired_comparisons(recs, [("a", "b")])
+    recs.append(_rec("a", 0.5, 0, 0.5, 0.9, [0.9]))  # b has no 0.5: its budget-less arm
+    c, c5 = paired_comparisons(recs, [("a", "b")])
     assert (c["a"], c["b"], c["budget"], c["seeds"]) == ("a", "b", None, [0, 1, 2])
+    assert (c5["budget"], c5["budget_b"], c5["seeds"]) == (0.5, None, [0])
+    # seed 0: ideal 0.9 - 0.97; non-ideal 0.9 - 0.8; loss (0.9 - 0.9) - (0.97 - 0.8)
+    assert c5["ideal_diff_per_seed"] == pytest.approx([-0.07])
+    assert c5["nonideal_diff_per_seed"] == pytest.approx([0.1])
+    assert c5["loss_diff_per_seed"] == pytest.approx([-0.17])
+    assert c5["ideal_diff_ci95"] is None  # one seed: no interval
+    assert "| a | b | 0.5 / – | 50.0 / 80.0 |" in "\n".join(pairs_markdown([c5]))
+    # b with budgets but none at 0.5 and no budget-less arm: nothing to pair a's 0.5 with
+    recs_b = [r for r in recs if r["method"] == "a"] + [_rec("b", 0.9, 0, 0.9, 0.9, [0.9])]
+    assert paired_comparisons(recs_b, [("a", "b")]) == []
     assert c["ideal_diff_per_seed"] == pytest.approx([0.01, 0.0, 0.02])
     assert c["ideal_diff_mean"] == pytest.approx(0.01)
     assert c["ideal_diff_ci95"] == pytest.approx(4.302653 * 0.01 / math.sqrt(3), rel=1e-6)
@@ -503,6 +513,7 @@ def test_paired_comparisons_by_hand():
     row = "| a | b | – | 80.0 / 80.0 | pcm | 1y | +1.00 ± 2.48 | +5.50 ± 1.24 | -4.50 ± 2.15 | 3 |"
     assert row in "\n".join(pairs_markdown([c]))
     assert paired_comparisons(recs, [("b", "a")])[0]["nonideal_diff_mean"] == pytest.approx(-0.055)
+    assert len(paired_comparisons(recs, [("b", "a")])) == 1  # a has a budget-less arm: b's only
     base = {"methods": [{"name": "cf", "label": "x"}], "seeds": [0]}
     assert load_bench({**base, "pairs": [["x", "none"]]}).pairs == (("x", "none"),)
     for bad, key in [([["x", "y"]], r"pairs\[0\]: 'y' is not"), ([["x", "x"]], r"two different")]:

@@ -809,18 +809,30 @@ def paired_comparisons(records: Sequence[dict], pairs: Sequence[Sequence[str]]) 
     """Method ``a`` against method ``b`` (labels), paired by budget and seed: per (budget,
     preset, time) the per-seed differences a - b of ideal accuracy and of non-ideal accuracy
     (each seed's mean over its trials; trial i of both arms sees the same chip seed), their mean
-    and 95 % CI over the seeds both have. Budgets are matched by value (None with None)."""
+    and 95 % CI over the seeds both have. Budgets are matched by value (None with None); where
+    ``b`` has no arm at a's budget but has a budget-less one (the dense model, ``none``), every
+    budget of ``a`` is paired with that one."""
     by = {(r["method"], r["budget"], r["seed"]): r for r in records}
     out = []
     for a, b in pairs:
+        b_budgets = {bud for (m, bud, _) in by if m == b}
+
+        def partner(bud: float | None, b_budgets: set = b_budgets) -> float | None:
+            return bud if bud in b_budgets or None not in b_budgets else None
+
         keys = sorted(
-            {(bud, seed) for (m, bud, seed) in by if m == a and (b, bud, seed) in by},
+            {
+                (bud, seed)
+                for (m, bud, seed) in by
+                if m == a and (b, partner(bud), seed) in by
+            },
             key=lambda k: (k[0] is not None, k[0] or 0.0, k[1]),
         )
         budgets = list(dict.fromkeys(k[0] for k in keys))
         for bud in budgets:
             seeds = [sd for (bb, sd) in keys if bb == bud]
-            ra, rb = [by[(a, bud, sd)] for sd in seeds], [by[(b, bud, sd)] for sd in seeds]
+            ra = [by[(a, bud, sd)] for sd in seeds]
+            rb = [by[(b, partner(bud), sd)] for sd in seeds]
             dideal = [x["acc_ideal"] - y["acc_ideal"] for x, y in zip(ra, rb, strict=True)]
             im, ici = mean_ci95(dideal)
             for preset in ra[0]["nonideal"]:
@@ -840,6 +852,7 @@ def paired_comparisons(records: Sequence[dict], pairs: Sequence[Sequence[str]]) 
                             "a": a,
                             "b": b,
                             "budget": bud,
+                            "budget_b": partner(bud),
                             "nonideal": preset,
                             "time": tlabel,
                             "seeds": seeds,
@@ -864,7 +877,8 @@ def pairs_markdown(comparisons: Sequence[dict]) -> list[str]:
         return []
     lines = [
         "",
-        "## Paired comparisons (a − b, same budget and seed; mean ± 95 % CI over seeds, pp)",
+        "## Paired comparisons (a − b, same budget, or b dense, and same seed; mean ± 95 % CI over "
+        "seeds, pp)",
         "",
         "| a | b | budget | saving a / b (%) | non-ideality | time | Δ ideal | Δ non-ideal | "
         "Δ loss to the non-idealities | seeds |",
@@ -876,6 +890,8 @@ def pairs_markdown(comparisons: Sequence[dict]) -> list[str]:
 
     for c in comparisons:
         b = c["budget"] if c["budget"] is not None else "–"
+        if c.get("budget_b", c["budget"]) != c["budget"]:
+            b = f"{b} / –"  # against b's budget-less (dense) arm
         lines.append(
             f"| {c['a']} | {c['b']} | {b} | {100 * c['saving_a']:.1f} / "
             f"{100 * c['saving_b']:.1f} | {c['nonideal']} | {c['time']} | "
@@ -1026,9 +1042,18 @@ def to_markdown(summary: dict) -> str:
         "",
         f"## Ranking at {100 * summary['rank_at']:.0f} % crossbar saving (interpolated per seed)",
         "",
-        "| non-ideality | time | rank | method | accuracy (%) | Δ to best (pp, paired) | seeds |",
-        "|---|---|---|---|---|---|---|",
     ]
+    if rank:
+        lines += [
+            "| non-ideality | time | rank | method | accuracy (%) | Δ to best (pp, paired) "
+            "| seeds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    else:  # interpolation never extrapolates: a method ranks only where its curve spans `at`
+        lines.append(
+            "Nothing is ranked: no method's achieved savings span this saving (the curves are "
+            "interpolated, never extrapolated)."
+        )
     for r in rank:
         d = r["diff_to_best_mean"]
         dtxt = (
@@ -1197,12 +1222,14 @@ def write_bench_html(summary: dict, path: Path) -> Path:
     if summary.get("pairs"):
         extra.append(
             Table(
-                "Paired comparisons (a − b, same budget and seed; pp, CI95 over seeds)",
+                "Paired comparisons (a − b, same budget, or b dense, and same seed; pp, CI95 "
+                "over seeds)",
                 [
                     {
                         "a": c["a"],
                         "b": c["b"],
                         "budget": c["budget"],
+                        "budget b": c.get("budget_b", c["budget"]),
                         "non-ideality": c["nonideal"],
                         "time": c["time"],
                         "Δ ideal (pp)": _r(c["ideal_diff_mean"]),
