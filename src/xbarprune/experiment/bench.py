@@ -821,11 +821,7 @@ def paired_comparisons(records: Sequence[dict], pairs: Sequence[Sequence[str]]) 
             return bud if bud in b_budgets or None not in b_budgets else None
 
         keys = sorted(
-            {
-                (bud, seed)
-                for (m, bud, seed) in by
-                if m == a and (b, partner(bud), seed) in by
-            },
+            {(bud, seed) for (m, bud, seed) in by if m == a and (b, partner(bud), seed) in by},
             key=lambda k: (k[0] is not None, k[0] or 0.0, k[1]),
         )
         budgets = list(dict.fromkeys(k[0] for k in keys))
