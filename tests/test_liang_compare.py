@@ -15,11 +15,8 @@ from torch import nn
 from xbarprune.analog.simulate import convert, trial_generator
 from xbarprune.config import load_yaml
 from xbarprune.errors import ConfigError
-from xbarprune.experiment.liang_compare import (
-    liang_study,
-    peripheral_crossbars,
-    robustness_model,
-)
+from xbarprune.experiment.evaluations import robustness_model
+from xbarprune.experiment.liang_compare import liang_study, peripheral_crossbars
 from xbarprune.hardware.spec import CrossbarSpec
 from xbarprune.mapping.layout import CrossbarLayout, layer_matrices, map_model
 from xbarprune.models import build_model

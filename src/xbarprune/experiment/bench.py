@@ -88,6 +88,33 @@ class MethodSpec:
 
 
 @dataclass(frozen=True)
+class EvaluationSpec:
+    """One evaluation plug-in of a bench (:mod:`xbarprune.experiment.evaluations`): the
+    registered ``name``, its ``params``, the method ``labels`` it measures (``methods``; empty:
+    every method, the dense arm included), ``trials`` chips per point (default
+    ``base.evaluate.trials``) and the ``label`` that names it in the summary (default ``name``;
+    give one when a plug-in is listed twice)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    methods: tuple[str, ...] = ()
+    trials: int | None = None
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        from xbarprune.experiment.evaluations import get_evaluation
+
+        where = f"evaluations[{self.tag}]"
+        get_evaluation(self.name, where).params(self.params, f"{where}.params")
+        if self.trials is not None and (isinstance(self.trials, bool) or self.trials < 1):
+            raise ConfigError(f"{where}.trials = {self.trials!r}; allowed: an integer >= 1")
+
+    @property
+    def tag(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     """The ``xbarprune bench`` config (``kind: bench`` for ``xbarprune compare``)."""
 
@@ -107,6 +134,9 @@ class BenchConfig:
     #: (a, b) method labels compared directly, paired by budget and seed (a - b), e.g. a
     #: paper's method against its baseline at the same budget (:func:`paired_comparisons`)
     pairs: tuple[tuple[str, str], ...] = ()
+    #: a paper's own measurements of finished arms (evaluation plug-ins), e.g. the
+    #: weight-robustness sweep of Liang et al. 2018 Fig. 12
+    evaluations: tuple[EvaluationSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -135,6 +165,16 @@ class BenchConfig:
             for t in pair:
                 if t not in labels:
                     raise ConfigError(f"pairs[{i}]: {t!r} is not a method label ({sorted(labels)})")
+        etags = [e.tag for e in self.evaluations]
+        if len(set(etags)) != len(etags):
+            raise ConfigError(f"evaluations: labels {etags} repeat; give each a distinct 'label'")
+        for e in self.evaluations:
+            for t in e.methods:
+                if t not in labels:
+                    raise ConfigError(
+                        f"evaluations[{e.tag}].methods: {t!r} is not a method label "
+                        f"({sorted(labels)})"
+                    )
 
     def _check_nonideal(self) -> None:
         from xbarprune.hardware.nonideal.model import PRESETS, NonIdealityConfig
@@ -238,6 +278,8 @@ class Arm:
     #: preset name -> what ``Run.simulate(nonideal=...)`` takes (a built-in preset's name or
     #: the bench's own effect mapping); a name missing here is a built-in preset
     definitions: dict[str, Any] = field(default_factory=dict)
+    #: the evaluation plug-ins that measure this arm: ``{"name", "label", "params", "trials"}``
+    evaluations: tuple[dict[str, Any], ...] = ()
 
     @property
     def key(self) -> str:
@@ -290,6 +332,16 @@ def plan_arms(cfg: BenchConfig, out: Path) -> list[Arm]:
                         dense,
                         plain,
                         {p: cfg.definition(p) for p in cfg.presets},
+                        tuple(
+                            {
+                                "name": e.name,
+                                "label": e.tag,
+                                "params": copy.deepcopy(e.params),
+                                "trials": e.trials,
+                            }
+                            for e in cfg.evaluations
+                            if not e.methods or m.tag in e.methods
+                        ),  # fmt: skip
                     )
                 )
     return arms
@@ -434,6 +486,12 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
     metrics = _method_metrics(rep)
     if metrics:
         record["method_metrics"] = metrics
+    if arm.evaluations:
+        record["evaluations"] = {}
+        for spec in arm.evaluations:
+            points, secs = _cached_evaluation(run, spec)
+            record["evaluations"][spec["label"]] = points
+            record["compute_s"] += secs
     sel = run.stages / "hwa_selection.json"
     if sel.exists():  # finetune.hwa.select_weight_noise: the choice made on validation
         record["hwa_selection"] = json.loads(sel.read_text())
@@ -489,6 +547,45 @@ def _cached_simulation(
     secs = time.perf_counter() - t0
     atomic_write_json(path, {"record": rec, "result": res, "seconds": secs})
     return res, secs
+
+
+def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], float]:
+    """The evaluation plug-in ``spec`` on the finished arm ``run`` (its compressed model and
+    layout, the test split, training images for calibration) and its compute seconds, cached
+    in ``<arm>/bench_eval/<label>.json`` with the record of its inputs."""
+    from xbarprune.experiment.evaluations import EvalContext, get_evaluation
+
+    ev = get_evaluation(spec["name"], f"evaluations[{spec['label']}]")
+    params = ev.params(spec["params"], f"evaluations[{spec['label']}].params")
+    trials = int(spec["trials"] or run.cfg.evaluate.trials)
+    rec = dict(run.stage_inputs("simulate"))
+    rec = {k: v for k, v in rec.items() if not k.startswith("nonideal")}
+    rec["evaluation"] = {"name": spec["name"], "params": spec["params"], "trials": trials}
+    path = run.dir / "bench_eval" / f"{spec['label']}.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            if old.get("record") == rec:
+                return old["points"], float(old.get("seconds", 0.0))
+        except (OSError, ValueError):
+            pass
+    t0 = time.perf_counter()
+    _dense, comp, _dl, cl, _ck = run.models()
+    ctx = EvalContext(
+        model=comp,
+        layout=cl,
+        device_spec=run.cfg.device,
+        data=run.test_loader(),
+        trials=trials,
+        seed=run.cfg.evaluate.seed,
+        times_s=tuple(run.cfg.evaluate.times_s),
+        torch_device=run.device,
+        calibration=run.calibration_images(),
+    )
+    points = ev.measure(ctx, params)
+    secs = time.perf_counter() - t0
+    atomic_write_json(path, {"record": rec, "points": points, "seconds": secs})
+    return points, secs
 
 
 # ---------------------------------------------------------------------------- executors
@@ -646,6 +743,79 @@ def build_rows(records: Sequence[dict], model: str, dataset: str) -> list[dict]:
                     }
                 )
     return rows
+
+
+def evaluation_rows(records: Sequence[dict]) -> list[dict]:
+    """One row per (evaluation, method, budget, point) of the evaluation plug-ins: the mean
+    over seeds of each seed's mean over its chips, with the 95 % CI and the per-seed values.
+    A point is aggregated over the seeds that measured it."""
+    from xbarprune.experiment.evaluations import point_coordinates
+
+    groups: dict[tuple, list[tuple[dict, dict]]] = {}
+    coords: dict[str, list[str]] = {}
+    for r in sorted(records, key=lambda r: r["seed"]):
+        for label, points in (r.get("evaluations") or {}).items():
+            coords.setdefault(label, point_coordinates(points))
+            for p in points:
+                at = json.dumps({k: v for k, v in p.items() if k != "per_trial"}, sort_keys=True)
+                groups.setdefault((label, r["method"], r["budget"], at), []).append((r, p))
+    rows = []
+    for (label, method, budget, at), pairs in groups.items():
+        per_seed = [statistics.fmean(p["per_trial"]) for _, p in pairs]
+        m, ci = mean_ci95(per_seed)
+        point = json.loads(at)
+        rows.append(
+            {
+                "evaluation": label,
+                "method": method,
+                "budget": budget,
+                **{k: point[k] for k in coords[label] if k in point},
+                "seeds": [r["seed"] for r, _ in pairs],
+                "crossbar_saving": statistics.fmean(r["crossbar_saving"] for r, _ in pairs),
+                "acc_mean": m,
+                "acc_ci95": ci,
+                "acc_per_seed": per_seed,
+                "trials_per_seed": len(pairs[0][1]["per_trial"]),
+                "selection_split": "none (reported, never selects)",
+            }
+        )
+    return rows
+
+
+def evaluations_markdown(rows: Sequence[dict]) -> list[str]:
+    """A table per evaluation plug-in: one line per (method, budget, point)."""
+    from xbarprune.experiment.evaluations import EVALUATIONS
+
+    lines: list[str] = []
+    fixed = {"evaluation", "method", "budget", "seeds", "crossbar_saving", "acc_mean",
+             "acc_ci95", "acc_per_seed", "trials_per_seed", "selection_split"}  # fmt: skip
+    for label in dict.fromkeys(r["evaluation"] for r in rows):
+        mine = [r for r in rows if r["evaluation"] == label]
+        keys = [k for k in mine[0] if k not in fixed]
+        desc = next((c.description for n, c in EVALUATIONS.items() if label.startswith(n)), "")
+        lines += [
+            "",
+            f"## Evaluation `{label}`" + (f": {desc}" if desc else ""),
+            "",
+            "Test-split measurements of the finished arms (mean ± 95 % CI over seeds, chips "
+            "nested per seed); nothing is selected on them.",
+            "",
+            "| method | budget | crossbar saving (%) | "
+            + " | ".join(keys)
+            + " | accuracy (%) | seeds | trials/seed |",
+            "|---|---|---|" + "---|" * len(keys) + "---|---|---|",
+        ]
+        for r in mine:
+            b = r["budget"] if r["budget"] is not None else "–"
+            lines.append(
+                f"| {r['method']} | {b} | {_pct(r['crossbar_saving'])} | "
+                + " | ".join(
+                    f"{r[k]:g}" if isinstance(r[k], int | float) else str(r[k]) for k in keys
+                )  # fmt: skip
+                + f" | {_pct(r['acc_mean'], r['acc_ci95'])} | {len(r['seeds'])} | "
+                f"{r['trials_per_seed']} |"
+            )
+    return lines
 
 
 def matched(rows: Sequence[dict], savings: Sequence[float]) -> list[dict]:
@@ -1085,6 +1255,7 @@ def to_markdown(summary: dict) -> str:
         )
     lines += failed_markdown(summary.get("failed", []))
     lines += metrics_markdown(rows)
+    lines += evaluations_markdown(summary.get("evaluations", []))
     lines += pairs_markdown(summary.get("pairs", []))
     lines += hwa_markdown(summary.get("hwa", []))
     lines += selection_markdown(summary.get("records", []))
@@ -1240,6 +1411,26 @@ def write_bench_html(summary: dict, path: Path) -> Path:
                 ],
             )
         )
+    for label in dict.fromkeys(r["evaluation"] for r in summary.get("evaluations", [])):
+        erows = [r for r in summary["evaluations"] if r["evaluation"] == label]
+        skip = {"evaluation", "seeds", "acc_mean", "acc_ci95", "acc_per_seed",
+                "trials_per_seed", "selection_split", "crossbar_saving"}  # fmt: skip
+        extra.append(
+            Table(
+                f"Evaluation {label} (test split, reported only; CI95 over seeds)",
+                [
+                    {
+                        **{k: v for k, v in r.items() if k not in skip},
+                        "crossbar saving %": _r(r["crossbar_saving"]),
+                        "accuracy %": _r(r["acc_mean"]),
+                        "± CI95": _r(r["acc_ci95"]),
+                        "seeds": len(r["seeds"]),
+                        "trials/seed": r["trials_per_seed"],
+                    }
+                    for r in erows
+                ],
+            )
+        )
     if summary.get("failed"):
         extra.append(
             Table(
@@ -1333,6 +1524,7 @@ def run_bench(
         "ranking": ranking(mrows, cfg.rank_at),
         "hwa": hwa_effects(records),
         "pairs": paired_comparisons(records, cfg.pairs),
+        "evaluations": evaluation_rows(records),
         "records": records,
         "failed": failed,
     }

@@ -31,6 +31,7 @@ from xbarprune.compress.methods.liang import LiangParams, run_liang
 from xbarprune.config import from_dict, to_dict
 from xbarprune.errors import ConfigError
 from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
+from xbarprune.experiment.evaluations import robustness_model
 from xbarprune.experiment.studies import header, study
 from xbarprune.experiment.studykit import (
     Bench,
@@ -48,7 +49,6 @@ from xbarprune.experiment.studykit import (
     select_device,
     set_threads,
 )
-from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel
 from xbarprune.hardware.spec import CrossbarSpec, DeviceSpec
 from xbarprune.io import atomic_write_json, atomic_write_text, ensure_dir
 from xbarprune.mapping.layout import CrossbarLayout, map_model
@@ -87,22 +87,6 @@ def peripheral_crossbars(layout: CrossbarLayout) -> int:
         bands, col_bands = lay.crossbar.tile_grid(R, C)
         total += bands + (col_bands if bands > 1 else 0)
     return total
-
-
-def robustness_model(bits: int, sigma: float) -> tuple[DeviceSpec, NonIdealityModel]:
-    """Fig. 12 of the paper through the simulator: b-bit weights, then ``w * exp(theta)``.
-
-    A differential pair with ``g_min = 0`` stores ``|w|`` on one device and 0 on the other, so
-    per-device quantisation to ``2**(b-1)`` levels gives ``2**b - 1`` signed weight levels
-    (symmetric, per layer, full scale = max |w|), and log-normal programming variation of the
-    used devices is exactly ``w * exp(theta)`` (zeros stay zero).
-    """
-    levels = 2 ** (bits - 1)
-    dev = DeviceSpec(g_min=0.0, g_max=1e-4, levels=max(levels, 2))
-    cfg: dict[str, Any] = {"quantization": {"levels": max(levels, 2)}}
-    if sigma > 0:
-        cfg["variation"] = {"sigma": sigma, "mode": "lognormal"}
-    return dev, NonIdealityModel.from_config(from_dict(NonIdealityConfig, cfg, "robustness"))
 
 
 def _method_label(p: LiangParams) -> str:

@@ -1,0 +1,192 @@
+"""Evaluation plug-ins of the benchmark engine: a paper's own measurement of a finished arm.
+
+The engine measures every arm the same way (ideal accuracy, crossbars, Monte Carlo accuracy
+under each preset). A paper often adds a measurement of its own, e.g. the weight-robustness
+sweep of Liang et al. 2018 (Fig. 12). Such a measurement is an :class:`Evaluation`: a
+registered object with a strict ``params`` dataclass and a :meth:`Evaluation.measure` that
+takes an :class:`EvalContext` (the arm's compressed model, its layout and the measurement
+data) and returns *points*, each a mapping of its coordinates plus ``per_trial`` accuracies.
+
+A bench lists them under ``evaluations:``::
+
+    evaluations:
+      - name: weight-robustness        # Liang et al. 2018 Fig. 12
+        methods: [none, lgd-rpp]       # labels; default every method
+        params: {bits: [3, 4, 5, 8], sigma: [0.0, 0.1, 0.2]}
+        trials: 10                     # default: base.evaluate.trials
+
+The engine caches each result with the arm (``<arm>/bench_eval/<label>.json``, recomputed when
+its inputs change), aggregates every point over seeds (mean ± 95 % CI, Monte Carlo trials nested
+per seed) and writes the table into summary.json / .md / report.html. Like the final
+measurement, an evaluation reads the test split and never selects: its numbers are reported,
+not used to choose anything.
+
+Adding one: subclass :class:`Evaluation`, give it ``name``, ``params_cls`` and ``measure``, and
+decorate it with :func:`register_evaluation`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from xbarprune.analog.simulate import evaluate
+from xbarprune.config import from_dict
+from xbarprune.errors import ConfigError
+from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel
+from xbarprune.hardware.spec import DeviceSpec
+from xbarprune.mapping.layout import CrossbarLayout
+
+__all__ = [
+    "EVALUATIONS",
+    "EvalContext",
+    "Evaluation",
+    "WeightRobustness",
+    "WeightRobustnessParams",
+    "get_evaluation",
+    "register_evaluation",
+    "robustness_model",
+]
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What an evaluation may read of a finished arm: the compressed model and its layout, the
+    device the arm was mapped with, the test data of the final measurement, training images
+    for converter calibration, and the Monte Carlo settings (``trials`` chips, seeds from
+    ``seed``, at ``times_s``)."""
+
+    model: nn.Module
+    layout: CrossbarLayout
+    device_spec: DeviceSpec
+    data: Iterable
+    trials: int
+    seed: int
+    times_s: tuple[float, ...] = (1.0,)
+    torch_device: torch.device | None = None
+    calibration: torch.Tensor | None = None
+
+
+class Evaluation(ABC):
+    """A registered measurement of a finished arm (see the module docstring)."""
+
+    name: ClassVar[str]
+    #: the strict dataclass of its parameters (unknown keys and out-of-range values refused)
+    params_cls: ClassVar[type]
+    #: what a point measures, for the summary's heading
+    description: ClassVar[str] = ""
+
+    def params(self, raw: dict[str, Any] | None, where: str) -> Any:
+        """``raw`` validated into :attr:`params_cls` (errors name ``where``)."""
+        return from_dict(self.params_cls, dict(raw or {}), where)
+
+    @abstractmethod
+    def measure(self, ctx: EvalContext, params: Any) -> list[dict[str, Any]]:
+        """Points: each ``{<coordinate>: value, ..., "per_trial": [accuracy, ...]}``."""
+
+
+EVALUATIONS: dict[str, type[Evaluation]] = {}
+
+
+def register_evaluation(cls: type[Evaluation]) -> type[Evaluation]:
+    """Class decorator: make ``cls`` available to ``evaluations: [{name: cls.name}]``."""
+    if cls.name in EVALUATIONS and EVALUATIONS[cls.name] is not cls:
+        raise ValueError(f"evaluation {cls.name!r} is registered twice")
+    EVALUATIONS[cls.name] = cls
+    return cls
+
+
+def get_evaluation(name: str, where: str = "evaluations") -> Evaluation:
+    """The registered evaluation ``name``; a clear error naming the known ones otherwise."""
+    if name not in EVALUATIONS:
+        raise ConfigError(
+            f"{where}.name = {name!r}; allowed: {', '.join(sorted(EVALUATIONS)) or '(none)'}"
+        )
+    return EVALUATIONS[name]()
+
+
+# ---------------------------------------------------------------------------- Liang Fig. 12
+def robustness_model(bits: int, sigma: float) -> tuple[DeviceSpec, NonIdealityModel]:
+    """Fig. 12 of Liang et al. 2018 through the simulator: b-bit weights, then ``w * exp(θ)``,
+    θ ~ N(0, σ²).
+
+    A differential pair with ``g_min = 0`` stores ``|w|`` on one device and 0 on the other, so
+    per-device quantisation to ``2**(b-1)`` levels gives ``2**b - 1`` signed weight levels
+    (symmetric, per layer, full scale = max |w|), and log-normal programming variation of the
+    used devices is exactly ``w * exp(θ)`` (zeros stay zero).
+    """
+    levels = max(2 ** (bits - 1), 2)
+    dev = DeviceSpec(g_min=0.0, g_max=1e-4, levels=levels)
+    cfg: dict[str, Any] = {"quantization": {"levels": levels}}
+    if sigma > 0:
+        cfg["variation"] = {"sigma": sigma, "mode": "lognormal"}
+    return dev, NonIdealityModel.from_config(from_dict(NonIdealityConfig, cfg, "robustness"))
+
+
+@dataclass(frozen=True)
+class WeightRobustnessParams:
+    """The grid of Liang et al. 2018 Fig. 12: weight bits × variation σ (paper: 3–8 bits,
+    σ up to 0.3)."""
+
+    bits: tuple[int, ...] = (3, 4, 5, 8)
+    sigma: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3)
+
+    def __post_init__(self) -> None:
+        if not self.bits or not self.sigma:
+            raise ConfigError("params.bits / params.sigma: at least one value each")
+        for b in self.bits:
+            if isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 16:
+                raise ConfigError(f"params.bits = {b!r}; allowed: integers in [2, 16]")
+        for s in self.sigma:
+            if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s <= 2:
+                raise ConfigError(f"params.sigma = {s!r}; allowed: numbers in [0, 2]")
+
+
+@register_evaluation
+class WeightRobustness(Evaluation):
+    """Liang et al. 2018, Fig. 12: accuracy of the pruned model with b-bit weights under
+    log-normal weight variation ``w * exp(θ)``, on every (bits, σ) of the grid.
+
+    All points use the same chip seeds (``ctx.seed``), so they are paired across the grid. A
+    point without variation (σ = 0) is deterministic and measured once.
+    """
+
+    name = "weight-robustness"
+    params_cls = WeightRobustnessParams
+    description = "Liang et al. 2018 Fig. 12: b-bit weights, then w·exp(θ), θ ~ N(0, σ²)"
+
+    def measure(self, ctx: EvalContext, params: WeightRobustnessParams) -> list[dict[str, Any]]:
+        out = []
+        for bits in params.bits:
+            for sigma in params.sigma:
+                dev, ni = robustness_model(int(bits), float(sigma))
+                res = evaluate(
+                    ctx.model,
+                    ctx.data,
+                    ctx.layout,
+                    dev,
+                    ni,
+                    trials=ctx.trials if sigma > 0 else 1,
+                    seed=ctx.seed,
+                    times=(ctx.times_s[0],),
+                    device=ctx.torch_device,
+                    calibration=ctx.calibration,
+                )[0]
+                out.append({"bits": int(bits), "sigma": float(sigma),
+                            "per_trial": list(res.per_trial)})  # fmt: skip
+        return out
+
+
+def point_coordinates(points: Sequence[dict[str, Any]]) -> list[str]:
+    """The coordinate names of an evaluation's points (every key but ``per_trial``), in order."""
+    keys: dict[str, None] = {}
+    for p in points:
+        for k in p:
+            if k != "per_trial":
+                keys.setdefault(k, None)
+    return list(keys)
