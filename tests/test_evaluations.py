@@ -213,3 +213,79 @@ def test_an_evaluation_is_cached_and_recomputed_when_its_params_change(mini_eval
     spec["trials"] = 5
     pts3, _ = _cached_evaluation(run, spec)
     assert len(pts3[0]["per_trial"]) == 5
+
+
+# ---------------------------------------------------------------- ADMM steps (Ma et al. Table 1)
+ADMM_RUN = {
+    "name": "admm-steps",
+    "seed": 0,
+    "model": {"name": "lenet5-caffe", "width": 0.3},
+    "data": {
+        "name": "mnist-embedded",
+        "train_subset": 300,
+        "test_subset": 200,
+        "val_size": 0.2,
+        "batch_size_eval": 200,
+    },  # fmt: skip
+    "train": {"epochs": 1, "batch_size": 50, "progress": False},
+    "finetune": {"epochs": 0, "batch_size": 50, "lr": 0.002, "progress": False},
+    "crossbar": {"rows": 16, "cols": 16, "cells_per_weight": 2},
+    "device": {"levels": 16},
+    "method": {
+        "name": "admm",
+        "params": {
+            "kind": "filter",
+            "iterations": 2,
+            "alpha": {"features.conv1": 2, "features.conv2": 5},
+        },
+    },  # fmt: skip
+    "evaluate": {"times": ["1s"], "trials": 1, "seed": 0},
+    "runtime": {"device": "cpu", "threads": 1},
+}
+
+
+def test_admm_steps_are_the_methods_own_models(tmp_path):
+    """`admm` keeps each step's model in the run (stale steps removed); the `admm-steps`
+    plug-in measures them: each step's conv compression equals the method's own record of it
+    (two code paths), the last step is the model the pipeline goes on with, weight for weight,
+    and its accuracy is that model's ideal test accuracy."""
+    from xbarprune.compress.methods.admm import STAGES_DIR
+
+    stale = tmp_path / "run" / "stages" / STAGES_DIR / "9_stale.pt"
+    stale.parent.mkdir(parents=True)
+    torch.save({"tag": "stale"}, stale)
+    run = Run(load_config(copy.deepcopy(ADMM_RUN)), tmp_path / "run", log=lambda s: None)
+    rep = run.run()
+    files = sorted(p.name for p in stale.parent.glob("*.pt"))
+    assert files == ["1_admm.pt", "2_admm+prm.pt", "3_admm+prm+quant.pt"]
+    pts, _ = _cached_evaluation(run, {"name": "admm-steps", "label": "admm-steps",
+                                      "params": {}, "trials": None})  # fmt: skip
+    assert [p["step"] for p in pts] == ["admm", "admm+prm", "admm+prm+quant"]
+    own = rep["method"]["info"]["compression"]
+    for p in pts:
+        assert p["metrics"]["compression_conv"] == pytest.approx(own[p["step"]]["compression_conv"])
+        assert 0 < p["metrics"]["crossbar_saving"] < 1
+    # conv1 keeps 2 filters and conv2 5 of 15 (x3 conv compression after the ADMM step)
+    assert pts[0]["metrics"]["compression_conv"] == pytest.approx(3.0)
+    last = torch.load(stale.parent / "3_admm+prm+quant.pt", weights_only=True)["model"]
+    ft = torch.load(tmp_path / "run" / "stages" / "finetune.pt", weights_only=True)
+    _d, comp, _dl, _cl, _ck = run.models()
+    assert "architecture" not in ft  # the pipeline's model is not physically shrunk
+    for k, v in comp.state_dict().items():
+        assert torch.equal(v, last[k]), k
+    assert pts[-1]["per_trial"] == [rep["accuracy"]["compressed_ideal"]]
+    # an admm arm compressed before the steps were kept: one clear error, naming the fix
+    for f in stale.parent.glob("*.pt"):
+        f.unlink()
+    (tmp_path / "run" / "bench_eval").rename(tmp_path / "old_eval")
+    with pytest.raises(ConfigError, match="no saved ADMM steps.*remove its stages/compress.pt"):
+        _cached_evaluation(run, {"name": "admm-steps", "label": "admm-steps", "params": {},
+                                 "trials": None})  # fmt: skip
+
+
+def test_admm_steps_of_another_method_give_no_points(mini_eval):
+    out, data, _summary = mini_eval
+    arm = next(a for a in plan_arms(load_bench(data), out) if a.budget == 0.4)
+    run = Run(load_config(arm.config), arm.dir, log=lambda s: None)
+    spec = {"name": "admm-steps", "label": "admm-steps", "params": {}, "trials": None}
+    assert _cached_evaluation(run, spec)[0] == []

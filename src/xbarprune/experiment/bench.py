@@ -570,7 +570,7 @@ def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], floa
         except (OSError, ValueError):
             pass
     t0 = time.perf_counter()
-    _dense, comp, _dl, cl, _ck = run.models()
+    _dense, comp, dl, cl, _ck = run.models()
     ctx = EvalContext(
         model=comp,
         layout=cl,
@@ -581,6 +581,10 @@ def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], floa
         times_s=tuple(run.cfg.evaluate.times_s),
         torch_device=run.device,
         calibration=run.calibration_images(),
+        run_dir=run.dir,
+        build_model=run.build_model,
+        reference_layout=dl,
+        method_name=run.cfg.method.name,
     )
     points = ev.measure(ctx, params)
     secs = time.perf_counter() - t0
@@ -757,13 +761,21 @@ def evaluation_rows(records: Sequence[dict]) -> list[dict]:
         for label, points in (r.get("evaluations") or {}).items():
             coords.setdefault(label, point_coordinates(points))
             for p in points:
-                at = json.dumps({k: v for k, v in p.items() if k != "per_trial"}, sort_keys=True)
+                coord = {k: v for k, v in p.items() if k not in ("per_trial", "metrics")}
+                at = json.dumps(coord, sort_keys=True)
                 groups.setdefault((label, r["method"], r["budget"], at), []).append((r, p))
     rows = []
     for (label, method, budget, at), pairs in groups.items():
         per_seed = [statistics.fmean(p["per_trial"]) for _, p in pairs]
         m, ci = mean_ci95(per_seed)
         point = json.loads(at)
+        # a point's own figures (e.g. compression), over the seeds that all have them
+        mkeys = set.intersection(*(set(p.get("metrics") or {}) for _, p in pairs))
+        metrics = {
+            k: dict(zip(("mean", "ci95"), mean_ci95([float(p["metrics"][k]) for _, p in pairs]),
+                        strict=True))
+            for k in sorted(mkeys)
+        }  # fmt: skip
         rows.append(
             {
                 "evaluation": label,
@@ -777,6 +789,7 @@ def evaluation_rows(records: Sequence[dict]) -> list[dict]:
                 "acc_per_seed": per_seed,
                 "trials_per_seed": len(pairs[0][1]["per_trial"]),
                 "selection_split": "none (reported, never selects)",
+                **({"metrics": metrics} if metrics else {}),
             }
         )
     return rows
@@ -788,10 +801,12 @@ def evaluations_markdown(rows: Sequence[dict]) -> list[str]:
 
     lines: list[str] = []
     fixed = {"evaluation", "method", "budget", "seeds", "crossbar_saving", "acc_mean",
-             "acc_ci95", "acc_per_seed", "trials_per_seed", "selection_split"}  # fmt: skip
+             "acc_ci95", "acc_per_seed", "trials_per_seed", "selection_split",
+             "metrics"}  # fmt: skip
     for label in dict.fromkeys(r["evaluation"] for r in rows):
         mine = [r for r in rows if r["evaluation"] == label]
         keys = [k for k in mine[0] if k not in fixed]
+        mkeys = list(dict.fromkeys(k for r in mine for k in r.get("metrics") or {}))
         desc = next((c.description for n, c in EVALUATIONS.items() if label.startswith(n)), "")
         lines += [
             "",
@@ -800,10 +815,10 @@ def evaluations_markdown(rows: Sequence[dict]) -> list[str]:
             "Test-split measurements of the finished arms (mean ± 95 % CI over seeds, chips "
             "nested per seed); nothing is selected on them.",
             "",
-            "| method | budget | crossbar saving (%) | "
-            + " | ".join(keys)
+            "| method | budget | arm's crossbar saving (%) | "
+            + " | ".join([*keys, *mkeys])
             + " | accuracy (%) | seeds | trials/seed |",
-            "|---|---|---|" + "---|" * len(keys) + "---|---|---|",
+            "|---|---|---|" + "---|" * (len(keys) + len(mkeys)) + "---|---|---|",
         ]
         for r in mine:
             b = r["budget"] if r["budget"] is not None else "–"
@@ -812,10 +827,18 @@ def evaluations_markdown(rows: Sequence[dict]) -> list[str]:
                 + " | ".join(
                     f"{r[k]:g}" if isinstance(r[k], int | float) else str(r[k]) for k in keys
                 )  # fmt: skip
+                + "".join(f" | {_metric(r, k)}" for k in mkeys)
                 + f" | {_pct(r['acc_mean'], r['acc_ci95'])} | {len(r['seeds'])} | "
                 f"{r['trials_per_seed']} |"
             )
     return lines
+
+
+def _metric(row: dict, key: str) -> str:
+    m = (row.get("metrics") or {}).get(key)
+    if m is None:
+        return "–"
+    return f"{m['mean']:.4g}" + (f" ± {m['ci95']:.3g}" if m["ci95"] is not None else "")
 
 
 def matched(rows: Sequence[dict], savings: Sequence[float]) -> list[dict]:
@@ -1414,13 +1437,14 @@ def write_bench_html(summary: dict, path: Path) -> Path:
     for label in dict.fromkeys(r["evaluation"] for r in summary.get("evaluations", [])):
         erows = [r for r in summary["evaluations"] if r["evaluation"] == label]
         skip = {"evaluation", "seeds", "acc_mean", "acc_ci95", "acc_per_seed",
-                "trials_per_seed", "selection_split", "crossbar_saving"}  # fmt: skip
+                "trials_per_seed", "selection_split", "crossbar_saving", "metrics"}  # fmt: skip
         extra.append(
             Table(
                 f"Evaluation {label} (test split, reported only; CI95 over seeds)",
                 [
                     {
                         **{k: v for k, v in r.items() if k not in skip},
+                        **{k: round(m["mean"], 4) for k, m in (r.get("metrics") or {}).items()},
                         "crossbar saving %": _r(r["crossbar_saving"]),
                         "accuracy %": _r(r["acc_mean"]),
                         "± CI95": _r(r["acc_ci95"]),

@@ -28,8 +28,9 @@ decorate it with :func:`register_evaluation`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -46,6 +47,7 @@ __all__ = [
     "EVALUATIONS",
     "EvalContext",
     "Evaluation",
+    "ADMMSteps",
     "WeightRobustness",
     "WeightRobustnessParams",
     "get_evaluation",
@@ -70,6 +72,14 @@ class EvalContext:
     times_s: tuple[float, ...] = (1.0,)
     torch_device: torch.device | None = None
     calibration: torch.Tensor | None = None
+    #: the arm's run directory (what its method kept there, e.g. ADMM's per-step models)
+    run_dir: Path | None = None
+    #: a fresh model of the arm's architecture (before any physical pruning)
+    build_model: Callable[[], nn.Module] | None = None
+    #: the dense model's layout: the reference of crossbar savings
+    reference_layout: CrossbarLayout | None = None
+    #: the registered name of the arm's compression method
+    method_name: str | None = None
 
 
 class Evaluation(ABC):
@@ -87,7 +97,8 @@ class Evaluation(ABC):
 
     @abstractmethod
     def measure(self, ctx: EvalContext, params: Any) -> list[dict[str, Any]]:
-        """Points: each ``{<coordinate>: value, ..., "per_trial": [accuracy, ...]}``."""
+        """Points: each ``{<coordinate>: value, ..., "per_trial": [accuracy, ...]}``, and
+        optionally ``"metrics": {name: number}`` (per-seed figures averaged beside it)."""
 
 
 EVALUATIONS: dict[str, type[Evaluation]] = {}
@@ -182,11 +193,77 @@ class WeightRobustness(Evaluation):
         return out
 
 
+# ---------------------------------------------------------------------------- Ma et al. Table 1
+@dataclass(frozen=True)
+class ADMMStepsParams:
+    """No parameters: the steps are those the arm's ``admm`` run kept."""
+
+
+@register_evaluation
+class ADMMSteps(Evaluation):
+    """Ma et al. 2020 (ASP-DAC), Table 1 step by step: the model after ADMM pruning, after
+    Network Purification + unused path removal and after distillation quantisation, each with
+    its ideal (digital) test accuracy, conv and total weight compression and the crossbars of
+    its best packed layout against the dense layout. The ``admm`` method keeps these models in
+    ``<run>/stages/admm_steps/`` (:func:`xbarprune.compress.methods.admm.stage_saver`); an arm
+    of another method has no steps and gives no points."""
+
+    name = "admm-steps"
+    params_cls = ADMMStepsParams
+    description = "Ma et al. 2020 Table 1: the model after each step of ADMM (ideal accuracy)"
+
+    def measure(self, ctx: EvalContext, params: ADMMStepsParams) -> list[dict[str, Any]]:
+        from xbarprune.compress.methods.admm import (
+            STAGES_DIR,
+            best_packed_layout,
+            compression_stats,
+        )
+        from xbarprune.io import load_checkpoint, load_state_into
+        from xbarprune.training.loop import evaluate_accuracy
+
+        if ctx.run_dir is None or ctx.build_model is None or ctx.reference_layout is None:
+            raise ConfigError("admm-steps needs the arm's run directory, model and dense layout")
+        files = sorted((ctx.run_dir / "stages" / STAGES_DIR).glob("*.pt"),
+                       key=lambda f: int(f.name.split("_", 1)[0]))  # fmt: skip
+        if not files and ctx.method_name == "admm":
+            raise ConfigError(
+                f"evaluations admm-steps: the arm in {ctx.run_dir} has no saved ADMM steps (it "
+                "was compressed before `admm` kept them); remove its stages/compress.pt to "
+                "recompute it"
+            )
+        ref = ctx.reference_layout
+        dense_tiles = ref.dense_tiles  # as the engine's rows count the dense model
+        out = []
+        for f in files:
+            ck = load_checkpoint(f)
+            model = ctx.build_model()
+            load_state_into(model, ck["model"], str(f))
+            model.eval()
+            layout = best_packed_layout(model, ref)
+            tiles = layout.tiles_needed(model)  # tiles holding a non-zero weight
+            comp = compression_stats(model, ref)
+            acc = evaluate_accuracy(model, ctx.data, ctx.torch_device or "cpu")
+            out.append(
+                {
+                    "step": str(ck["tag"]),
+                    "per_trial": [acc],
+                    "metrics": {
+                        "compression_conv": float(comp["compression_conv"]),
+                        "compression_total": float(comp["compression_total"]),
+                        "crossbars": float(tiles),
+                        "crossbar_saving": 1.0 - tiles / dense_tiles,
+                    },
+                }
+            )
+        return out
+
+
 def point_coordinates(points: Sequence[dict[str, Any]]) -> list[str]:
-    """The coordinate names of an evaluation's points (every key but ``per_trial``), in order."""
+    """The coordinate names of an evaluation's points (every key but ``per_trial`` and
+    ``metrics``), in order."""
     keys: dict[str, None] = {}
     for p in points:
         for k in p:
-            if k != "per_trial":
+            if k not in ("per_trial", "metrics"):
                 keys.setdefault(k, None)
     return list(keys)
