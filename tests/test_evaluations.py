@@ -289,3 +289,37 @@ def test_admm_steps_of_another_method_give_no_points(mini_eval):
     run = Run(load_config(arm.config), arm.dir, log=lambda s: None)
     spec = {"name": "admm-steps", "label": "admm-steps", "params": {}, "trials": None}
     assert _cached_evaluation(run, spec)[0] == []
+
+
+def test_evaluation_pairs_by_hand():
+    """a − b on each point, paired by budget and seed; a method without b's budget pairs with
+    b's dense arm; a point that one arm lacks is left out."""
+    from xbarprune.experiment.bench import evaluation_pairs, evaluation_pairs_markdown
+
+    def rec(method, budget, seed, accs):
+        pts = [{"bits": 4, "sigma": s, "per_trial": t} for s, t in accs.items()]
+        return {"method": method, "budget": budget, "seed": seed,
+                "evaluations": {"weight-robustness": pts}}  # fmt: skip
+
+    recs = [
+        rec("a", 0.5, 0, {0.0: [0.9], 0.1: [0.8, 0.6]}),
+        rec("a", 0.5, 1, {0.0: [0.8], 0.1: [0.7, 0.7]}),
+        rec("b", 0.5, 0, {0.0: [0.85], 0.1: [0.5, 0.5]}),
+        rec("b", 0.5, 1, {0.0: [0.9], 0.1: [0.6, 0.6]}),
+        rec("none", None, 0, {0.1: [0.9, 0.9]}),
+        rec("none", None, 1, {0.1: [0.8, 0.8]}),
+    ]
+    out = evaluation_pairs(recs, [("a", "b"), ("a", "none")])
+    ab = {c["sigma"]: c for c in out if c["b"] == "b"}
+    assert ab[0.1]["diff_per_seed"] == pytest.approx([0.2, 0.1])
+    assert ab[0.1]["diff_mean"] == pytest.approx(0.15)
+    # t_{0.975, 1} = 12.7062; s = 0.0707107; half-width = t s / sqrt(2)
+    assert ab[0.1]["diff_ci95"] == pytest.approx(12.7062 * 0.0707107 / math.sqrt(2), rel=1e-4)
+    assert ab[0.0]["diff_per_seed"] == pytest.approx([0.05, -0.1])
+    dense = [c for c in out if c["b"] == "none"]
+    assert len(dense) == 1  # sigma 0 is not measured on the dense arm
+    assert (dense[0]["budget"], dense[0]["budget_b"], dense[0]["sigma"]) == (0.5, None, 0.1)
+    assert dense[0]["diff_per_seed"] == pytest.approx([-0.2, -0.1])
+    md = "\n".join(evaluation_pairs_markdown(out))
+    assert "| weight-robustness | a | b | 0.5 | 4 | 0.1 | +15.00 ± 63.53 | 2 |" in md
+    assert "| weight-robustness | a | none | 0.5 / – | 4 | 0.1 | -15.00 ± 63.53 | 2 |" in md

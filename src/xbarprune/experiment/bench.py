@@ -998,13 +998,11 @@ def hwa_effects(records: Sequence[dict]) -> list[dict]:
     return out
 
 
-def paired_comparisons(records: Sequence[dict], pairs: Sequence[Sequence[str]]) -> list[dict]:
-    """Method ``a`` against method ``b`` (labels), paired by budget and seed: per (budget,
-    preset, time) the per-seed differences a - b of ideal accuracy and of non-ideal accuracy
-    (each seed's mean over its trials; trial i of both arms sees the same chip seed), their mean
-    and 95 % CI over the seeds both have. Budgets are matched by value (None with None); where
-    ``b`` has no arm at a's budget but has a budget-less one (the dense model, ``none``), every
-    budget of ``a`` is paired with that one."""
+def _pairings(records: Sequence[dict], pairs: Sequence[Sequence[str]]) -> list[tuple]:
+    """``(a, b, budget, budget of b, seeds, a's records, b's records)`` per pair and budget:
+    budgets matched by value (None with None); where ``b`` has no arm at a's budget but has a
+    budget-less one (the dense model), every budget of ``a`` pairs with that one; seeds are
+    those both have, in order."""
     by = {(r["method"], r["budget"], r["seed"]): r for r in records}
     out = []
     for a, b in pairs:
@@ -1017,47 +1015,115 @@ def paired_comparisons(records: Sequence[dict], pairs: Sequence[Sequence[str]]) 
             {(bud, seed) for (m, bud, seed) in by if m == a and (b, partner(bud), seed) in by},
             key=lambda k: (k[0] is not None, k[0] or 0.0, k[1]),
         )
-        budgets = list(dict.fromkeys(k[0] for k in keys))
-        for bud in budgets:
+        for bud in dict.fromkeys(k[0] for k in keys):
             seeds = [sd for (bb, sd) in keys if bb == bud]
             ra = [by[(a, bud, sd)] for sd in seeds]
             rb = [by[(b, partner(bud), sd)] for sd in seeds]
-            dideal = [x["acc_ideal"] - y["acc_ideal"] for x, y in zip(ra, rb, strict=True)]
-            im, ici = mean_ci95(dideal)
-            for preset in ra[0]["nonideal"]:
-                for tlabel in ra[0]["nonideal"][preset]:
-                    d = [
-                        statistics.fmean(x["nonideal"][preset][tlabel])
-                        - statistics.fmean(y["nonideal"][preset][tlabel])
-                        for x, y in zip(ra, rb, strict=True)
-                    ]
-                    m, ci = mean_ci95(d)
-                    # the accuracy each loses to the non-idealities, a's minus b's (Bhattacharjee
-                    # et al. 2022 compare sparse and dense models by this drop)
-                    dl = [di - dn for di, dn in zip(dideal, d, strict=True)]
-                    lm, lci = mean_ci95(dl)
-                    out.append(
-                        {
-                            "a": a,
-                            "b": b,
-                            "budget": bud,
-                            "budget_b": partner(bud),
-                            "nonideal": preset,
-                            "time": tlabel,
-                            "seeds": seeds,
-                            "saving_a": statistics.fmean(x["crossbar_saving"] for x in ra),
-                            "saving_b": statistics.fmean(y["crossbar_saving"] for y in rb),
-                            "ideal_diff_mean": im,
-                            "ideal_diff_ci95": ici,
-                            "ideal_diff_per_seed": dideal,
-                            "nonideal_diff_mean": m,
-                            "nonideal_diff_ci95": ci,
-                            "nonideal_diff_per_seed": d,
-                            "loss_diff_mean": lm,
-                            "loss_diff_ci95": lci,
-                            "loss_diff_per_seed": dl,
-                        }
-                    )
+            out.append((a, b, bud, partner(bud), seeds, ra, rb))
+    return out
+
+
+def evaluation_pairs(records: Sequence[dict], pairs: Sequence[Sequence[str]]) -> list[dict]:
+    """The ``pairs`` on the evaluation plug-ins' points: per (pair, budget, evaluation,
+    point) the per-seed differences a - b of the seed means (the same chip seeds in both
+    arms), their mean and 95 % CI."""
+    out = []
+    for a, b, bud, bud_b, seeds, ra, rb in _pairings(records, pairs):
+        labels = [k for k in (ra[0].get("evaluations") or {})
+                  if all(k in (r.get("evaluations") or {}) for r in [*ra, *rb])]  # fmt: skip
+
+        def coord(p: dict) -> str:
+            return json.dumps({k: v for k, v in p.items() if k not in ("per_trial", "metrics")},
+                              sort_keys=True)  # fmt: skip
+
+        for label in labels:
+            pa = [{coord(p): p for p in r["evaluations"][label]} for r in ra]
+            pb = [{coord(p): p for p in r["evaluations"][label]} for r in rb]
+            for at in pa[0]:
+                if not all(at in x for x in [*pa, *pb]):
+                    continue
+                d = [
+                    statistics.fmean(x[at]["per_trial"]) - statistics.fmean(y[at]["per_trial"])
+                    for x, y in zip(pa, pb, strict=True)
+                ]
+                m, ci = mean_ci95(d)
+                out.append({"a": a, "b": b, "budget": bud, "budget_b": bud_b,
+                            "evaluation": label, **json.loads(at), "seeds": seeds,
+                            "diff_mean": m, "diff_ci95": ci, "diff_per_seed": d})  # fmt: skip
+    return out
+
+
+def evaluation_pairs_markdown(comparisons: Sequence[dict]) -> list[str]:
+    if not comparisons:
+        return []
+    fixed = {"a", "b", "budget", "budget_b", "evaluation", "seeds", "diff_mean", "diff_ci95",
+             "diff_per_seed"}  # fmt: skip
+    keys = list(dict.fromkeys(k for c in comparisons for k in c if k not in fixed))
+    lines = [
+        "",
+        "## Paired comparisons on the evaluations (a − b, same budget and seed; pp)",
+        "",
+        "| evaluation | a | b | budget | " + " | ".join(keys) + " | Δ accuracy (pp) | seeds |",
+        "|---|---|---|---|" + "---|" * len(keys) + "---|---|",
+    ]
+    for c in comparisons:
+        bud = "–" if c["budget"] is None else f"{c['budget']:g}"
+        if c["budget_b"] != c["budget"]:
+            bud += " / –"
+        ci = f" ± {100 * c['diff_ci95']:.2f}" if c["diff_ci95"] is not None else ""
+        lines.append(
+            f"| {c['evaluation']} | {c['a']} | {c['b']} | {bud} | "
+            + " | ".join(f"{c.get(k, '–')}" for k in keys)
+            + f" | {100 * c['diff_mean']:+.2f}{ci} | {len(c['seeds'])} |"
+        )
+    return lines
+
+
+def paired_comparisons(records: Sequence[dict], pairs: Sequence[Sequence[str]]) -> list[dict]:
+    """Method ``a`` against method ``b`` (labels), paired by budget and seed: per (budget,
+    preset, time) the per-seed differences a - b of ideal accuracy and of non-ideal accuracy
+    (each seed's mean over its trials; trial i of both arms sees the same chip seed), their mean
+    and 95 % CI over the seeds both have. Budgets are matched by value (None with None); where
+    ``b`` has no arm at a's budget but has a budget-less one (the dense model, ``none``), every
+    budget of ``a`` is paired with that one."""
+    out = []
+    for a, b, bud, bud_b, seeds, ra, rb in _pairings(records, pairs):
+        dideal = [x["acc_ideal"] - y["acc_ideal"] for x, y in zip(ra, rb, strict=True)]
+        im, ici = mean_ci95(dideal)
+        for preset in ra[0]["nonideal"]:
+            for tlabel in ra[0]["nonideal"][preset]:
+                d = [
+                    statistics.fmean(x["nonideal"][preset][tlabel])
+                    - statistics.fmean(y["nonideal"][preset][tlabel])
+                    for x, y in zip(ra, rb, strict=True)
+                ]
+                m, ci = mean_ci95(d)
+                # the accuracy each loses to the non-idealities, a's minus b's (Bhattacharjee
+                # et al. 2022 compare sparse and dense models by this drop)
+                dl = [di - dn for di, dn in zip(dideal, d, strict=True)]
+                lm, lci = mean_ci95(dl)
+                out.append(
+                    {
+                        "a": a,
+                        "b": b,
+                        "budget": bud,
+                        "budget_b": bud_b,
+                        "nonideal": preset,
+                        "time": tlabel,
+                        "seeds": seeds,
+                        "saving_a": statistics.fmean(x["crossbar_saving"] for x in ra),
+                        "saving_b": statistics.fmean(y["crossbar_saving"] for y in rb),
+                        "ideal_diff_mean": im,
+                        "ideal_diff_ci95": ici,
+                        "ideal_diff_per_seed": dideal,
+                        "nonideal_diff_mean": m,
+                        "nonideal_diff_ci95": ci,
+                        "nonideal_diff_per_seed": d,
+                        "loss_diff_mean": lm,
+                        "loss_diff_ci95": lci,
+                        "loss_diff_per_seed": dl,
+                    }
+                )
     return out
 
 
@@ -1280,6 +1346,7 @@ def to_markdown(summary: dict) -> str:
     lines += metrics_markdown(rows)
     lines += evaluations_markdown(summary.get("evaluations", []))
     lines += pairs_markdown(summary.get("pairs", []))
+    lines += evaluation_pairs_markdown(summary.get("evaluation_pairs", []))
     lines += hwa_markdown(summary.get("hwa", []))
     lines += selection_markdown(summary.get("records", []))
     lines += ["", "![Pareto](pareto.png)", ""]
@@ -1455,6 +1522,22 @@ def write_bench_html(summary: dict, path: Path) -> Path:
                 ],
             )
         )
+    if summary.get("evaluation_pairs"):
+        drop = {"diff_mean", "diff_ci95", "diff_per_seed", "seeds"}
+        extra.append(
+            Table(
+                "Paired comparisons on the evaluations (a − b, same budget and seed; pp, CI95)",
+                [
+                    {
+                        **{k: v for k, v in c.items() if k not in drop},
+                        "Δ accuracy (pp)": _r(c["diff_mean"]),
+                        "± CI95": _r(c["diff_ci95"]),
+                        "seeds": len(c["seeds"]),
+                    }
+                    for c in summary["evaluation_pairs"]
+                ],
+            )
+        )
     if summary.get("failed"):
         extra.append(
             Table(
@@ -1549,6 +1632,7 @@ def run_bench(
         "hwa": hwa_effects(records),
         "pairs": paired_comparisons(records, cfg.pairs),
         "evaluations": evaluation_rows(records),
+        "evaluation_pairs": evaluation_pairs(records, cfg.pairs),
         "records": records,
         "failed": failed,
     }
