@@ -585,3 +585,40 @@ def test_report_html_lists_pairs_and_failed_arms(tmp_path):
     html = write_bench_html(summary, tmp_path / "report.html").read_text()
     assert "Paired comparisons" in html and "Δ non-ideal ± CI95" in html
     assert "Failed arms" in html and "c/default/s0" in html and "loss inf" in html
+
+
+def test_a_second_bench_shares_the_first_ones_arms_through_work(mini, tmp_path):
+    """`work:` points a bench at another bench's arm cache: its common arms are reused
+    (nothing recomputed, identical rows), and a variant that only overrides the evaluation
+    takes its partner's compression and fine-tuning as they are (copied, not retrained)."""
+    import shutil
+
+    first = shutil.copytree(mini[0], tmp_path / "first", copy_function=shutil.copy2)
+    summary_a = json.loads((first / "summary.json").read_text())
+    cfg = copy.deepcopy(MINI)
+    gm = cfg["methods"][0]
+    cfg["methods"] = [gm, {**copy.deepcopy(gm), "label": "gm-t3", "budgets": [0.7],
+                           "overrides": {"evaluate": {"trials": 3}}}]  # fmt: skip
+    cfg["work"] = str(first / "work")
+    arms = plan_arms(load_bench(cfg), tmp_path / "second")
+    assert all(Path(a.dir).is_relative_to(first / "work") for a in arms)
+    plain = next(a for a in arms if a.key == "group-magnitude/0.7/s0")
+    stamps = {f.name: f.stat().st_mtime_ns for f in (Path(plain.dir) / "stages").glob("*.pt")}
+    summary_b = run_bench(cfg, out=str(tmp_path / "second"), log=lambda s: None)
+    assert {f.name: f.stat().st_mtime_ns
+            for f in (Path(plain.dir) / "stages").glob("*.pt")} == stamps  # fmt: skip
+    rows_a = [r for r in summary_a["rows"] if r["method"] != "gm-t3"]
+    rows_b = [r for r in summary_b["rows"] if r["method"] != "gm-t3"]
+    assert rows_b == rows_a
+    var = next(a for a in arms if a.key == "gm-t3/0.7/s0")
+    for stage in ("compress", "finetune"):
+        mine, theirs = Path(var.dir) / "stages" / f"{stage}.pt", Path(plain.dir) / "stages"
+        assert mine.read_bytes() == (theirs / f"{stage}.pt").read_bytes()
+        # copy2 keeps the partner's time stamp: a retrained stage would carry a new one
+        assert mine.stat().st_mtime_ns == (theirs / f"{stage}.pt").stat().st_mtime_ns
+    rec = next(r for r in summary_b["records"] if r["key"] == "gm-t3/0.7/s0")
+    assert len(rec["nonideal"]["pcm"]["1d"]) == 3
+    base = next(r for r in summary_b["records"] if r["key"] == "group-magnitude/0.7/s0")
+    assert rec["acc_ideal"] == base["acc_ideal"]
+    # trials 0 and 1 are the same chips (seeds) as the plain arm's two trials
+    assert rec["nonideal"]["pcm"]["1d"][:2] == base["nonideal"]["pcm"]["1d"]

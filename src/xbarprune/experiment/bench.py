@@ -137,6 +137,10 @@ class BenchConfig:
     #: a paper's own measurements of finished arms (evaluation plug-ins), e.g. the
     #: weight-robustness sweep of Liang et al. 2018 Fig. 12
     evaluations: tuple[EvaluationSpec, ...] = ()
+    #: the arm cache (default ``<out>/work``). Point two benches at one cache to share their
+    #: common arms (same method label, budget and seed): every stage is still rerun when its
+    #: recorded inputs differ, so sharing never mixes settings
+    work: str | None = None
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -293,7 +297,7 @@ def plan_arms(cfg: BenchConfig, out: Path) -> list[Arm]:
     base.pop("seed", None)
     base["nonideal"] = cfg.definition(cfg.presets[0])
     base = _merge(base, {"evaluate": {"dense": False}})
-    work = out / "work"
+    work = Path(cfg.work) if cfg.work else out / "work"
     arms: list[Arm] = []
     specs = list(cfg.methods)
     # the seed's dense model: the first plain `none` (no overrides); the others reuse its training
@@ -412,10 +416,12 @@ def _reuse_stage(arm: Arm, source: str | None, stage: str) -> None:
 
 
 def _reuse_stages(arm: Arm) -> None:
-    """Give the arm the seed's dense model, and a variant its plain partner's compression,
-    where the inputs are equal."""
+    """Give the arm the seed's dense model, and a variant its plain partner's compression
+    and fine-tuning, each where its recorded inputs are equal (an evaluation override such as
+    BatchNorm re-calibration changes neither; hardware-aware fine-tuning changes the second)."""
     _reuse_stage(arm, arm.dense_dir, "train")
     _reuse_stage(arm, arm.partner_dir, "compress")
+    _reuse_stage(arm, arm.partner_dir, "finetune")
 
 
 def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[str, Any]:
