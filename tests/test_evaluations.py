@@ -213,6 +213,14 @@ def test_an_evaluation_is_cached_and_recomputed_when_its_params_change(mini_eval
     spec["trials"] = 5
     pts3, _ = _cached_evaluation(run, spec)
     assert len(pts3[0]["per_trial"]) == 5
+    # the same config with another model in the arm (its stages recomputed): measured again
+    ft = Path(arm.dir) / "stages" / "finetune.pt"
+    ck = torch.load(ft, weights_only=True)
+    ck["model"] = {k: torch.zeros_like(v) for k, v in ck["model"].items()}
+    torch.save(ck, ft)
+    pts4, _ = _cached_evaluation(run, spec)
+    assert pts4 != pts3
+    assert all(len(set(p["per_trial"])) == 1 for p in pts4)  # a constant model: no chip differs
 
 
 # ---------------------------------------------------------------- ADMM steps (Ma et al. Table 1)

@@ -36,6 +36,7 @@ Executors: ``local`` (in this process, or ``runtime.workers`` processes) and ``r
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import statistics
@@ -558,7 +559,8 @@ def _cached_simulation(
 def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], float]:
     """The evaluation plug-in ``spec`` on the finished arm ``run`` (its compressed model and
     layout, the test split, training images for calibration) and its compute seconds, cached
-    in ``<arm>/bench_eval/<label>.json`` with the record of its inputs."""
+    in ``<arm>/bench_eval/<label>.json`` with the record of its inputs (config and the digest
+    of the measured model's checkpoint)."""
     from xbarprune.experiment.evaluations import EvalContext, get_evaluation
 
     ev = get_evaluation(spec["name"], f"evaluations[{spec['label']}]")
@@ -567,6 +569,9 @@ def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], floa
     rec = dict(run.stage_inputs("simulate"))
     rec = {k: v for k, v in rec.items() if not k.startswith("nonideal")}
     rec["evaluation"] = {"name": spec["name"], "params": spec["params"], "trials": trials}
+    # the measured model itself: an arm whose stages were recomputed (e.g. after a stage file
+    # was removed by hand) is measured again even when its config is unchanged
+    rec["model_sha256"] = hashlib.sha256((run.stages / "finetune.pt").read_bytes()).hexdigest()
     path = run.dir / "bench_eval" / f"{spec['label']}.json"
     if path.is_file():
         try:
