@@ -622,3 +622,54 @@ def test_a_second_bench_shares_the_first_ones_arms_through_work(mini, tmp_path):
     assert rec["acc_ideal"] == base["acc_ideal"]
     # trials 0 and 1 are the same chips (seeds) as the plain arm's two trials
     assert rec["nonideal"]["pcm"]["1d"][:2] == base["nonideal"]["pcm"]["1d"]
+
+
+def _two_experiments() -> dict:
+    cfg = copy.deepcopy(MINI)
+    cfg["presets"] = ["pcm"]
+    cfg["methods"][0]["budgets"] = [0.7]
+    cfg["experiments"] = [
+        {"label": "x32", "base": {"crossbar": {"rows": 32, "cols": 32}}},
+        {
+            "label": "x16",
+            "base": {"crossbar": {"rows": 16, "cols": 16}},
+            "presets": ["reram"],
+        },  # fmt: skip
+    ]
+    return cfg
+
+
+def test_experiments_are_benches_of_their_own_validated_first(tmp_path):
+    """`experiments` runs one bench per setting in <out>/<label>/: each equals the same bench
+    run alone (rows bitwise), the index lists them, and a bad last experiment stops everything
+    before the first arm trains."""
+    cfg = _two_experiments()
+    index = run_bench(copy.deepcopy(cfg), out=str(tmp_path / "multi"), log=lambda s: None)
+    assert [e["label"] for e in index["experiments"]] == ["x32", "x16"]
+    assert [e["presets"] for e in index["experiments"]] == [["pcm"], ["reram"]]
+    alone = copy.deepcopy(cfg)
+    del alone["experiments"]
+    alone["base"]["crossbar"] = {"rows": 16, "cols": 16}
+    alone["presets"] = ["reram"]
+    single = run_bench(alone, out=str(tmp_path / "alone"), log=lambda s: None)
+    multi = json.loads((tmp_path / "multi" / "x16" / "summary.json").read_text())
+
+    def strip(rows):  # compute_s is a measured time
+        return [{k: v for k, v in r.items() if k != "compute_s"} for r in rows]
+
+    assert strip(multi["rows"]) == strip(single["rows"])
+    x32 = json.loads((tmp_path / "multi" / "x32" / "summary.json").read_text())
+    assert x32["rows"][0]["crossbars_dense"] != multi["rows"][0]["crossbars_dense"]
+    md = (tmp_path / "multi" / "summary.md").read_text()
+    assert "| x16 | lenet5 | mnist-embedded | reram | 1 | 2 | 0 |" in md
+    assert (tmp_path / "multi" / "x32" / "report.html").is_file()
+    bad = _two_experiments()
+    bad["experiments"][1]["base"]["crossbar"] = {"rows": 0, "cols": 16}
+    with pytest.raises(ConfigError, match="crossbar"):
+        run_bench(bad, out=str(tmp_path / "bad"), log=lambda s: None)
+    assert not (tmp_path / "bad" / "x32" / "work").exists()  # nothing ran
+    for wrong, msg in [({"label": "a/b"}, "label"), ({"label": "a", "base": {"seed": 1}}, "seed")]:
+        c = _two_experiments()
+        c["experiments"] = [wrong]
+        with pytest.raises(ConfigError, match=msg):
+            load_bench(c)

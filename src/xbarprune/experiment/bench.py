@@ -116,6 +116,33 @@ class EvaluationSpec:
 
 
 @dataclass(frozen=True)
+class ExperimentSpec:
+    """One (model, data, crossbar, ...) setting of a multi-experiment bench: ``base`` is an
+    experiment-config mapping merged into the bench's ``base``; ``presets`` (default: the
+    bench's) may differ per experiment, e.g. a preset too slow for a larger model. Its arms,
+    summary and report go to ``<out>/<label>/``."""
+
+    label: str
+    base: dict[str, Any] = field(default_factory=dict)
+    presets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.label or ""):
+            raise ConfigError(
+                f"experiments[].label = {self.label!r}; allowed: letters, digits, '_', '.', "
+                "'-' (it names the experiment's folder)"
+            )
+        for k in ("seed", "method", "name", "nonideal"):
+            if k in self.base:
+                raise ConfigError(
+                    f"experiments[{self.label}].base.{k}: set by the bench itself; allowed are "
+                    "experiment-config sections such as model, data, crossbar, train"
+                )
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     """The ``xbarprune bench`` config (``kind: bench`` for ``xbarprune compare``)."""
 
@@ -142,6 +169,9 @@ class BenchConfig:
     #: common arms (same method label, budget and seed): every stage is still rerun when its
     #: recorded inputs differ, so sharing never mixes settings
     work: str | None = None
+    #: several (model, data, crossbar, ...) settings under one protocol, e.g. a paper's two
+    #: networks; each is a bench of its own in ``<out>/<label>/``, all validated first
+    experiments: tuple[ExperimentSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -170,6 +200,9 @@ class BenchConfig:
             for t in pair:
                 if t not in labels:
                     raise ConfigError(f"pairs[{i}]: {t!r} is not a method label ({sorted(labels)})")
+        xlabels = [e.label for e in self.experiments]
+        if len(set(xlabels)) != len(xlabels):
+            raise ConfigError(f"experiments: labels {xlabels} repeat")
         etags = [e.tag for e in self.evaluations]
         if len(set(etags)) != len(etags):
             raise ConfigError(f"evaluations: labels {etags} repeat; give each a distinct 'label'")
@@ -198,15 +231,31 @@ class BenchConfig:
                 from_dict(NonIdealityConfig, spec)
             except XbarpruneError as exc:
                 raise ConfigError(f"nonideal.{name}: {exc}") from exc
-        for p in self.presets:
+        listed = [*self.presets, *(p for e in self.experiments for p in e.presets)]
+        for p in listed:
             if p not in PRESETS and p not in self.nonideal:
                 raise ConfigError(
                     f"presets: {p!r} is neither a built-in preset ({', '.join(sorted(PRESETS))}) "
                     "nor a name defined under `nonideal:`"
                 )
-        unused = set(self.nonideal) - set(self.presets)
+        unused = set(self.nonideal) - set(listed)
         if unused:
             raise ConfigError(f"nonideal: {sorted(unused)} defined but not listed in presets")
+
+    def experiment(self, e: ExperimentSpec) -> BenchConfig:
+        """The bench of one experiment: ``base`` merged with ``e.base``, its presets, its own
+        arm cache (``<work>/<label>`` when ``work`` is given)."""
+        from dataclasses import replace
+
+        return replace(
+            self,
+            name=f"{self.name}-{e.label}",
+            out=None,
+            base=_merge(self.base, e.base),
+            presets=e.presets or self.presets,
+            experiments=(),
+            work=str(Path(self.work) / e.label) if self.work else None,
+        )
 
     def definition(self, name: str) -> str | dict[str, Any]:
         """What the experiment config's ``nonideal`` takes for the preset ``name``: the
@@ -1591,19 +1640,119 @@ def run_bench(
     """Plan, validate, execute and summarise a bench; returns the summary (also written to
     ``<out>/summary.json``, ``summary.md``, ``pareto.png`` and ``report.html``). ``merge``:
     earlier summaries whose records of arms this run does not plan join the summary
-    (:func:`merge_records`; the header says which)."""
+    (:func:`merge_records`; the header says which).
+
+    With ``experiments``, each experiment is a bench in ``<out>/<label>/`` (its own summary
+    and report); every experiment's arms are validated before the first one runs, and
+    ``<out>/summary.json`` / ``summary.md`` index them."""
+    t0 = time.perf_counter()
+    cfg = load_bench(data, quick=quick)
+    outdir = Path(out or cfg.out or f"results/bench/{cfg.name}")
+    if cfg.experiments and merge:
+        raise ConfigError("--merge: not with `experiments` (merge each experiment's summary)")
+    parts = (
+        [(cfg.experiment(e), outdir / e.label) for e in cfg.experiments]
+        if cfg.experiments
+        else [(cfg, outdir)]
+    )
+    planned = [(c, o, plan_arms(c, o)) for c, o in parts]
+    for _c, _o, arms in planned:  # a typo in the last experiment fails before any training
+        validate_arms(arms)
+    summaries = [
+        _run_planned(
+            c,
+            o,
+            arms,
+            executor=executor,
+            command=command,
+            log=log,
+            merge=merge,
+            quick=quick,
+            t0=None if cfg.experiments else t0,
+        )  # fmt: skip
+        for c, o, arms in planned
+    ]
+    if not cfg.experiments:
+        return summaries[0]
+    index = {
+        "header": {
+            "command": command,
+            "wall_time_s": round(time.perf_counter() - t0, 1),
+            "compute_s": sum(x["header"]["compute_s"] for x in summaries),
+            "quick": quick,
+        },
+        "name": cfg.name,
+        "selection_split": "val",
+        "experiments": [
+            {
+                "label": e.label,
+                "summary": f"{e.label}/summary.json",
+                "model": x["model"],
+                "dataset": x["dataset"],
+                "presets": x["presets"],
+                "seeds": x["seeds"],
+                "arms": len(x["records"]),
+                "failed": len(x["failed"]),
+            }
+            for e, x in zip(cfg.experiments, summaries, strict=True)
+        ],
+    }
+    atomic_write_json(outdir / "summary.json", index)
+    atomic_write_text(outdir / "summary.md", experiments_markdown(index, summaries))
+    log(f"written {outdir / 'summary.json'} (index of {len(summaries)} experiments)")
+    return index
+
+
+def experiments_markdown(index: dict, summaries: Sequence[dict]) -> str:
+    """The index of a multi-experiment bench: one line per experiment, then each one's
+    ranking (its full tables are in ``<label>/summary.md``)."""
+    h = index["header"]
+    lines = [
+        f"# Benchmark: {index['name']} ({len(summaries)} experiments)",
+        "",
+        f"Command: `{h['command']}`  ",
+        f"Wall time: {h['wall_time_s']} s; compute of all arms: {h['compute_s']:.0f} s",
+        "",
+        "| experiment | model | data | presets | seeds | arms | failed | details |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in index["experiments"]:
+        lines.append(
+            f"| {e['label']} | {e['model']} | {e['dataset']} | {', '.join(e['presets'])} | "
+            f"{len(e['seeds'])} | {e['arms']} | {e['failed']} | "
+            f"[summary]({e['label']}/summary.md), [report]({e['label']}/report.html) |"
+        )
+    for e, x in zip(index["experiments"], summaries, strict=True):
+        md = to_markdown(x)
+        start = md.find("## Ranking")
+        end = md.find("## Every arm")
+        if start >= 0 and end > start:
+            section = md[start:end].strip().replace("## Ranking", "### Ranking", 1)
+            lines += ["", f"## {e['label']}: {e['model']} on {e['dataset']}", "", section]
+    return "\n".join(lines) + "\n"
+
+
+def _run_planned(
+    cfg: BenchConfig,
+    outdir: Path,
+    arms: list[Arm],
+    *,
+    executor: str,
+    command: str,
+    log: Callable[[str], None],
+    merge: Sequence[str | Path],
+    quick: bool,
+    t0: float | None = None,
+) -> dict:
+    """Execute the planned, validated ``arms`` of one bench and write its summary (its wall
+    time counted from ``t0``, default now)."""
     import platform
 
     import torch
 
-    t0 = time.perf_counter()
-    cfg = load_bench(data, quick=quick)
-    outdir = Path(out or cfg.out or f"results/bench/{cfg.name}")
-    arms = plan_arms(cfg, outdir)
-    validate_arms(arms)
+    t0 = time.perf_counter() if t0 is None else t0
     log(f"bench {cfg.name}: {len(arms)} arms ({len(cfg.seeds)} seed(s)) -> {outdir}")
     records = execute(arms, executor=executor, workers=cfg.workers, log=log)
-    first = records[0]
     from xbarprune.experiment.config import load_config
 
     base = load_config(arms[0].config)
@@ -1647,7 +1796,6 @@ def run_bench(
         "records": records,
         "failed": failed,
     }
-    del first
     ensure_dir(outdir)
     pareto_plot(rows, outdir / "pareto.png")
     atomic_write_json(outdir / "summary.json", summary)
