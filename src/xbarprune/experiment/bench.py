@@ -586,13 +586,9 @@ def _cached_simulation(
     rec = {k: v for k, v in rec.items() if not k.startswith("nonideal")}
     rec["nonideal"] = definition
     path = run.dir / "bench_sim" / f"{preset_name}.json"
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-            if old.get("record") == rec:
-                return old["result"], float(old.get("seconds", 0.0))
-        except (OSError, ValueError):
-            pass
+    hit = _cache_hit(path, rec, "result")
+    if hit is not None:
+        return hit
     t0 = time.perf_counter()
     if isinstance(definition, dict):
         from xbarprune.hardware.nonideal.model import NonIdealityConfig
@@ -603,6 +599,20 @@ def _cached_simulation(
     secs = time.perf_counter() - t0
     atomic_write_json(path, {"record": rec, "result": res, "seconds": secs})
     return res, secs
+
+
+def _cache_hit(path: Path, record: dict, key: str) -> tuple[Any, float] | None:
+    """``(cached[key], seconds)`` when ``path`` holds a result made with ``record``; None
+    when it is missing, unreadable or made with other inputs (then it is recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if old.get("record") != record:
+        return None
+    return old[key], float(old.get("seconds", 0.0))
 
 
 def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], float]:
@@ -622,13 +632,9 @@ def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], floa
     # was removed by hand) is measured again even when its config is unchanged
     rec["model_sha256"] = hashlib.sha256((run.stages / "finetune.pt").read_bytes()).hexdigest()
     path = run.dir / "bench_eval" / f"{spec['label']}.json"
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-            if old.get("record") == rec:
-                return old["points"], float(old.get("seconds", 0.0))
-        except (OSError, ValueError):
-            pass
+    hit = _cache_hit(path, rec, "points")
+    if hit is not None:
+        return hit
     t0 = time.perf_counter()
     _dense, comp, dl, cl, _ck = run.models()
     ctx = EvalContext(
