@@ -117,7 +117,7 @@ def test_evaluation_rows_aggregate_seeds_by_hand():
     assert (r["bits"], r["budget"], r["method"]) == (4, 0.5, "a")
     z = next(r for r in rows if r["sigma"] == 0.0)
     assert z["acc_mean"] == pytest.approx(0.85) and z["trials_per_seed"] == 1
-    md = "\n".join(evaluations_markdown(rows))
+    md = "\n".join(evaluations_markdown(rows, {"weight-robustness": WeightRobustness.description}))
     assert "## Evaluation `weight-robustness`: Liang et al. 2018 Fig. 12" in md
     assert "| a | 0.5 | 60.00 | 4 | 0.1 | 66.67 ± 28.68 | 3 | 2 |" in md
 

@@ -55,6 +55,17 @@ MIN_VAL_FRACTION = 0.1
 
 
 # ---------------------------------------------------------------------------- config
+def _refuse_bench_keys(mapping: dict[str, Any], where: str) -> None:
+    """An experiment-config mapping merged into ``base`` may not set what the bench sets per
+    arm (seed, method, run name, the preset under measurement)."""
+    for k in ("seed", "method", "name", "nonideal"):
+        if k in mapping:
+            raise ConfigError(
+                f"{where}.{k}: set by the bench itself; allowed are experiment-config "
+                "sections such as model, data, crossbar, train, finetune, evaluate"
+            )
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """One method of a bench: its registered ``name``, the ``params`` shared by its arms,
@@ -76,12 +87,7 @@ class MethodSpec:
             raise ConfigError(f"methods[{self.name}].budgets: a knob needs at least one budget")
         if self.knob is None and self.budgets:
             raise ConfigError(f"methods[{self.name}].knob: budgets need the knob they set")
-        for k in ("seed", "method", "name", "nonideal"):
-            if k in self.overrides:
-                raise ConfigError(
-                    f"methods[{self.tag}].overrides.{k}: set by the bench itself; allowed "
-                    "overrides are experiment-config sections such as train, finetune, evaluate"
-                )
+        _refuse_bench_keys(self.overrides, f"methods[{self.tag}].overrides")
 
     @property
     def tag(self) -> str:
@@ -114,6 +120,12 @@ class EvaluationSpec:
     def tag(self) -> str:
         return self.label or self.name
 
+    @property
+    def description(self) -> str:
+        from xbarprune.experiment.evaluations import EVALUATIONS
+
+        return EVALUATIONS[self.name].description
+
 
 @dataclass(frozen=True)
 class ExperimentSpec:
@@ -134,12 +146,7 @@ class ExperimentSpec:
                 f"experiments[].label = {self.label!r}; allowed: letters, digits, '_', '.', "
                 "'-' (it names the experiment's folder)"
             )
-        for k in ("seed", "method", "name", "nonideal"):
-            if k in self.base:
-                raise ConfigError(
-                    f"experiments[{self.label}].base.{k}: set by the bench itself; allowed are "
-                    "experiment-config sections such as model, data, crossbar, train"
-                )
+        _refuse_bench_keys(self.base, f"experiments[{self.label}].base")
 
 
 @dataclass(frozen=True)
@@ -743,6 +750,26 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float | None]:
     return m, float(t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n))
 
 
+def mean_ci95_by_key(values: Sequence[dict[str, float]]) -> dict[str, dict]:
+    """``{key: {"mean", "ci95"}}`` over the per-seed mappings ``values``, for the keys every
+    seed has (a figure some seeds lack is not reported)."""
+    if not values:
+        return {}
+    keys = set.intersection(*(set(v) for v in values))
+    out = {}
+    for k in sorted(keys):
+        m, ci = mean_ci95([float(v[k]) for v in values])
+        out[k] = {"mean": m, "ci95": ci}
+    return out
+
+
+def format_mean_ci(m: dict | None) -> str:
+    """A ``{"mean", "ci95"}`` figure as text (4 significant digits; "–" when absent)."""
+    if m is None:
+        return "–"
+    return f"{m['mean']:.4g}" + (f" ± {m['ci95']:.3g}" if m["ci95"] is not None else "")
+
+
 def interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
     """Linear interpolation of (saving, accuracy) points at ``x``; None outside their range
     (never extrapolated). Points with equal savings are averaged."""
@@ -772,12 +799,7 @@ def build_rows(records: Sequence[dict], model: str, dataset: str) -> list[dict]:
         im, ici = mean_ci95(ideal)
         sm, sci = mean_ci95(saving)
         # a method's own metrics (every seed has them, or none is reported)
-        mkeys = set.intersection(*(set(r.get("method_metrics") or {}) for r in recs))
-        metrics = {
-            k: dict(zip(("mean", "ci95"), mean_ci95([r["method_metrics"][k] for r in recs]),
-                        strict=True))
-            for k in sorted(mkeys)
-        }  # fmt: skip
+        metrics = mean_ci95_by_key([r.get("method_metrics") or {} for r in recs])
         for preset in recs[0]["nonideal"]:
             for tlabel in recs[0]["nonideal"][preset]:
                 per_seed = [statistics.fmean(r["nonideal"][preset][tlabel]) for r in recs]
@@ -819,7 +841,7 @@ def evaluation_rows(records: Sequence[dict]) -> list[dict]:
     """One row per (evaluation, method, budget, point) of the evaluation plug-ins: the mean
     over seeds of each seed's mean over its chips, with the 95 % CI and the per-seed values.
     A point is aggregated over the seeds that measured it."""
-    from xbarprune.experiment.evaluations import point_coordinates
+    from xbarprune.experiment.evaluations import point_coordinates, point_key
 
     groups: dict[tuple, list[tuple[dict, dict]]] = {}
     coords: dict[str, list[str]] = {}
@@ -827,8 +849,7 @@ def evaluation_rows(records: Sequence[dict]) -> list[dict]:
         for label, points in (r.get("evaluations") or {}).items():
             coords.setdefault(label, point_coordinates(points))
             for p in points:
-                coord = {k: v for k, v in p.items() if k not in ("per_trial", "metrics")}
-                at = json.dumps(coord, sort_keys=True)
+                at = point_key(p)
                 groups.setdefault((label, r["method"], r["budget"], at), []).append((r, p))
     rows = []
     for (label, method, budget, at), pairs in groups.items():
@@ -836,12 +857,7 @@ def evaluation_rows(records: Sequence[dict]) -> list[dict]:
         m, ci = mean_ci95(per_seed)
         point = json.loads(at)
         # a point's own figures (e.g. compression), over the seeds that all have them
-        mkeys = set.intersection(*(set(p.get("metrics") or {}) for _, p in pairs))
-        metrics = {
-            k: dict(zip(("mean", "ci95"), mean_ci95([float(p["metrics"][k]) for _, p in pairs]),
-                        strict=True))
-            for k in sorted(mkeys)
-        }  # fmt: skip
+        metrics = mean_ci95_by_key([p.get("metrics") or {} for _, p in pairs])
         rows.append(
             {
                 "evaluation": label,
@@ -861,10 +877,11 @@ def evaluation_rows(records: Sequence[dict]) -> list[dict]:
     return rows
 
 
-def evaluations_markdown(rows: Sequence[dict]) -> list[str]:
-    """A table per evaluation plug-in: one line per (method, budget, point)."""
-    from xbarprune.experiment.evaluations import EVALUATIONS
-
+def evaluations_markdown(
+    rows: Sequence[dict], descriptions: dict[str, str] | None = None
+) -> list[str]:
+    """A table per evaluation plug-in (``descriptions``: label -> what it measures): one line
+    per (method, budget, point)."""
     lines: list[str] = []
     fixed = {"evaluation", "method", "budget", "seeds", "crossbar_saving", "acc_mean",
              "acc_ci95", "acc_per_seed", "trials_per_seed", "selection_split",
@@ -873,7 +890,7 @@ def evaluations_markdown(rows: Sequence[dict]) -> list[str]:
         mine = [r for r in rows if r["evaluation"] == label]
         keys = [k for k in mine[0] if k not in fixed]
         mkeys = list(dict.fromkeys(k for r in mine for k in r.get("metrics") or {}))
-        desc = next((c.description for n, c in EVALUATIONS.items() if label.startswith(n)), "")
+        desc = (descriptions or {}).get(label, "")
         lines += [
             "",
             f"## Evaluation `{label}`" + (f": {desc}" if desc else ""),
@@ -893,18 +910,11 @@ def evaluations_markdown(rows: Sequence[dict]) -> list[str]:
                 + " | ".join(
                     f"{r[k]:g}" if isinstance(r[k], int | float) else str(r[k]) for k in keys
                 )  # fmt: skip
-                + "".join(f" | {_metric(r, k)}" for k in mkeys)
+                + "".join(f" | {format_mean_ci((r.get('metrics') or {}).get(k))}" for k in mkeys)
                 + f" | {_pct(r['acc_mean'], r['acc_ci95'])} | {len(r['seeds'])} | "
                 f"{r['trials_per_seed']} |"
             )
     return lines
-
-
-def _metric(row: dict, key: str) -> str:
-    m = (row.get("metrics") or {}).get(key)
-    if m is None:
-        return "–"
-    return f"{m['mean']:.4g}" + (f" ± {m['ci95']:.3g}" if m["ci95"] is not None else "")
 
 
 def matched(rows: Sequence[dict], savings: Sequence[float]) -> list[dict]:
@@ -1093,18 +1103,15 @@ def evaluation_pairs(records: Sequence[dict], pairs: Sequence[Sequence[str]]) ->
     """The ``pairs`` on the evaluation plug-ins' points: per (pair, budget, evaluation,
     point) the per-seed differences a - b of the seed means (the same chip seeds in both
     arms), their mean and 95 % CI."""
+    from xbarprune.experiment.evaluations import point_key
+
     out = []
     for a, b, bud, bud_b, seeds, ra, rb in _pairings(records, pairs):
         labels = [k for k in (ra[0].get("evaluations") or {})
                   if all(k in (r.get("evaluations") or {}) for r in [*ra, *rb])]  # fmt: skip
-
-        def coord(p: dict) -> str:
-            return json.dumps({k: v for k, v in p.items() if k not in ("per_trial", "metrics")},
-                              sort_keys=True)  # fmt: skip
-
         for label in labels:
-            pa = [{coord(p): p for p in r["evaluations"][label]} for r in ra]
-            pb = [{coord(p): p for p in r["evaluations"][label]} for r in rb]
+            pa = [{point_key(p): p for p in r["evaluations"][label]} for r in ra]
+            pb = [{point_key(p): p for p in r["evaluations"][label]} for r in rb]
             for at in pa[0]:
                 if not all(at in x for x in [*pa, *pb]):
                     continue
@@ -1317,14 +1324,7 @@ def metrics_markdown(rows: Sequence[dict]) -> list[str]:
         "|---|---|" + "---|" * len(keys) + "---|---|",
     ]
     for (method, budget), r in seen.items():
-        cells = []
-        for k in keys:
-            m = r["method_metrics"].get(k)
-            if m is None:
-                cells.append("–")
-                continue
-            ci = f" ± {m['ci95']:.3g}" if m["ci95"] is not None else ""
-            cells.append(f"{m['mean']:.4g}{ci}")
+        cells = [format_mean_ci(r["method_metrics"].get(k)) for k in keys]
         b = budget if budget is not None else "–"
         lines.append(
             f"| {method} | {b} | "
@@ -1340,28 +1340,12 @@ def _pct(x: float | None, ci: float | None = None) -> str:
     return f"{100 * x:.2f}" + (f" ± {100 * ci:.2f}" if ci is not None else "")
 
 
-def to_markdown(summary: dict) -> str:
-    h = summary["header"]
-    rows, rank = summary["rows"], summary["ranking"]
-    nseeds = sorted({len(r["seeds"]) for r in rows})
+def ranking_markdown(summary: dict, level: str = "##") -> list[str]:
+    """The ranking at ``rank_at`` saving (interpolated per seed, Δ to the best paired)."""
+    rank = summary["ranking"]
     lines = [
-        f"# Benchmark: {summary['model']} on {summary['dataset']}",
-        "",
-        f"Command: `{h['command']}`  ",
-        f"Wall time: {h['wall_time_s']} s; compute of all arms: {h['compute_s']:.0f} s; "
-        f"machine: {h['machine']}",
-        *[
-            f"Merged: {m['records']} record(s) of `{m['command']}` ({m['from']}; wall time "
-            f"{m['wall_time_s']} s, compute {m['compute_s']:.0f} s)  "
-            for m in h.get("merged", [])
-        ],
-        "",
-        f"Seeds per figure: {', '.join(map(str, nseeds))} "
-        f"({'single-seed numbers: no confidence interval' if nseeds == [1] else 'mean ± 95 % CI over seeds (Student t), Monte Carlo trials nested per seed'}). "  # noqa: E501
-        "Every selection read the validation split (carved from the training data); the test "
-        "split was read by the final measurement only.",
-        "",
-        f"## Ranking at {100 * summary['rank_at']:.0f} % crossbar saving (interpolated per seed)",
+        f"{level} Ranking at {100 * summary['rank_at']:.0f} % crossbar saving "
+        "(interpolated per seed)",
         "",
     ]
     if rank:
@@ -1392,6 +1376,32 @@ def to_markdown(summary: dict) -> str:
             f"{_pct(r['acc_nonideal_mean'], r['acc_nonideal_ci95'])} | {dtxt} | "
             f"{len(r['seeds'])} |"
         )
+    return lines
+
+
+def to_markdown(summary: dict) -> str:
+    h = summary["header"]
+    rows = summary["rows"]
+    nseeds = sorted({len(r["seeds"]) for r in rows})
+    lines = [
+        f"# Benchmark: {summary['model']} on {summary['dataset']}",
+        "",
+        f"Command: `{h['command']}`  ",
+        f"Wall time: {h['wall_time_s']} s; compute of all arms: {h['compute_s']:.0f} s; "
+        f"machine: {h['machine']}",
+        *[
+            f"Merged: {m['records']} record(s) of `{m['command']}` ({m['from']}; wall time "
+            f"{m['wall_time_s']} s, compute {m['compute_s']:.0f} s)  "
+            for m in h.get("merged", [])
+        ],
+        "",
+        f"Seeds per figure: {', '.join(map(str, nseeds))} "
+        f"({'single-seed numbers: no confidence interval' if nseeds == [1] else 'mean ± 95 % CI over seeds (Student t), Monte Carlo trials nested per seed'}). "  # noqa: E501
+        "Every selection read the validation split (carved from the training data); the test "
+        "split was read by the final measurement only.",
+        "",
+    ]
+    lines += ranking_markdown(summary)
     lines += [
         "",
         "## Every arm",
@@ -1410,7 +1420,9 @@ def to_markdown(summary: dict) -> str:
         )
     lines += failed_markdown(summary.get("failed", []))
     lines += metrics_markdown(rows)
-    lines += evaluations_markdown(summary.get("evaluations", []))
+    lines += evaluations_markdown(
+        summary.get("evaluations", []), summary.get("evaluation_descriptions")
+    )
     lines += pairs_markdown(summary.get("pairs", []))
     lines += evaluation_pairs_markdown(summary.get("evaluation_pairs", []))
     lines += hwa_markdown(summary.get("hwa", []))
@@ -1729,12 +1741,8 @@ def experiments_markdown(index: dict, summaries: Sequence[dict]) -> str:
             f"[summary]({e['label']}/summary.md), [report]({e['label']}/report.html) |"
         )
     for e, x in zip(index["experiments"], summaries, strict=True):
-        md = to_markdown(x)
-        start = md.find("## Ranking")
-        end = md.find("## Every arm")
-        if start >= 0 and end > start:
-            section = md[start:end].strip().replace("## Ranking", "### Ranking", 1)
-            lines += ["", f"## {e['label']}: {e['model']} on {e['dataset']}", "", section]
+        lines += ["", f"## {e['label']}: {e['model']} on {e['dataset']}", ""]
+        lines += ranking_markdown(x, level="###")
     return "\n".join(lines) + "\n"
 
 
@@ -1798,6 +1806,7 @@ def _run_planned(
         "hwa": hwa_effects(records),
         "pairs": paired_comparisons(records, cfg.pairs),
         "evaluations": evaluation_rows(records),
+        "evaluation_descriptions": {e.tag: e.description for e in cfg.evaluations},
         "evaluation_pairs": evaluation_pairs(records, cfg.pairs),
         "records": records,
         "failed": failed,

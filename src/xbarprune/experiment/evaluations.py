@@ -51,6 +51,8 @@ __all__ = [
     "WeightRobustness",
     "WeightRobustnessParams",
     "get_evaluation",
+    "point_coordinates",
+    "point_key",
     "register_evaluation",
     "robustness_model",
 ]
@@ -256,6 +258,16 @@ class ADMMSteps(Evaluation):
                 }
             )
         return out
+
+
+def point_key(point: dict[str, Any]) -> str:
+    """The identity of a point across seeds and arms: its coordinates as sorted JSON (what it
+    measured, ``per_trial`` and ``metrics``, left out)."""
+    import json
+
+    return json.dumps(
+        {k: v for k, v in point.items() if k not in ("per_trial", "metrics")}, sort_keys=True
+    )
 
 
 def point_coordinates(points: Sequence[dict[str, Any]]) -> list[str]:

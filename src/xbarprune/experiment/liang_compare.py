@@ -7,7 +7,8 @@ ideal and through each named non-ideality model (``nonideal: {name: preset or co
 ``evaluate.trials`` Monte Carlo trials. The paper's robustness analysis (Fig. 12: weights
 quantised to b bits, then ``w * exp(theta)``, ``theta ~ N(0, sigma)``) runs on the arms named in
 ``robustness.arms`` and on the dense model, through the same simulator (see
-:func:`robustness_model`). Rows go to ``<out>/summary.json`` (+ summary.md and plots); finished
+:class:`~xbarprune.experiment.evaluations.WeightRobustness`, the benchmark engine's
+``weight-robustness`` plug-in). Rows go to ``<out>/summary.json`` (+ summary.md and plots); finished
 arms are kept in ``<out>/work`` and skipped, so a killed run resumes.
 
 Crossbar counts. *Compute* crossbars are the tiles of the layout that hold a non-zero weight
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,11 @@ from xbarprune.compress.methods.liang import LiangParams, run_liang
 from xbarprune.config import from_dict, to_dict
 from xbarprune.errors import ConfigError
 from xbarprune.experiment.config import DataConfig, EvaluateConfig, ModelConfig
-from xbarprune.experiment.evaluations import robustness_model
+from xbarprune.experiment.evaluations import (
+    EvalContext,
+    WeightRobustness,
+    WeightRobustnessParams,
+)
 from xbarprune.experiment.studies import header, study
 from xbarprune.experiment.studykit import (
     Bench,
@@ -271,20 +277,20 @@ def _experiment(
                     lay = CrossbarLayout.from_dict(
                         json.loads((work / f"layout_{key}.json").read_text())
                     )
-                out = []
-                for bits in rob.get("bits", [3, 4, 5, 8]):
-                    for sigma in rob.get("sigma", [0.0, 0.05, 0.1, 0.2, 0.3]):
-                        d, ni = robustness_model(int(bits), float(sigma))
-                        r = bench.measure(m, lay, d, ni, rob_ev)
-                        res = r["nonideal"][0]
-                        out.append(
-                            {
-                                "bits": int(bits),
-                                "sigma": float(sigma),
-                                "mean": res["mean"],
-                                "std": res["std"],
-                            }  # fmt: skip
-                        )
+                # the engine's `weight-robustness` plug-in: one implementation of Fig. 12
+                ctx = EvalContext(m, lay, dev, bench.test, trials=rob_ev.trials, seed=rob_ev.seed,
+                                  times_s=tuple(rob_ev.times_s),
+                                  torch_device=bench.device)  # fmt: skip
+                grid = WeightRobustnessParams(
+                    bits=tuple(int(b) for b in rob.get("bits", [3, 4, 5, 8])),
+                    sigma=tuple(float(x) for x in rob.get("sigma", [0.0, 0.05, 0.1, 0.2, 0.3])),
+                )
+                out = [
+                    {"bits": p["bits"], "sigma": p["sigma"],
+                     "mean": statistics.fmean(p["per_trial"]),
+                     "std": statistics.stdev(p["per_trial"]) if len(p["per_trial"]) > 1 else 0.0}
+                    for p in WeightRobustness().measure(ctx, grid)
+                ]  # fmt: skip
                 return {"base": {"arm": key}, "points": out}
 
             rec = bench.arm(f"robustness_{key}", build_rob)
