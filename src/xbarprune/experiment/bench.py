@@ -150,6 +150,42 @@ class ExperimentSpec:
 
 
 @dataclass(frozen=True)
+class TargetSpec:
+    """A study's "best arm that meets the target", chosen per seed on the **validation**
+    split (issue #21): among the arms of ``methods`` (default: every method but the dense arm)
+    whose ``metric`` is at least ``min_metric`` and whose compressed model's validation
+    accuracy is at least ``min_val_accuracy`` and at most ``max_val_drop`` below the same
+    seed's dense model (fractions, 0.01 = 1 pp), the one with the largest ``metric`` (ties: the
+    higher validation accuracy). ``metric`` is ``crossbar_saving`` or a key of the methods' own
+    metrics (e.g. ADMM's ``compression_conv``). The chosen arm's test accuracies are then
+    reported, never compared against the target's thresholds to choose
+    (:func:`select_targets`)."""
+
+    label: str
+    methods: tuple[str, ...] = ()
+    metric: str = "crossbar_saving"
+    min_metric: float | None = None
+    min_val_accuracy: float | None = None
+    max_val_drop: float | None = None
+
+    def __post_init__(self) -> None:
+        where = f"targets[{self.label}]"
+        if not self.label:
+            raise ConfigError("targets[].label: give each target a name")
+        if self.min_val_accuracy is not None and not 0 <= self.min_val_accuracy <= 1:
+            raise ConfigError(
+                f"{where}.min_val_accuracy = {self.min_val_accuracy}; allowed: [0, 1]"
+            )
+        if self.max_val_drop is not None and not 0 <= self.max_val_drop <= 1:
+            raise ConfigError(f"{where}.max_val_drop = {self.max_val_drop}; allowed: [0, 1]")
+        if self.min_val_accuracy is None and self.max_val_drop is None:
+            raise ConfigError(
+                f"{where}: set min_val_accuracy or max_val_drop (the accuracy the target asks "
+                "for, read on the validation split)"
+            )
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     """The ``xbarprune bench`` config (``kind: bench`` for ``xbarprune compare``)."""
 
@@ -179,6 +215,8 @@ class BenchConfig:
     #: several (model, data, crossbar, ...) settings under one protocol, e.g. a paper's two
     #: networks; each is a bench of its own in ``<out>/<label>/``, all validated first
     experiments: tuple[ExperimentSpec, ...] = ()
+    #: the best arm that meets an accuracy target, chosen per seed on the validation split
+    targets: tuple[TargetSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -210,6 +248,16 @@ class BenchConfig:
         xlabels = [e.label for e in self.experiments]
         if len(set(xlabels)) != len(xlabels):
             raise ConfigError(f"experiments: labels {xlabels} repeat")
+        ttags = [t.label for t in self.targets]
+        if len(set(ttags)) != len(ttags):
+            raise ConfigError(f"targets: labels {ttags} repeat")
+        for t in self.targets:
+            for m in t.methods:
+                if m not in labels:
+                    raise ConfigError(
+                        f"targets[{t.label}].methods: {m!r} is not a method label "
+                        f"({sorted(labels)})"
+                    )
         etags = [e.tag for e in self.evaluations]
         if len(set(etags)) != len(etags):
             raise ConfigError(f"evaluations: labels {etags} repeat; give each a distinct 'label'")
@@ -290,6 +338,7 @@ def load_bench(data: dict[str, Any], *, quick: bool = False) -> BenchConfig:
         if not isinstance(q, dict):
             raise ConfigError("quick: expected a mapping of overrides")
         mp = q.pop("method_params", {}) or {}
+        only = q.pop("methods_only", None)
         data = _merge({k: v for k, v in data.items() if k != "quick"}, q)
         if mp:  # quick: {method_params: {<label or name>: {param: value}}}
             methods = []
@@ -303,8 +352,42 @@ def load_bench(data: dict[str, Any], *, quick: bool = False) -> BenchConfig:
             if unknown:
                 raise ConfigError(f"quick.method_params names unknown method(s): {sorted(unknown)}")
             data["methods"] = methods
+        if only is not None:
+            data = _keep_methods(data, only)
     cfg = from_dict(BenchConfig, data)
     return cfg
+
+
+def _keep_methods(data: dict[str, Any], only: Any) -> dict[str, Any]:
+    """``quick.methods_only``: keep the methods with these labels (the dense arm always runs)
+    and drop what names the others: pairs, evaluations' and targets' method lists (an entry
+    left with no method goes)."""
+    labels = {m.get("label") or m.get("name") for m in data.get("methods") or []
+              if isinstance(m, dict)}  # fmt: skip
+    if not isinstance(only, list) or not all(isinstance(x, str) for x in only):
+        raise ConfigError("quick.methods_only: expected a list of method labels")
+    unknown = sorted(set(only) - labels)
+    if unknown:
+        raise ConfigError(f"quick.methods_only names unknown method(s): {unknown}")
+    keep = set(only) | {"none"}
+    data = dict(data)
+    data["methods"] = [
+        m
+        for m in data.get("methods") or []
+        if not isinstance(m, dict) or (m.get("label") or m.get("name")) in keep
+    ]
+    data["pairs"] = [p for p in data.get("pairs") or [] if set(p) <= keep]
+    for key in ("evaluations", "targets"):
+        entries = []
+        for e in data.get(key) or []:
+            if isinstance(e, dict) and e.get("methods"):
+                ms = [m for m in e["methods"] if m in keep]
+                if not ms:
+                    continue
+                e = {**e, "methods": ms}
+            entries.append(e)
+        data[key] = entries
+    return data
 
 
 # ---------------------------------------------------------------------------- arms
@@ -546,9 +629,17 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
         },
         "wall_s": time.perf_counter() - t0,
     }
+    saving = (rep.get("cost") or {}).get("saving") or {}
+    for k in ("area_saving", "energy_saving"):  # the core cost model, dense vs compressed
+        if isinstance(saving.get(k), int | float):
+            record[k] = float(saving[k])
     metrics = _method_metrics(rep)
     if metrics:
         record["method_metrics"] = metrics
+    acc_val, secs = _cached_val_accuracy(run)
+    if acc_val is not None:  # what `targets` choose on (never the test split)
+        record["acc_val"] = acc_val
+        record["compute_s"] += secs
     if arm.evaluations:
         record["evaluations"] = {}
         for spec in arm.evaluations:
@@ -620,6 +711,33 @@ def _cache_hit(path: Path, record: dict, key: str) -> tuple[Any, float] | None:
     if old.get("record") != record:
         return None
     return old[key], float(old.get("seconds", 0.0))
+
+
+def _cached_val_accuracy(run: Any) -> tuple[float | None, float]:
+    """The compressed model's digital accuracy on the arm's **validation** split (what
+    :func:`select_targets` chooses on) and its compute seconds, cached in
+    ``<arm>/bench_val.json`` with the data inputs and the digest of the model's checkpoint;
+    ``(None, 0)`` without a validation split."""
+    from torch.utils.data import DataLoader
+
+    from xbarprune.training.loop import evaluate_accuracy
+
+    val = run._val()
+    if val is None:
+        return None, 0.0
+    rec = dict(run.stage_inputs("finetune"))
+    rec["model_sha256"] = hashlib.sha256((run.stages / "finetune.pt").read_bytes()).hexdigest()
+    path = run.dir / "bench_val.json"
+    hit = _cache_hit(path, rec, "acc_val")
+    if hit is not None:
+        return hit
+    t0 = time.perf_counter()
+    _dense, comp, _dl, _cl, _ck = run.models()
+    loader = DataLoader(val, batch_size=run.cfg.data.batch_size_eval)
+    acc = float(evaluate_accuracy(comp, loader, run.device))
+    secs = time.perf_counter() - t0
+    atomic_write_json(path, {"record": rec, "acc_val": acc, "seconds": secs})
+    return acc, secs
 
 
 def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], float]:
@@ -800,6 +918,11 @@ def build_rows(records: Sequence[dict], model: str, dataset: str) -> list[dict]:
         sm, sci = mean_ci95(saving)
         # a method's own metrics (every seed has them, or none is reported)
         metrics = mean_ci95_by_key([r.get("method_metrics") or {} for r in recs])
+        # the cost model's savings and the validation accuracy, when every seed has them
+        extra = mean_ci95_by_key(
+            [{k: r[k] for k in ("area_saving", "energy_saving", "acc_val") if k in r}
+             for r in recs]
+        )  # fmt: skip
         for preset in recs[0]["nonideal"]:
             for tlabel in recs[0]["nonideal"][preset]:
                 per_seed = [statistics.fmean(r["nonideal"][preset][tlabel]) for r in recs]
@@ -831,6 +954,7 @@ def build_rows(records: Sequence[dict], model: str, dataset: str) -> list[dict]:
                         "time_s": parse_time(tlabel),  # after programming
                         "compute_s": statistics.fmean(r["compute_s"] for r in recs),
                         "selection_split": "val",
+                        **{k: extra[k] for k in sorted(extra)},
                         **({"method_metrics": metrics} if metrics else {}),
                     }
                 )
@@ -1001,6 +1125,173 @@ def ranking(match_rows: Sequence[dict], at: float) -> list[dict]:
                 }
             )
     return out
+
+
+_TOP_METRICS = ("crossbar_saving", "area_saving", "energy_saving")
+
+
+def _metric(record: dict, name: str) -> float | None:
+    """A record's ``name``: the bench's savings, else the method's own metric of that name."""
+    if name in _TOP_METRICS:
+        v = record.get(name)
+    else:
+        v = (record.get("method_metrics") or {}).get(name)
+    return None if v is None else float(v)
+
+
+def select_targets(records: Sequence[dict], targets: Sequence[TargetSpec]) -> list[dict]:
+    """Per target and seed, the arm :class:`TargetSpec` chooses on the **validation** split
+    (``acc_val``; the dense arm's for ``max_val_drop``), then what the chosen arms measure on
+    the test split, averaged over the seeds that met the target (mean ± 95 % CI): the
+    accuracy a user gets by following the rule, with the rule's own selection noise in it.
+    Test accuracies are read after the choice and never by it."""
+    out = []
+    seeds = sorted({int(r["seed"]) for r in records})
+    for t in targets:
+        per_seed: list[dict] = []
+        missing_metric = True
+        for seed in seeds:
+            recs = sorted((r for r in records if int(r["seed"]) == seed),
+                          key=lambda r: (r["method"], str(r["budget"])))  # fmt: skip
+            dense = next((r for r in recs if r["method_name"] == "none" and r["method"] == "none"),
+                         next((r for r in recs if r["method_name"] == "none"), None))  # fmt: skip
+            dense_val = dense.get("acc_val") if dense else None
+            entry: dict[str, Any] = {"seed": seed, "met": False, "dense_acc_val": dense_val}
+            if t.max_val_drop is not None and dense_val is None:
+                entry["why"] = "no dense arm with a validation accuracy in this seed"
+                per_seed.append(entry)
+                continue
+            best: tuple[float, float] | None = None
+            chosen = None
+            n = 0
+            for r in recs:
+                if (t.methods and r["method"] not in t.methods) or (
+                    not t.methods and r["method_name"] == "none"
+                ):
+                    continue
+                v, a = _metric(r, t.metric), r.get("acc_val")
+                if v is not None:
+                    missing_metric = False
+                if v is None or a is None:
+                    continue
+                if t.min_metric is not None and v < t.min_metric:
+                    continue
+                if t.min_val_accuracy is not None and a < t.min_val_accuracy:
+                    continue
+                if t.max_val_drop is not None and dense_val - a > t.max_val_drop + 1e-12:
+                    continue
+                n += 1
+                if best is None or (v, a) > best:
+                    best, chosen = (v, a), r
+            entry["feasible_arms"] = n
+            if chosen is not None:
+                entry.update(
+                    met=True,
+                    method=chosen["method"],
+                    budget=chosen["budget"],
+                    metric=best[0],
+                    acc_val=best[1],
+                    # measured on the test split after the choice
+                    acc_ideal=chosen["acc_ideal"],
+                    crossbar_saving=chosen["crossbar_saving"],
+                    nonideal={
+                        p: {tl: statistics.fmean(v) for tl, v in ts.items()}
+                        for p, ts in chosen["nonideal"].items()
+                    },
+                )
+            per_seed.append(entry)
+        met = [e for e in per_seed if e["met"]]
+        agg: dict[str, Any] = {}
+        if met:
+            for k in ("metric", "acc_val", "acc_ideal", "crossbar_saving"):
+                m, ci = mean_ci95([e[k] for e in met])
+                agg[k] = {"mean": m, "ci95": ci}
+            agg["nonideal"] = {
+                p: {
+                    tl: dict(zip(("mean", "ci95"),
+                                 mean_ci95([e["nonideal"][p][tl] for e in met]), strict=True))
+                    for tl in met[0]["nonideal"][p]
+                }
+                for p in met[0]["nonideal"]
+                if all(p in e["nonideal"] for e in met)
+            }  # fmt: skip
+        choices: dict[str, int] = {}
+        for e in met:
+            c = f"{e['method']}@{_budget_name(e['budget'])}"
+            choices[c] = choices.get(c, 0) + 1
+        out.append(
+            {
+                "label": t.label,
+                "rule": {
+                    "methods": list(t.methods),
+                    "metric": t.metric,
+                    "min_metric": t.min_metric,
+                    "min_val_accuracy": t.min_val_accuracy,
+                    "max_val_drop": t.max_val_drop,
+                },
+                "selection_split": "val",
+                "seeds": seeds,
+                "seeds_met": len(met),
+                "choices": choices,
+                "per_seed": per_seed,
+                **(
+                    {"error": f"no arm of this target reports the metric {t.metric!r}"}
+                    if missing_metric and records
+                    else {}
+                ),  # fmt: skip
+                **agg,
+            }
+        )
+    return out
+
+
+def targets_markdown(targets: Sequence[dict]) -> list[str]:
+    """The targets' choices (made on validation) and what the chosen arms measure on test."""
+    if not targets:
+        return []
+    lines = [
+        "",
+        "## Targets: the best arm that meets each, chosen per seed on the validation split",
+        "",
+        "The test figures are those of the arm each seed chose, averaged over the seeds that met "
+        "the target: what following the rule gives, its selection noise included.",
+        "",
+        "| target | rule | seeds met | chosen (seeds) | metric | validation (%) | ideal test (%) "
+        "| crossbar saving (%) | non-ideal test (%) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in targets:
+        r = t["rule"]
+        rule = [f"max {r['metric']}"]
+        if r["min_metric"] is not None:
+            rule.append(f"{r['metric']} ≥ {r['min_metric']:g}")
+        if r["min_val_accuracy"] is not None:
+            rule.append(f"val ≥ {100 * r['min_val_accuracy']:.2f} %")
+        if r["max_val_drop"] is not None:
+            rule.append(f"val drop ≤ {100 * r['max_val_drop']:.2f} pp")
+        if r["methods"]:
+            rule.append("among " + ", ".join(r["methods"]))
+        ch = ", ".join(f"{k} ({v})" for k, v in t["choices"].items()) or "–"
+        ni = (
+            "; ".join(
+                f"{p} {tl}: {_pct(v['mean'], v['ci95'])}"
+                for p, ts in (t.get("nonideal") or {}).items()
+                for tl, v in ts.items()
+            )
+            or "–"
+        )
+        m = t.get("metric")
+        mtxt = (f"{m['mean']:.4g}" + (f" ± {m['ci95']:.2g}" if m["ci95"] is not None else "")
+                if m else "–")  # fmt: skip
+        cells = [_pct((t.get(k) or {}).get("mean"), (t.get(k) or {}).get("ci95"))
+                 for k in ("acc_val", "acc_ideal", "crossbar_saving")]  # fmt: skip
+        lines.append(
+            f"| {t['label']} | {'; '.join(rule)} | {t['seeds_met']} of {len(t['seeds'])} | "
+            f"{ch} | {mtxt} | " + " | ".join(cells) + f" | {ni} |"
+        )
+        if t.get("error"):
+            lines.append(f"| {t['label']} | **{t['error']}** | | | | | | | |")
+    return lines
 
 
 def hwa_effects(records: Sequence[dict]) -> list[dict]:
@@ -1406,19 +1697,22 @@ def to_markdown(summary: dict) -> str:
         "",
         "## Every arm",
         "",
-        "| method | budget | crossbar saving (%) | ideal (%) | non-ideality | time | "
-        "non-ideal (%) | seeds | trials/seed | compute (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | budget | crossbar saving (%) | area saving (%) | ideal (%) | non-ideality | "
+        "time | non-ideal (%) | seeds | trials/seed | compute (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        area = r.get("area_saving") or {}
         lines.append(
             f"| {r['method']} | {r['budget'] if r['budget'] is not None else '–'} | "
             f"{_pct(r['crossbar_saving'], r['crossbar_saving_ci95'])} | "
+            f"{_pct(area.get('mean'), area.get('ci95'))} | "
             f"{_pct(r['acc_ideal_mean'], r['acc_ideal_ci95'])} | {r['nonideal']} | {r['time']} | "
             f"{_pct(r['acc_nonideal_mean'], r['acc_nonideal_ci95'])} | {len(r['seeds'])} | "
             f"{r['trials_per_seed']} | {r['compute_s']:.0f} |"
         )
     lines += failed_markdown(summary.get("failed", []))
+    lines += targets_markdown(summary.get("targets", []))
     lines += metrics_markdown(rows)
     lines += evaluations_markdown(
         summary.get("evaluations", []), summary.get("evaluation_descriptions")
@@ -1808,6 +2102,7 @@ def _run_planned(
         "evaluations": evaluation_rows(records),
         "evaluation_descriptions": {e.tag: e.description for e in cfg.evaluations},
         "evaluation_pairs": evaluation_pairs(records, cfg.pairs),
+        "targets": select_targets(records, cfg.targets),
         "records": records,
         "failed": failed,
     }

@@ -48,21 +48,21 @@ def run_compare(
             f"(one of: {', '.join(sorted(_load()))})"
         )
     kind = data.pop("kind")
+    command = (
+        "xbarprune compare " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        if len(sys.argv) > 1 and sys.argv[1] == "compare"
+        else f"xbarprune compare {config}"
+    )
     if kind == "bench":  # the benchmark engine (also `xbarprune bench`)
         from xbarprune.experiment.bench import run_bench
 
-        return run_bench(data, out=out, quick=quick, command=f"xbarprune compare {config}")
+        return run_bench(data, out=out, quick=quick, command=command)
     data = resolve_hardware(data)
     studies = _load()
     if kind not in studies:
         raise ConfigError(
             f"{config}: unknown comparison kind {kind!r}; available: {', '.join(sorted(studies))}"
         )
-    command = (
-        "xbarprune compare " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-        if len(sys.argv) > 1 and sys.argv[1] == "compare"
-        else f"xbarprune compare {config}"
-    )
     t0 = time.perf_counter()
     summary = studies[kind](data, out=out, quick=quick, command=command, t0=t0)
     from xbarprune.experiment.study_html import write_study_html

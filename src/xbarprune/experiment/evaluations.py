@@ -41,7 +41,7 @@ from xbarprune.config import from_dict
 from xbarprune.errors import ConfigError
 from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel
 from xbarprune.hardware.spec import DeviceSpec
-from xbarprune.mapping.layout import CrossbarLayout
+from xbarprune.mapping.layout import CrossbarLayout, layer_matrices
 
 __all__ = [
     "EVALUATIONS",
@@ -220,6 +220,8 @@ class ADMMSteps(Evaluation):
             best_packed_layout,
             compression_stats,
         )
+        from xbarprune.compress.parts.purification import remove_unused_paths
+        from xbarprune.cost.model import estimate_model_cost
         from xbarprune.io import load_checkpoint, load_state_into
         from xbarprune.training.loop import evaluate_accuracy
 
@@ -235,7 +237,11 @@ class ADMMSteps(Evaluation):
             )
         ref = ctx.reference_layout
         dense_tiles = ref.dense_tiles  # as the engine's rows count the dense model
+        if ctx.calibration is None:
+            raise ConfigError("admm-steps needs training images (the cost model's input shape)")
+        shape = tuple(ctx.calibration.shape[1:])
         out = []
+        model = None
         for f in files:
             ck = load_checkpoint(f)
             model = ctx.build_model()
@@ -245,6 +251,15 @@ class ADMMSteps(Evaluation):
             tiles = layout.tiles_needed(model)  # tiles holding a non-zero weight
             comp = compression_stats(model, ref)
             acc = evaluate_accuracy(model, ctx.data, ctx.torch_device or "cpu")
+            # ISLPED 2019 Table I counts crossbar area; the paper prunes CONV layers only, so
+            # the conv columns count those (the core cost model, packed vs dense layout)
+            cost = estimate_model_cost(model, layout, shape, device=ctx.device_spec)
+            conv = [c for c in cost.layers if c.kind == "conv"]
+            conv_dense = sum(ref[c.name].dense_tiles for c in conv)
+            mats = layer_matrices(model, layout)
+            conv_tiles = sum(layout[c.name].tiles_needed(mats[c.name]) for c in conv)
+            area_d = sum(c.dense.area_mm2 for c in conv)
+            area_c = sum(c.compressed.area_mm2 for c in conv)
             out.append(
                 {
                     "step": str(ck["tag"]),
@@ -254,8 +269,27 @@ class ADMMSteps(Evaluation):
                         "compression_total": float(comp["compression_total"]),
                         "crossbars": float(tiles),
                         "crossbar_saving": 1.0 - tiles / dense_tiles,
+                        "crossbars_conv": float(conv_tiles),
+                        "crossbar_saving_conv": 1.0 - conv_tiles / conv_dense
+                        if conv_dense
+                        else 0.0,
+                        "area_saving": float(cost.area_saving),
+                        "area_saving_conv": 1.0 - area_c / area_d if area_d else 0.0,
                     },
                 }
+            )
+        if model is not None:
+            # Unused Path Removal made physical (Torch-Pruning) on the last step's model: the
+            # smaller network must compute the masked one's outputs
+            example = ctx.calibration[:16].to(ctx.torch_device or "cpu")
+            small, upr = remove_unused_paths(model, example, crossbar=ref.crossbar)
+            small.eval()
+            with torch.no_grad():
+                diff = (small(example) - model(example)).abs().max().item()
+            out[-1]["metrics"].update(
+                upr_max_output_difference=float(diff),
+                upr_crossbars_physical=float(upr["tiles"]["removed_dense"]),
+                upr_weights_after=float(upr["weights_after"]),
             )
         return out
 
