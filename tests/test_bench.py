@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -572,7 +573,12 @@ def test_an_arm_alone_in_its_group_gets_the_pool_thread_count(monkeypatch, tmp_p
 
 
 def test_report_html_lists_pairs_and_failed_arms(tmp_path):
-    from xbarprune.experiment.bench import paired_comparisons, write_bench_html
+    from xbarprune.experiment.bench import (
+        TargetSpec,
+        paired_comparisons,
+        select_targets,
+        write_bench_html,
+    )
 
     recs = [_rec(m, None, s, 0.8, 0.9, [0.8]) for m in ("a", "b") for s in (0, 1)]
     rows = build_rows(recs, "m", "d")
@@ -581,10 +587,13 @@ def test_report_html_lists_pairs_and_failed_arms(tmp_path):
         "model": "m", "dataset": "d", "rank_at": 0.7, "ranking": [], "rows": rows,
         "pairs": paired_comparisons(recs, [("a", "b")]),
         "failed": [{"key": "c/default/s0", "failed": "CompressionError: loss inf"}],
+        "targets": select_targets(TARGET_RECS, [TargetSpec(label="within-2pp",
+                                                           max_val_drop=0.02)]),
     }  # fmt: skip
     html = write_bench_html(summary, tmp_path / "report.html").read_text()
     assert "Paired comparisons" in html and "Δ non-ideal ± CI95" in html
     assert "Failed arms" in html and "c/default/s0" in html and "loss inf" in html
+    assert "within-2pp" in html and "b@default (1), a@default (1)" in html
 
 
 def test_a_second_bench_shares_the_first_ones_arms_through_work(mini, tmp_path):
@@ -673,3 +682,140 @@ def test_experiments_are_benches_of_their_own_validated_first(tmp_path):
         c["experiments"] = [wrong]
         with pytest.raises(ConfigError, match=msg):
             load_bench(c)
+
+
+# ---------------------------------------------------------------- targets (issue #21)
+def _trec(method, seed, val, test, saving, comp=None, name=None):
+    r = _rec(method, None, seed, saving, test, [test - 0.1, test - 0.2])
+    r["method_name"] = name or ("none" if method == "none" else "m")
+    r["acc_val"] = val
+    if comp is not None:
+        r["method_metrics"] = {"compression_conv": comp}
+    return r
+
+
+TARGET_RECS = [
+    # seed 0: dense val 0.95; a (0.5 saving, val 0.94) and b (0.75, val 0.935) are within
+    # 2 pp; c (0.9) drops 5 pp
+    _trec("none", 0, 0.95, 0.96, 0.0),
+    _trec("a", 0, 0.94, 0.90, 0.5, comp=120),
+    _trec("b", 0, 0.935, 0.80, 0.75, comp=90),
+    _trec("c", 0, 0.90, 0.99, 0.9, comp=300),
+    # seed 1: dense val 0.97; only a is within 2 pp
+    _trec("none", 1, 0.97, 0.96, 0.0),
+    _trec("a", 1, 0.96, 0.92, 0.5, comp=110),
+    _trec("b", 1, 0.94, 0.85, 0.75, comp=95),
+    _trec("c", 1, 0.80, 0.99, 0.9, comp=300),
+]
+
+
+def test_targets_choose_on_validation_by_hand():
+    from xbarprune.experiment.bench import TargetSpec, select_targets
+
+    drop = TargetSpec(label="2pp", max_val_drop=0.02)
+    comp = TargetSpec(label="100x", methods=("a", "b", "c"), metric="compression_conv",
+                      min_metric=100, min_val_accuracy=0.93)  # fmt: skip
+    t_drop, t_comp = select_targets(TARGET_RECS, [drop, comp])
+    # most crossbar saving within 2 pp of the seed's dense validation accuracy: b, then a
+    assert [(e["method"], e["seed"]) for e in t_drop["per_seed"]] == [("b", 0), ("a", 1)]
+    assert [e["feasible_arms"] for e in t_drop["per_seed"]] == [2, 1]
+    assert t_drop["choices"] == {"b@default": 1, "a@default": 1}
+    assert t_drop["seeds_met"] == 2 and t_drop["selection_split"] == "val"
+    m, ci = mean_ci95([0.80, 0.92])  # the chosen arms' test accuracies
+    assert t_drop["acc_ideal"]["mean"] == pytest.approx(m)
+    assert t_drop["acc_ideal"]["ci95"] == pytest.approx(ci)
+    m, ci = mean_ci95([0.75, 0.5])
+    assert t_drop["crossbar_saving"]["mean"] == pytest.approx(m)
+    # the non-ideal test figure: each chosen arm's trial mean, then mean over seeds
+    m, _ = mean_ci95([0.80 - 0.15, 0.92 - 0.15])
+    assert t_drop["nonideal"]["pcm"]["1y"]["mean"] == pytest.approx(m)
+    # >= 100x at >= 93 % validation: a in both seeds (c fails validation, b the metric)
+    assert [e["method"] for e in t_comp["per_seed"]] == ["a", "a"]
+    assert t_comp["metric"]["mean"] == pytest.approx(115.0)
+    # against another arm than the dense one: within 0.6 pp of `a`'s validation accuracy
+    [ref] = select_targets(TARGET_RECS, [TargetSpec(label="r", reference="a", methods=("b", "c"),
+                                                    max_val_drop=0.006)])  # fmt: skip
+    assert [e.get("method") for e in ref["per_seed"]] == ["b", None]
+    assert [e["reference_acc_val"] for e in ref["per_seed"]] == [0.94, 0.96]
+    # no seed meets an impossible target; a metric no arm reports is named
+    none, missing = select_targets(
+        TARGET_RECS,
+        [TargetSpec(label="x", min_val_accuracy=0.99),
+         TargetSpec(label="y", metric="nope", max_val_drop=0.5)],
+    )  # fmt: skip
+    assert none["seeds_met"] == 0 and "acc_ideal" not in none
+    assert "nope" in missing["error"]
+
+
+def test_targets_ignore_the_test_split():
+    """Scrambling every test figure (ideal and non-ideal) changes no target's choice."""
+    import random
+
+    from xbarprune.experiment.bench import TargetSpec, select_targets
+
+    specs = [TargetSpec(label="2pp", max_val_drop=0.02),
+             TargetSpec(label="93", min_val_accuracy=0.93, metric="compression_conv")]  # fmt: skip
+    before = select_targets(TARGET_RECS, specs)
+    rng = random.Random(0)
+    scrambled = copy.deepcopy(TARGET_RECS)
+    for r in scrambled:
+        r["acc_ideal"] = rng.random()
+        r["nonideal"] = {"pcm": {"1y": [rng.random(), rng.random()]}}
+    after = select_targets(scrambled, specs)
+    for b, a in zip(before, after, strict=True):
+        assert [(e.get("method"), e["met"]) for e in b["per_seed"]] == [
+            (e.get("method"), e["met"]) for e in a["per_seed"]
+        ]
+
+
+def test_bad_targets_name_the_field():
+    bad = [
+        ({"label": "t"}, "min_val_accuracy or max_val_drop"),
+        ({"label": "t", "min_val_accuracy": 1.5}, "targets[t].min_val_accuracy"),
+        ({"label": "t", "max_val_drop": -0.1}, "targets[t].max_val_drop"),
+        ({"label": "t", "max_val_drop": 0.01, "methods": ["zzz"]}, "targets[t].methods"),
+        ({"label": "t", "max_val_drop": 0.01, "reference": "zzz"}, "targets[t].reference"),
+    ]
+    for t, msg in bad:
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            load_bench({**copy.deepcopy(MINI), "targets": [t]})
+    with pytest.raises(ConfigError, match="repeat"):
+        load_bench({**copy.deepcopy(MINI), "targets": [{"label": "t", "max_val_drop": 0.1}] * 2})
+
+
+def test_records_carry_the_validation_accuracy_and_cost_savings(mini):
+    """acc_val is the compressed model's accuracy on the arm's validation split; the area and
+    energy savings are the pipeline's cost model figures."""
+    from torch.utils.data import DataLoader
+
+    from xbarprune.training.loop import evaluate_accuracy
+
+    out, summary = mini
+    rec = next(r for r in summary["records"] if r["budget"] == 0.7)
+    arm = next(a for a in plan_arms(load_bench(MINI), out) if a.budget == 0.7)
+    run = Run(load_config(arm.config), Path(arm.dir), log=lambda s: None)
+    _d, comp, *_ = run.models()
+    loader = DataLoader(run.splits.val, batch_size=200)
+    assert rec["acc_val"] == evaluate_accuracy(comp, loader, "cpu")
+    assert len(run.splits.val) == 60  # 10 % of 600 training images
+    rep = json.loads((Path(arm.dir) / "report.json").read_text())
+    assert rec["area_saving"] == rep["cost"]["saving"]["area_saving"]
+    row = next(r for r in summary["rows"] if r["budget"] == 0.7)
+    assert row["area_saving"]["mean"] == rec["area_saving"]
+
+
+def test_quick_methods_only_drops_the_other_methods_and_what_names_them():
+    data = copy.deepcopy(MINI)
+    data["methods"] = [*data["methods"], {"name": "magnitude", "label": "mag", "knob": "sparsity",
+                                          "budgets": [0.5]}]  # fmt: skip
+    data["pairs"] = [["group-magnitude", "mag"]]
+    data["targets"] = [{"label": "t", "methods": ["mag"], "max_val_drop": 0.1},
+                       {"label": "u", "max_val_drop": 0.1}]  # fmt: skip
+    data["quick"] = {"methods_only": ["group-magnitude"]}
+    cfg = load_bench(data, quick=True)
+    assert [m.tag for m in cfg.methods] == ["group-magnitude"]
+    assert cfg.pairs == () and [t.label for t in cfg.targets] == ["u"]
+    assert [m.tag for m in load_bench(data).methods] == ["group-magnitude", "mag"]
+    data["quick"] = {"methods_only": ["nope"]}
+    with pytest.raises(ConfigError, match="methods_only"):
+        load_bench(data, quick=True)

@@ -221,6 +221,19 @@ def test_an_evaluation_is_cached_and_recomputed_when_its_params_change(mini_eval
     pts4, _ = _cached_evaluation(run, spec)
     assert pts4 != pts3
     assert all(len(set(p["per_trial"])) == 1 for p in pts4)  # a constant model: no chip differs
+    # so are the preset simulations and the validation accuracy (the same digest record)
+    from xbarprune.experiment.bench import _cached_simulation, _cached_val_accuracy
+
+    sim = json.loads((Path(arm.dir) / "bench_sim" / "reram.json").read_text())
+    again, _ = _cached_simulation(run, "reram")
+    assert again != sim["result"]
+    per_trial = again["compressed"]["nonideal"][0]["per_trial"]
+    assert len(set(per_trial)) == 1  # a zero model: every chip predicts the same class
+    acc, _ = _cached_val_accuracy(run)
+    assert acc == json.loads((Path(arm.dir) / "bench_val.json").read_text())["acc_val"]
+    # all-zero weights and biases: every logit 0, argmax class 0 for every image
+    labels = [int(run.splits.val[i][1]) for i in range(len(run.splits.val))]
+    assert acc == pytest.approx(labels.count(0) / len(labels))
 
 
 # ---------------------------------------------------------------- ADMM steps (Ma et al. Table 1)

@@ -440,72 +440,100 @@ def test_method_in_pipeline_context(toy):
 
 
 # ------------------------------------------------------------------------------ comparison
-def _compare_cfg(tmp_path: Path, quick_epochs: dict) -> dict:
-    return {
-        "kind": "trannsformer",
-        "out": str(tmp_path / "res"),
-        "epochs": quick_epochs,
-        "params": {"k": 3},
-        "variants": {"best": {"unclustered": "drop", "drop_epochs": 1, "pack": True}},
-        "experiments": [
-            {
-                "model": {"name": "mlp", "kwargs": {"hidden": [32, 24]}},
-                "data": {"name": "mnist-embedded", "train_subset": 400, "test_subset": 200},
-                "crossbars": [16],
-            }
-        ],
-        "evaluate": {"trials": 2, "times": ["1s"]},
-        "picture": {"experiment": 0, "arm": "trannsformer_16_faithful"},
-    }
-
-
-def test_quick_comparison_run(tmp_path):
+def _compare_cfg() -> dict:
+    """examples/trannsformer.yaml at toy size: one experiment, 2 trials, a small MLP."""
     import yaml
 
-    from xbarprune.experiment.compare import run_compare
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "examples" / "trannsformer.yaml").read_text())
+    data["workers"] = 1
+    data["experiments"] = [{"label": "x16", "base": {"crossbar": {"rows": 16, "cols": 32}}}]
+    data["base"].update(
+        model={"name": "mlp", "kwargs": {"hidden": [32, 24]}},
+        data={"name": "mnist-embedded", "train_subset": 400, "test_subset": 200,
+              "val_size": 0.1},
+        evaluate={"times": ["1s"], "trials": 2, "seed": 0},
+        runtime={"device": "cpu", "threads": 1},
+    )  # fmt: skip
+    for m in data["methods"][1:]:
+        m["params"] = {**m["params"], "epochs": 5 if m["label"] != "dense" else 2, "k": 3}
+        if m["label"] == "best":
+            m["params"]["drop_epochs"] = 1
+    return data
 
-    cfg = tmp_path / "t.yaml"
-    cfg.write_text(
-        yaml.safe_dump(_compare_cfg(tmp_path, {"dense": 2, "prune_only": 2, "trannsformer": 5}))
+
+@pytest.fixture(scope="module")
+def quick_comparison(tmp_path_factory):
+    from xbarprune.experiment.bench import run_bench
+
+    out = tmp_path_factory.mktemp("trcmp")
+    return out, run_bench(_compare_cfg(), out=str(out), log=lambda s: None)
+
+
+def test_quick_comparison_run(quick_comparison):
+    """The study on the engine: every arm counted under X x X and the code's 4 x 4; the X x X
+    count is the pipeline's own layout, the energy laws hold, the dense arm saves nothing."""
+    out, index = quick_comparison
+    s = json.loads((out / "x16" / "summary.json").read_text())
+    assert index["experiments"][0]["label"] == "x16"
+    recs = {r["method"]: r for r in s["records"]}
+    assert set(recs) == {"none", "dense", "prune-only", "faithful", "best"}
+    for label in ("dense", "prune-only", "faithful", "best"):
+        pts = {p["counting"]: p for p in recs[label]["evaluations"]["trannsformer-counting"]}
+        assert set(pts) == {"crossbar", "code-4x4"}
+        x, c4 = pts["crossbar"]["metrics"], pts["code-4x4"]["metrics"]
+        # the X x X count is the engine's: the pipeline's layout of the arm
+        assert x["crossbars"] == recs[label]["crossbars_compressed"]
+        assert x["crossbars_dense"] == recs[label]["crossbars_dense"]
+        assert x["area_saving"] == pytest.approx(recs[label]["area_saving"])
+        # the paper's parametric energy model, by its formula
+        for m in (x, c4):
+            for phi in (0.25, 0.37, 0.5):
+                want = 1 - ((1 - phi) * (1 - m["weight_sparsity"])
+                            + phi * m["crossbars"] / m["crossbars_dense"])  # fmt: skip
+                assert m[f"energy_saving_paper_model@phi={phi:g}"] == pytest.approx(want)
+        # a point's accuracy is the arm's digital test accuracy
+        assert pts["crossbar"]["per_trial"] == pts["code-4x4"]["per_trial"]
+        ck = torch.load(out / "x16" / "work" / label / "default" / "s0" / "stages" / "compress.pt",
+                        weights_only=True)  # fmt: skip
+        # the code's 4 x 4 dense count of the transformed layers (code_counts) is the
+        # evaluation's dense count of the same layers
+        g4 = ck["info"]["code_counts"]["g=4"]
+        if label == "dense":
+            assert x["crossbars"] == x["crossbars_dense"] and abs(x["area_saving"]) < 1e-12
+            assert c4["crossbars"] == c4["crossbars_dense"] == g4["dense"]
+        assert c4["crossbars_dense"] == g4["dense"]
+    t = s["targets"][0]
+    assert t["rule"]["reference"] == "dense" and t["selection_split"] == "val"
+    md = (out / "x16" / "summary.md").read_text()
+    assert "28–55 %" in md and "trannsformer-counting" in md
+    page = (out / "x16" / "report.html").read_text()
+    assert page.split("</table>")[0].count('<tr data-i="') == len(s["rows"])
+
+
+def test_a_recorded_run_maps_to_the_pipeline_layout(quick_comparison):
+    """TraNNsformerRun.from_info rebuilds the clusters the method recorded: mapping it again
+    gives the pipeline's layout of the arm, block for block."""
+    from xbarprune.compress.methods.trannsformer import (
+        TraNNsformerParams,
+        TraNNsformerRun,
+        trannsformer_layout,
     )
-    s = run_compare(cfg)
-    rows = s["rows"]
-    assert {(r["method"], r["variant"], r["counting"]) for r in rows} == {
-        (m, v, c)
-        for m, v in (
-            ("dense", "-"),
-            ("pruning", "-"),
-            ("trannsformer", "faithful"),
-            ("trannsformer", "best"),
-        )
-        for c in ("crossbar", "code-4x4")
-    }
-    for r in rows:
-        for k in (
-            "model",
-            "dataset",
-            "crossbar",
-            "acc_ideal",
-            "acc_nonideal_mean",
-            "acc_nonideal_std",
-            "trials",
-            "sparsity_weight",
-            "crossbars",
-            "area_saving",
-            "energy_saving",
-        ):
-            assert k in r
-        if r["method"] == "dense":
-            assert r["crossbars"] == r["crossbars_dense"] and abs(r["area_saving"]) < 1e-9
-    out = tmp_path / "res"
-    assert (out / "summary.md").read_text().startswith("# TraNNsformer")
-    assert (out / "connectivity.png").is_file()
-    # report.html beside summary.md: the first table holds every row
-    page = (out / "report.html").read_text()
-    assert page.split("</table>")[0].count('<tr data-i="') == len(rows)
-    # resumable: a second run reuses every arm
-    s2 = run_compare(cfg)
-    assert [r["crossbars"] for r in s2["rows"]] == [r["crossbars"] for r in rows]
+    from xbarprune.config import from_dict
+    from xbarprune.experiment.config import load_config
+    from xbarprune.experiment.pipeline import Run
+    from xbarprune.mapping.layout import CrossbarLayout
+
+    out, _ = quick_comparison
+    arm = out / "x16" / "work" / "best" / "default" / "s0"
+    run = Run(load_config(arm / "config.yaml"), arm, log=lambda s: None)
+    _d, comp, dl, cl, ck = run.models()
+    p = from_dict(TraNNsformerParams, run.cfg.method.params)
+    again, _ = trannsformer_layout(comp, TraNNsformerRun.from_info(comp, ck["info"], p),
+                                   cl.crossbar, base=dl)  # fmt: skip
+    assert isinstance(again, CrossbarLayout)
+    assert again.to_dict() == cl.to_dict()
+    assert any(len(v) for v in ck["info"]["clusters"].values())  # clusters were recorded
 
 
 @pytest.mark.slow
@@ -513,13 +541,8 @@ def test_full_reproduction(tmp_path):  # pragma: no cover - long
     from xbarprune.experiment.compare import run_compare
 
     root = Path(__file__).resolve().parents[1]
-    s = run_compare(root / "examples" / "trannsformer.yaml", out=str(tmp_path / "full"))
-    faithful = [
-        r
-        for r in s["rows"]
-        if r["variant"] == "faithful" and r["counting"] == "code-4x4" and r["crossbar"] == 64
-    ]
-    assert faithful
+    index = run_compare(root / "examples" / "trannsformer.yaml", out=str(tmp_path / "full"))
+    assert [e["label"] for e in index["experiments"]][0] == "mlp500-x64"
 
 
 @pytest.mark.parametrize("fallback", [False, True])

@@ -155,8 +155,9 @@ class TargetSpec:
     split (issue #21): among the arms of ``methods`` (default: every method but the dense arm)
     whose ``metric`` is at least ``min_metric`` and whose compressed model's validation
     accuracy is at least ``min_val_accuracy`` and at most ``max_val_drop`` below the same
-    seed's dense model (fractions, 0.01 = 1 pp), the one with the largest ``metric`` (ties: the
-    higher validation accuracy). ``metric`` is ``crossbar_saving`` or a key of the methods' own
+    seed's ``reference`` arm (default the dense arm ``none``; fractions, 0.01 = 1 pp), the one
+    with the largest ``metric`` (ties: the higher validation accuracy). ``metric`` is
+    ``crossbar_saving``, ``area_saving``, ``energy_saving`` or a key of the methods' own
     metrics (e.g. ADMM's ``compression_conv``). The chosen arm's test accuracies are then
     reported, never compared against the target's thresholds to choose
     (:func:`select_targets`)."""
@@ -167,6 +168,7 @@ class TargetSpec:
     min_metric: float | None = None
     min_val_accuracy: float | None = None
     max_val_drop: float | None = None
+    reference: str = "none"
 
     def __post_init__(self) -> None:
         where = f"targets[{self.label}]"
@@ -217,6 +219,8 @@ class BenchConfig:
     experiments: tuple[ExperimentSpec, ...] = ()
     #: the best arm that meets an accuracy target, chosen per seed on the validation split
     targets: tuple[TargetSpec, ...] = ()
+    #: the paper's own numbers (markdown), printed in summary.md beside ours
+    paper: str = ""
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -251,11 +255,16 @@ class BenchConfig:
         ttags = [t.label for t in self.targets]
         if len(set(ttags)) != len(ttags):
             raise ConfigError(f"targets: labels {ttags} repeat")
-        for t in self.targets:
-            for m in t.methods:
+        for tg in self.targets:
+            if tg.reference not in labels:
+                raise ConfigError(
+                    f"targets[{tg.label}].reference: {tg.reference!r} is not a method label "
+                    f"({sorted(labels)})"
+                )
+            for m in tg.methods:
                 if m not in labels:
                     raise ConfigError(
-                        f"targets[{t.label}].methods: {m!r} is not a method label "
+                        f"targets[{tg.label}].methods: {m!r} is not a method label "
                         f"({sorted(labels)})"
                     )
         etags = [e.tag for e in self.evaluations]
@@ -683,6 +692,7 @@ def _cached_simulation(
     rec = dict(run.stage_inputs("simulate"))
     rec = {k: v for k, v in rec.items() if not k.startswith("nonideal")}
     rec["nonideal"] = definition
+    rec["model_sha256"] = _model_digest(run)
     path = run.dir / "bench_sim" / f"{preset_name}.json"
     hit = _cache_hit(path, rec, "result")
     if hit is not None:
@@ -697,6 +707,13 @@ def _cached_simulation(
     secs = time.perf_counter() - t0
     atomic_write_json(path, {"record": rec, "result": res, "seconds": secs})
     return res, secs
+
+
+def _model_digest(run: Any) -> str:
+    """The sha256 of the arm's measured model (its fine-tune checkpoint): part of every cache
+    record, so an arm whose stages were recomputed (e.g. after a stage file was removed by
+    hand) is measured again even when its config is unchanged."""
+    return hashlib.sha256((run.stages / "finetune.pt").read_bytes()).hexdigest()
 
 
 def _cache_hit(path: Path, record: dict, key: str) -> tuple[Any, float] | None:
@@ -726,7 +743,7 @@ def _cached_val_accuracy(run: Any) -> tuple[float | None, float]:
     if val is None:
         return None, 0.0
     rec = dict(run.stage_inputs("finetune"))
-    rec["model_sha256"] = hashlib.sha256((run.stages / "finetune.pt").read_bytes()).hexdigest()
+    rec["model_sha256"] = _model_digest(run)
     path = run.dir / "bench_val.json"
     hit = _cache_hit(path, rec, "acc_val")
     if hit is not None:
@@ -753,15 +770,13 @@ def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], floa
     rec = dict(run.stage_inputs("simulate"))
     rec = {k: v for k, v in rec.items() if not k.startswith("nonideal")}
     rec["evaluation"] = {"name": spec["name"], "params": spec["params"], "trials": trials}
-    # the measured model itself: an arm whose stages were recomputed (e.g. after a stage file
-    # was removed by hand) is measured again even when its config is unchanged
-    rec["model_sha256"] = hashlib.sha256((run.stages / "finetune.pt").read_bytes()).hexdigest()
+    rec["model_sha256"] = _model_digest(run)
     path = run.dir / "bench_eval" / f"{spec['label']}.json"
     hit = _cache_hit(path, rec, "points")
     if hit is not None:
         return hit
     t0 = time.perf_counter()
-    _dense, comp, dl, cl, _ck = run.models()
+    _dense, comp, dl, cl, ck = run.models()
     ctx = EvalContext(
         model=comp,
         layout=cl,
@@ -776,6 +791,8 @@ def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], floa
         build_model=run.build_model,
         reference_layout=dl,
         method_name=run.cfg.method.name,
+        method_params=copy.deepcopy(run.cfg.method.params),
+        method_info=ck.get("info"),
     )
     points = ev.measure(ctx, params)
     secs = time.perf_counter() - t0
@@ -1153,12 +1170,11 @@ def select_targets(records: Sequence[dict], targets: Sequence[TargetSpec]) -> li
         for seed in seeds:
             recs = sorted((r for r in records if int(r["seed"]) == seed),
                           key=lambda r: (r["method"], str(r["budget"])))  # fmt: skip
-            dense = next((r for r in recs if r["method_name"] == "none" and r["method"] == "none"),
-                         next((r for r in recs if r["method_name"] == "none"), None))  # fmt: skip
+            dense = next((r for r in recs if r["method"] == t.reference), None)
             dense_val = dense.get("acc_val") if dense else None
-            entry: dict[str, Any] = {"seed": seed, "met": False, "dense_acc_val": dense_val}
+            entry: dict[str, Any] = {"seed": seed, "met": False, "reference_acc_val": dense_val}
             if t.max_val_drop is not None and dense_val is None:
-                entry["why"] = "no dense arm with a validation accuracy in this seed"
+                entry["why"] = f"no {t.reference} arm with a validation accuracy in this seed"
                 per_seed.append(entry)
                 continue
             best: tuple[float, float] | None = None
@@ -1166,7 +1182,7 @@ def select_targets(records: Sequence[dict], targets: Sequence[TargetSpec]) -> li
             n = 0
             for r in recs:
                 if (t.methods and r["method"] not in t.methods) or (
-                    not t.methods and r["method_name"] == "none"
+                    not t.methods and (r["method_name"] == "none" or r["method"] == t.reference)
                 ):
                     continue
                 v, a = _metric(r, t.metric), r.get("acc_val")
@@ -1184,7 +1200,7 @@ def select_targets(records: Sequence[dict], targets: Sequence[TargetSpec]) -> li
                 if best is None or (v, a) > best:
                     best, chosen = (v, a), r
             entry["feasible_arms"] = n
-            if chosen is not None:
+            if chosen is not None and best is not None:
                 entry.update(
                     met=True,
                     method=chosen["method"],
@@ -1228,6 +1244,7 @@ def select_targets(records: Sequence[dict], targets: Sequence[TargetSpec]) -> li
                     "min_metric": t.min_metric,
                     "min_val_accuracy": t.min_val_accuracy,
                     "max_val_drop": t.max_val_drop,
+                    "reference": t.reference,
                 },
                 "selection_split": "val",
                 "seeds": seeds,
@@ -1268,7 +1285,7 @@ def targets_markdown(targets: Sequence[dict]) -> list[str]:
         if r["min_val_accuracy"] is not None:
             rule.append(f"val ≥ {100 * r['min_val_accuracy']:.2f} %")
         if r["max_val_drop"] is not None:
-            rule.append(f"val drop ≤ {100 * r['max_val_drop']:.2f} pp")
+            rule.append(f"val drop to {r['reference']} ≤ {100 * r['max_val_drop']:.2f} pp")
         if r["methods"]:
             rule.append("among " + ", ".join(r["methods"]))
         ch = ", ".join(f"{k} ({v})" for k, v in t["choices"].items()) or "–"
@@ -1721,6 +1738,8 @@ def to_markdown(summary: dict) -> str:
     lines += evaluation_pairs_markdown(summary.get("evaluation_pairs", []))
     lines += hwa_markdown(summary.get("hwa", []))
     lines += selection_markdown(summary.get("records", []))
+    if summary.get("paper"):
+        lines += ["", "## The paper's numbers", "", summary["paper"].rstrip()]
     lines += ["", "![Pareto](pareto.png)", ""]
     return "\n".join(lines)
 
@@ -1803,6 +1822,7 @@ def write_bench_html(summary: dict, path: Path) -> Path:
             "method": r["method"],
             "budget": r["budget"],
             "crossbar saving %": _r(r["crossbar_saving"]),
+            "area saving %": _r((r.get("area_saving") or {}).get("mean")),
             "ideal %": _r(r["acc_ideal_mean"]),
             "ideal ± CI95": _r(r["acc_ideal_ci95"]),
             "non-ideality": r["nonideal"],
@@ -1907,6 +1927,27 @@ def write_bench_html(summary: dict, path: Path) -> Path:
                         "seeds": len(c["seeds"]),
                     }
                     for c in summary["evaluation_pairs"]
+                ],
+            )
+        )
+    if summary.get("targets"):
+        extra.append(
+            Table(
+                "Targets: the best arm meeting each, chosen per seed on the validation split "
+                "(test figures of the chosen arms, CI95 over the seeds that met it)",
+                [
+                    {
+                        "target": t["label"],
+                        "metric": t["rule"]["metric"],
+                        "seeds met": f"{t['seeds_met']} of {len(t['seeds'])}",
+                        "chosen (seeds)": ", ".join(f"{k} ({v})" for k, v in t["choices"].items()),
+                        "metric value": (t.get("metric") or {}).get("mean"),
+                        "validation %": _r((t.get("acc_val") or {}).get("mean")),
+                        "ideal test %": _r((t.get("acc_ideal") or {}).get("mean")),
+                        "ideal ± CI95": _r((t.get("acc_ideal") or {}).get("ci95")),
+                        "crossbar saving %": _r((t.get("crossbar_saving") or {}).get("mean")),
+                    }
+                    for t in summary["targets"]
                 ],
             )
         )
@@ -2103,6 +2144,7 @@ def _run_planned(
         "evaluation_descriptions": {e.tag: e.description for e in cfg.evaluations},
         "evaluation_pairs": evaluation_pairs(records, cfg.pairs),
         "targets": select_targets(records, cfg.targets),
+        "paper": cfg.paper,
         "records": records,
         "failed": failed,
     }

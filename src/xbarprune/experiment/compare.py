@@ -21,11 +21,8 @@ from xbarprune.errors import ConfigError
 
 # the studies register themselves with @study on import
 from xbarprune.experiment import (  # noqa: F401
-    admm_compare,
-    liang_compare,
     prunix_compare,
     sparse_nonideal_compare,
-    trannsformer_compare,
 )
 from xbarprune.experiment.config import apply_overrides
 from xbarprune.experiment.studies import STUDIES

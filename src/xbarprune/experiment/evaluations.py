@@ -82,6 +82,10 @@ class EvalContext:
     reference_layout: CrossbarLayout | None = None
     #: the registered name of the arm's compression method
     method_name: str | None = None
+    #: the arm's method parameters (as in its config)
+    method_params: dict[str, Any] | None = None
+    #: what the method recorded of its run (the compressed checkpoint's ``info``)
+    method_info: dict[str, Any] | None = None
 
 
 class Evaluation(ABC):
@@ -240,7 +244,7 @@ class ADMMSteps(Evaluation):
         if ctx.calibration is None:
             raise ConfigError("admm-steps needs training images (the cost model's input shape)")
         shape = tuple(ctx.calibration.shape[1:])
-        out = []
+        out: list[dict[str, Any]] = []
         model = None
         for f in files:
             ck = load_checkpoint(f)
@@ -270,6 +274,7 @@ class ADMMSteps(Evaluation):
                         "crossbars": float(tiles),
                         "crossbar_saving": 1.0 - tiles / dense_tiles,
                         "crossbars_conv": float(conv_tiles),
+                        "crossbars_conv_dense": float(conv_dense),
                         "crossbar_saving_conv": 1.0 - conv_tiles / conv_dense
                         if conv_dense
                         else 0.0,
@@ -291,6 +296,171 @@ class ADMMSteps(Evaluation):
                 upr_crossbars_physical=float(upr["tiles"]["removed_dense"]),
                 upr_weights_after=float(upr["weights_after"]),
             )
+        return out
+
+
+# ---------------------------------------------------------------------------- Liang et al.
+@dataclass(frozen=True)
+class LiangLayersParams:
+    """No parameters: the figures are those the arm's ``liang`` run recorded."""
+
+
+@register_evaluation
+class LiangLayers(Evaluation):
+    """Liang et al. 2018 (Table III, Sec. III-E): the arm's *total* crossbars, i.e. compute
+    crossbars plus the input-buffer and output-reduce crossbars pruning cannot remove (our
+    model, :func:`~xbarprune.compress.methods.liang.peripheral_crossbars`), the accuracy
+    before the fine-tune, and per pruned layer its ratio, the Sec. III-E search's initial ratio
+    and validation drop at the final ratio (what the method read on the validation split), and
+    its crossbars dense → pruned. Points: ``{"layer": "(network)"}`` with the arm's digital
+    test accuracy after and ``before_finetune`` its accuracy before the fine-tune, then one
+    per layer. Arms of other methods give the network point only."""
+
+    name = "liang-layers"
+    params_cls = LiangLayersParams
+    description = "Liang et al. 2018: total crossbars (with buffers) and the per-layer search"
+
+    def measure(self, ctx: EvalContext, params: LiangLayersParams) -> list[dict[str, Any]]:
+        from xbarprune.compress.methods.liang import peripheral_crossbars
+        from xbarprune.io import load_checkpoint, load_state_into
+        from xbarprune.training.loop import evaluate_accuracy
+
+        ref = ctx.reference_layout
+        if ref is None:
+            raise ConfigError("liang-layers needs the dense layout")
+        dev = ctx.torch_device or "cpu"
+        acc = evaluate_accuracy(ctx.model, ctx.data, dev)
+        periph = peripheral_crossbars(ref)
+        tiles = ctx.layout.tiles_needed(ctx.model)
+        metrics: dict[str, float] = {
+            "crossbars": float(tiles),
+            "crossbars_total": float(tiles + periph),
+            "crossbars_total_dense": float(ref.dense_tiles + periph),
+            "total_crossbar_saving": 1.0 - (tiles + periph) / (ref.dense_tiles + periph),
+        }
+        points: list[dict[str, Any]] = [
+            {"layer": "(network)", "stage": "fine-tuned", "per_trial": [acc], "metrics": metrics}
+        ]
+        comp = ctx.run_dir / "stages" / "compress.pt" if ctx.run_dir else None
+        if comp is not None and comp.is_file() and ctx.build_model is not None:
+            before = ctx.build_model()
+            load_state_into(before, load_checkpoint(comp)["model"], str(comp))
+            points.append({"layer": "(network)", "stage": "before fine-tune",
+                           "per_trial": [evaluate_accuracy(before, ctx.data, dev)]})  # fmt: skip
+        if ctx.method_name != "liang":
+            return points
+        info = ctx.method_info or {}
+        for name, rec in (info.get("layers") or {}).items():
+            m: dict[str, float] = {
+                "ratio": float(rec["ratio"]),
+                "crossbars_dense": float(rec["tiles_dense"]),
+                "crossbars": float(rec["tiles"]),
+            }
+            if "initial_ratio" in rec:  # searched (Sec. III-E), not a fixed ratio
+                m["initial_ratio"] = float(rec["initial_ratio"])
+                final = [c for c in rec.get("raise_path") or rec.get("sweep") or []
+                         if c["ratio"] == rec["ratio"]]  # fmt: skip
+                if final:
+                    m["val_drop"] = float(final[-1]["drop"])
+            points.append({"layer": name, "stage": "fine-tuned", "per_trial": [acc],
+                           "metrics": m})  # fmt: skip
+        return points
+
+
+# ---------------------------------------------------------------------------- TraNNsformer
+@dataclass(frozen=True)
+class TraNNsformerCountingParams:
+    """Peripheral energy shares φ of the dense design at which energy savings are given (the
+    study's sensitivity: 0.25 / 0.37 / 0.5)."""
+
+    phis: tuple[float, ...] = (0.25, 0.37, 0.5)
+
+    def __post_init__(self) -> None:
+        if not self.phis:
+            raise ConfigError("params.phis: at least one peripheral share")
+        for v in self.phis:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1:
+                raise ConfigError(f"params.phis = {v!r}; allowed: numbers in (0, 1)")
+
+
+@register_evaluation
+class TraNNsformerCounting(Evaluation):
+    """Ankit et al. 2017 (ICCAD): the arm's TraNNsformer clusters counted two ways, with area
+    and energy from the core cost model against the dense layout of the same size and
+    counting:
+
+    - ``crossbar``: the arm's own X x X layout (the hardware it is mapped on);
+    - ``code-4x4``: the same clusters counted in the 4 x 4 tiles of the authors'
+      ``get_hardware_params.m`` (every cluster alone, unclustered weights in greedy windows).
+
+    Energy savings are given at each peripheral share φ of the dense design
+    (:func:`~xbarprune.cost.energy_with_peripheral_share`) and by the paper's parametric model
+    ``1 − ((1 − φ)·nnz/N + φ·crossbars/crossbars_dense)``. The accuracy of a point is the
+    arm's digital test accuracy (counting does not change the weights). Arms of other methods
+    give no points; ``mode: dense`` / ``prune_only`` arms are counted compacted, as the code
+    counts them."""
+
+    name = "trannsformer-counting"
+    params_cls = TraNNsformerCountingParams
+    description = "Ankit et al. 2017: crossbars, area and energy under X x X and the code's 4 x 4"
+
+    def measure(self, ctx: EvalContext, params: TraNNsformerCountingParams) -> list[dict[str, Any]]:
+        from xbarprune.compress.methods.trannsformer import (
+            TraNNsformerParams,
+            TraNNsformerRun,
+            trannsformer_layout,
+        )
+        from xbarprune.cost import count_mvms, energy_with_peripheral_share, estimate_cost
+        from xbarprune.hardware.spec import CrossbarSpec
+        from xbarprune.training.loop import evaluate_accuracy
+
+        if ctx.method_name != "trannsformer":
+            return []
+        info = ctx.method_info or {}
+        if "clusters" not in info or ctx.calibration is None:
+            raise ConfigError(
+                "trannsformer-counting needs the arm's TraNNsformer clusters (its compressed "
+                "checkpoint's info) and training images"
+            )
+        p = from_dict(TraNNsformerParams, dict(ctx.method_params or {}), "method.params")
+        run = TraNNsformerRun.from_info(ctx.model, info, p)
+        acc = evaluate_accuracy(ctx.model, ctx.data, ctx.torch_device or "cpu")
+        shape = (1, *tuple(ctx.calibration.shape[1:]))
+        x = ctx.layout.crossbar
+        out = []
+        for counting in ("crossbar", "code-4x4"):
+            if counting == "crossbar":
+                layout = ctx.layout
+            else:  # the code's count: every cluster alone, greedy windows, 4 x 4 weights
+                per_weight = x.cols // x.weights_per_row  # columns of one weight
+                spec = CrossbarSpec(rows=4, cols=4 * per_weight, encoding=x.encoding,
+                                    cells_per_weight=x.cells_per_weight)  # fmt: skip
+                um = p.unclustered
+                layout, _ = trannsformer_layout(
+                    ctx.model, run, spec, pack=False,
+                    unclustered="greedy" if um == "pack" else um,
+                )  # fmt: skip
+            mats = layer_matrices(ctx.model, layout)
+            mvms = count_mvms(ctx.model, shape, layers=list(layout.layers))
+            cost = estimate_cost(layout, mvms, matrices=mats, device=ctx.device_spec)
+            nnz = sum(int((w != 0).sum()) for w in mats.values())
+            tot = sum(w.numel() for w in mats.values())
+            ratio = cost.compressed.tiles_needed / cost.dense.tiles_needed
+            metrics: dict[str, float] = {
+                "crossbars": float(cost.compressed.tiles_needed),
+                "crossbars_dense": float(cost.dense.tiles_needed),
+                "crossbar_saving": 1.0 - ratio,
+                "area_saving": float(cost.area_saving),
+                "weight_sparsity": 1.0 - nnz / tot,
+            }
+            for phi in params.phis:
+                metrics[f"energy_saving@phi={phi:g}"] = float(
+                    energy_with_peripheral_share(cost, float(phi)).energy_saving
+                )
+                metrics[f"energy_saving_paper_model@phi={phi:g}"] = 1.0 - (
+                    (1 - phi) * nnz / tot + phi * ratio
+                )
+            out.append({"counting": counting, "per_trial": [acc], "metrics": metrics})
         return out
 
 

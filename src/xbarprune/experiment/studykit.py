@@ -19,7 +19,7 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,19 +69,6 @@ def nonideal_model(raw: str | dict, where: str = "nonideal") -> NonIdealityModel
     return NonIdealityModel.from_config(cfg)
 
 
-def named_nonideal(
-    data: dict, default: dict[str, str], what: str
-) -> tuple[dict, dict[str, NonIdealityModel]]:
-    """``data["nonideal"]`` of a comparison: a mapping name -> preset name or config.
-
-    Returns the raw mapping (for the summary) and the built models.
-    """
-    raw = data.get("nonideal") or default
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{what} comparison: 'nonideal' maps a name to a preset or a config")
-    return raw, {k: nonideal_model(v, f"nonideal.{k}") for k, v in raw.items()}
-
-
 def config_fingerprint(config: Any) -> str:
     """A short stable hash of a JSON-able config (dataclasses go through ``to_dict``)."""
     import hashlib
@@ -96,16 +83,6 @@ def config_fingerprint(config: Any) -> str:
 
     text = json.dumps(plain(config), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def arm_overrides(data: dict, params_cls, default: dict[str, dict]) -> tuple[dict, dict]:
-    """``params`` (shared) and ``arms`` (name -> override) of a comparison, every arm validated
-    as ``params_cls`` before any training, so a bad arm fails at once."""
-    common = dict(data.get("params") or {})
-    arms: dict[str, dict] = data.get("arms") or default
-    for k, v in arms.items():
-        from_dict(params_cls, {**common, **(v or {})}, f"arms.{k}")
-    return common, arms
 
 
 def apply_quick(data: dict, *, param_keys: tuple[str, ...] = ()) -> dict:
@@ -435,58 +412,6 @@ def selection_view(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in _TEST_KEYS}
 
 
-def measure_all(
-    bench: Bench,
-    model: nn.Module,
-    layout: CrossbarLayout,
-    dev: DeviceSpec,
-    nis: dict[str, NonIdealityModel],
-    ev: EvaluateConfig,
-    *,
-    reference: CrossbarLayout | None = None,
-    extra: dict | None = None,
-) -> dict:
-    """:meth:`Bench.measure` under several named non-ideality models (ideal part once).
-
-    Returns ``{"base": {...}, "nonideal": {name: [EvalResult dict per time]}}``; with no models
-    only the ideal part is measured.
-    """
-    base = None
-    nonideal = {}
-    for name, ni in nis.items():
-        rec = bench.measure(model, layout, dev, ni, ev, reference=reference, extra=extra)
-        base = base or rec["base"]
-        nonideal[name] = rec["nonideal"]
-    if base is None:
-        ideal = NonIdealityModel()
-        base = bench.measure(model, layout, dev, ideal, ev, reference=reference, extra=extra)
-        base = base["base"]
-    return {"base": base, "nonideal": nonideal}
-
-
-def named_rows(rec: dict, names: list[str] | None = None) -> list[dict]:
-    """Summary rows of a :func:`measure_all` record: one per (model name, drift time); models
-    not in ``names`` (a cached record measured under more models) are left out."""
-    out = []
-    for name, res in rec["nonideal"].items():
-        if names is not None and name not in names:
-            continue
-        for r in res:
-            out.append(
-                {
-                    **rec["base"],
-                    "nonideal": name,
-                    "drift_time": format_time(r["time_s"]),
-                    "acc_nonideal_mean": r["mean"],
-                    "acc_nonideal_std": r["std"],
-                    "acc_nonideal_trials": r["per_trial"],
-                }
-            )
-    return out or [
-        {**rec["base"], "nonideal": None, "acc_nonideal_mean": None, "acc_nonideal_std": None}
-    ]
-
-
 def expand(rec: dict) -> list[dict]:
     """One summary row per drift time of an arm record (one row if it has no non-ideal part)."""
     if not rec["nonideal"]:
@@ -504,14 +429,6 @@ def expand(rec: dict) -> list[dict]:
             }
         )
     return out
-
-
-def replace_data(dc: DataConfig, **kw) -> DataConfig:
-    return replace(dc, **{k: v for k, v in kw.items() if v is not None})
-
-
-def percent(x: float | None, digits: int = 2) -> str:
-    return "–" if x is None else f"{100 * x:.{digits}f}"
 
 
 def mean_std(row: dict) -> str:

@@ -756,6 +756,20 @@ def search_summary(records: dict[str, dict], ratios: dict[str, float]) -> dict:
     }
 
 
+def peripheral_crossbars(layout: CrossbarLayout) -> int:
+    """Input-buffer + output-reduce crossbars of ``layout``: our model of the part of the
+    paper's *total* crossbars that pruning cannot remove (Liang et al. 2018, Sec. IV-C, Fig.
+    9(b); SemiMap's compiler, which counts them in the paper, is not public). Per mapped layer:
+    one buffer crossbar per input group (row band) and, when the layer has more than one row
+    band, one reduce crossbar per output column band; both fixed by the dense layout."""
+    total = 0
+    for lay in layout:
+        rows, cols = lay.matrix_shape
+        bands, col_bands = lay.crossbar.tile_grid(rows, cols)
+        total += bands + (col_bands if bands > 1 else 0)
+    return total
+
+
 def _score_fn(ctx: CompressContext, p: LiangParams, seed: int) -> Callable[[nn.Module], float]:
     val = _base_dataset(ctx.selection_data("liang ratio sweeps"))
     n = _size(val) if p.eval_samples is None else min(p.eval_samples, _size(val))

@@ -525,6 +525,22 @@ class TraNNsformerRun:
     xbar: int
     params: TraNNsformerParams
 
+    @classmethod
+    def from_info(cls, model: nn.Module, info: dict, params: TraNNsformerParams) -> TraNNsformerRun:
+        """The run as :meth:`info` recorded it, on its trained ``model``: the layer states
+        with their valid clusters (blocks read from the model's non-zero weights), no history.
+        Enough to map or count it again (:func:`trannsformer_layout`, :func:`code_counts`)."""
+        from xbarprune.compress.parts.scic import Cluster
+
+        mods = dict(model.named_modules())
+        states = []
+        for name, clusters in info["clusters"].items():
+            m = mods[name]
+            mask = (m.weight.detach() != 0).reshape(m.weight.shape[0], -1).cpu()
+            states.append(LayerState(name, m, clusters=[Cluster.from_dict(c, mask)
+                                                        for c in clusters]))  # fmt: skip
+        return cls(states, [], int(info["xbar"]), params)
+
     def info(self) -> dict:
         return {
             "xbar": self.xbar,
