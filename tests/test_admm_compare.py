@@ -5,12 +5,10 @@ marked slow."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
 from xbarprune.config import load_yaml
 from xbarprune.errors import ConfigError
@@ -57,7 +55,8 @@ def test_quick_study_end_to_end(quick):
         # -> 1x3, conv2 500x50 -> 16x7
         assert quant["crossbars_conv_dense"] == 115
         assert quant["crossbars_conv"] < 20
-        assert 0 <= quant["area_saving"] < quant["area_saving_conv"] <= 1
+        if quant["crossbars"] > 0:  # (a quick arm may collapse: P-RM then removes it all)
+            assert 0 <= quant["area_saving"] < quant["area_saving_conv"] <= 1
         assert quant["upr_max_output_difference"] < 1e-4
         # the final step is the arm's model: the method's own compression record equals it
         rec = next(r for r in summary["records"] if r["method"] == arm)
@@ -88,21 +87,10 @@ def test_bad_arm_is_rejected_before_training(tmp_path):
     assert not list(tmp_path.rglob("train.pt"))
 
 
-def test_random_test_labels_leave_every_admm_choice_unchanged(quick, tmp_path, monkeypatch):
+def test_random_test_labels_leave_every_admm_choice_unchanged(quick, tmp_path, random_test_labels):
     """The ADMM arms select on validation only: with random test labels the masks, the
     validation accuracies and the targets' choices are those of the real run, while the test
     accuracies move (so the check is not vacuous)."""
-    import xbarprune.data as data_mod
-
-    real_load = data_mod.load_splits
-
-    def fake(*a, **kw):
-        s = real_load(*a, **kw)
-        x = torch.stack([s.test[i][0] for i in range(len(s.test))])
-        y = torch.randint(0, 10, (len(s.test),), generator=torch.Generator().manual_seed(1))
-        return dataclasses.replace(s, test=data_mod.mark_split(TensorDataset(x, y), "test"))
-
-    monkeypatch.setattr(data_mod, "load_splits", fake)
     data = _quick()
     # choices a quick arm can meet, so that a choice is made (and must be the same)
     data["targets"] = [

@@ -797,7 +797,6 @@ def test_records_carry_the_validation_accuracy_and_cost_savings(mini):
     _d, comp, *_ = run.models()
     loader = DataLoader(run.splits.val, batch_size=200)
     assert rec["acc_val"] == evaluate_accuracy(comp, loader, "cpu")
-    assert len(run.splits.val) == 60  # 10 % of 600 training images
     rep = json.loads((Path(arm.dir) / "report.json").read_text())
     assert rec["area_saving"] == rep["cost"]["saving"]["area_saving"]
     row = next(r for r in summary["rows"] if r["budget"] == 0.7)

@@ -147,10 +147,17 @@ def test_scic_terminates_on_unsplittable_block():
     assert big  # the case under test happened: some block could not be split to 2 x 2
     assert all(c.status == 0 for c in big)  # kept, flagged oversize
     assert all(c.status == 1 for c in clusters if fits(c, 2, "dims"))
-    assert all(c.quality == 1.0 for c in clusters)  # every block of an all-ones matrix is full
-    # the clusters partition what they cover: no (output, input) cell is in two of them
-    cells = sum(len(c.inputs) * len(c.outputs) for c in clusters)
-    assert int(cluster_map((8, 8), clusters, only_valid=False).sum()) == cells <= 64
+    # quality is the density of the block at formation, strictly above q. A block is full
+    # unless an earlier pass took some of its cells: cluster.m zeroes taken cells in C, not in
+    # the node sets, so a later cluster may span them (with a 0 there; whether it happens
+    # depends on the eigenvectors' rounding, it did on one CPU and not on another)
+    for c in clusters:
+        assert c.quality == pytest.approx(float(c.block.float().mean())) and c.quality > 0.7
+    # every (output, input) cell is counted in one block only: the clusters partition the
+    # synapses they hold
+    held = [{(int(o), int(i)) for a, o in enumerate(c.outputs) for b, i in enumerate(c.inputs)
+             if c.block[a, b]} for c in clusters]  # fmt: skip
+    assert sum(len(h) for h in held) == len(set().union(*held)) <= 64
 
 
 # ------------------------------------------------------------------------------ counting
@@ -508,32 +515,28 @@ def test_quick_comparison_run(quick_comparison):
     md = (out / "x16" / "summary.md").read_text()
     assert "28–55 %" in md and "trannsformer-counting" in md
     page = (out / "x16" / "report.html").read_text()
-    assert page.split("</table>")[0].count('<tr data-i="') == len(s["rows"])
+    # the ranking table (empty: every arm is one point) then every arm
+    assert page.split("</table>")[1].count('<tr data-i="') == len(s["rows"])
 
 
-def test_a_recorded_run_maps_to_the_pipeline_layout(quick_comparison):
-    """TraNNsformerRun.from_info rebuilds the clusters the method recorded: mapping it again
-    gives the pipeline's layout of the arm, block for block."""
-    from xbarprune.compress.methods.trannsformer import (
-        TraNNsformerParams,
-        TraNNsformerRun,
-        trannsformer_layout,
-    )
-    from xbarprune.config import from_dict
-    from xbarprune.experiment.config import load_config
-    from xbarprune.experiment.pipeline import Run
-    from xbarprune.mapping.layout import CrossbarLayout
+@pytest.mark.parametrize("mapping,pack", [("greedy", False), ("pack", True)])
+def test_a_recorded_run_maps_like_the_run_itself(toy, mapping, pack):
+    """TraNNsformerRun.from_info rebuilds the clusters a run recorded (as JSON, what the
+    compressed checkpoint keeps): mapping it again gives the run's own layout, block for block,
+    and the code's counts are the same."""
+    import json as _json
 
-    out, _ = quick_comparison
-    arm = out / "x16" / "work" / "best" / "default" / "s0"
-    run = Run(load_config(arm / "config.yaml"), arm, log=lambda s: None)
-    _d, comp, dl, cl, ck = run.models()
-    p = from_dict(TraNNsformerParams, run.cfg.method.params)
-    again, _ = trannsformer_layout(comp, TraNNsformerRun.from_info(comp, ck["info"], p),
-                                   cl.crossbar, base=dl)  # fmt: skip
-    assert isinstance(again, CrossbarLayout)
-    assert again.to_dict() == cl.to_dict()
-    assert any(len(v) for v in ck["info"]["clusters"].values())  # clusters were recorded
+    from xbarprune.compress.methods.trannsformer import TraNNsformerRun, code_counts
+
+    model, run, _data = toy
+    assert sum(len(L.valid) for L in run.states) > 0  # clusters to rebuild
+    info = _json.loads(_json.dumps(run.info()))
+    again = TraNNsformerRun.from_info(model, info, run.params)
+    for size in (4, 8):
+        a, _ = trannsformer_layout(model, run, spec(size), unclustered=mapping, pack=pack)
+        b, _ = trannsformer_layout(model, again, spec(size), unclustered=mapping, pack=pack)
+        assert a.to_dict() == b.to_dict()
+        assert code_counts(again, size) == code_counts(run, size)
 
 
 @pytest.mark.slow
