@@ -818,3 +818,22 @@ def test_quick_methods_only_drops_the_other_methods_and_what_names_them():
     data["quick"] = {"methods_only": ["nope"]}
     with pytest.raises(ConfigError, match="methods_only"):
         load_bench(data, quick=True)
+
+
+def test_every_invocation_on_an_arm_cache_is_counted(mini, tmp_path):
+    """A resumed bench's header keeps the wall time of every invocation on its arm cache, the
+    first one (which did the work) included, and summary.md says so."""
+    import shutil
+
+    first = mini[1]["header"]
+    assert first["invocations"][0]["wall_time_s"] == first["wall_time_s"]
+    out = shutil.copytree(mini[0], tmp_path / "bench", copy_function=shutil.copy2)
+    # (other tests may have rerun the fixture's bench: read what its cache holds now)
+    before = json.loads((out / "work" / "bench_invocations.json").read_text())
+    again = run_bench(copy.deepcopy(MINI), out=str(out), log=lambda s: None)["header"]
+    assert again["invocations"][:-1] == before
+    assert again["invocations"][-1]["wall_time_s"] == again["wall_time_s"]
+    walls = [h["wall_time_s"] for h in again["invocations"]]
+    assert again["wall_time_all_invocations_s"] == pytest.approx(sum(walls), abs=0.11)
+    n = len(before) + 1
+    assert f"All {n} invocations on this arm cache" in (out / "summary.md").read_text()

@@ -1696,7 +1696,13 @@ def to_markdown(summary: dict) -> str:
         "",
         f"Command: `{h['command']}`  ",
         f"Wall time: {h['wall_time_s']} s; compute of all arms: {h['compute_s']:.0f} s; "
-        f"machine: {h['machine']}",
+        f"machine: {h['machine']}"
+        + (
+            f"  \nAll {len(h['invocations'])} invocations on this arm cache: "
+            f"{h['wall_time_all_invocations_s']} s wall"
+            if len(h.get("invocations") or []) > 1
+            else ""
+        ),
         *[
             f"Merged: {m['records']} record(s) of `{m['command']}` ({m['from']}; wall time "
             f"{m['wall_time_s']} s, compute {m['compute_s']:.0f} s)  "
@@ -2117,10 +2123,16 @@ def _run_planned(
         log(f"  arm {r['key']} FAILED: {r['failed']}")
     rows = build_rows(records, base.model.name, base.data.name)
     mrows = matched(rows, cfg.match_savings)
+    wall = round(time.perf_counter() - t0, 1)
+    history = _record_invocation(Path(arms[0].dir).parents[2], command, wall)
     summary = {
         "header": {
             "command": command,
-            "wall_time_s": round(time.perf_counter() - t0, 1),
+            "wall_time_s": wall,
+            # every invocation on this arm cache, this one included (a resumed or refreshed
+            # bench: the first invocation did the work, the last one wrote the summary)
+            "invocations": history,
+            "wall_time_all_invocations_s": round(sum(h["wall_time_s"] for h in history), 1),
             "compute_s": own_compute,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
             f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
@@ -2155,6 +2167,26 @@ def _run_planned(
     write_bench_html(summary, outdir / "report.html")
     log(f"written {outdir / 'summary.json'}, summary.md, pareto.png")
     return summary
+
+
+def _record_invocation(work: Path, command: str, wall_s: float) -> list[dict]:
+    """Append this invocation (command, wall time, when) to ``<work>/bench_invocations.json``
+    (atomic write) and return the whole list. Lost with the arm cache, as it should be: a
+    fresh cache starts a fresh account."""
+    import datetime
+
+    path = work / "bench_invocations.json"
+    old: list[dict] = []
+    if path.is_file():
+        try:
+            old = list(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            old = []
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    history = [*old, {"command": command, "wall_time_s": wall_s, "finished": now}]
+    ensure_dir(work)
+    atomic_write_json(path, history)
+    return history
 
 
 def merge_records(
