@@ -18,6 +18,7 @@ import copy
 import json
 import time
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -27,6 +28,7 @@ from xbarprune.compress.base import CompressContext
 from xbarprune.compress.methods.prunix import PrunixParams, build_regularizer, run_prunix
 from xbarprune.config import from_dict, load_yaml
 from xbarprune.data import load_splits
+from xbarprune.experiment.bench import _merge
 from xbarprune.experiment.config import DataConfig, ModelConfig
 from xbarprune.hardware import CrossbarSpec, DeviceSpec
 from xbarprune.hardware.nonideal.model import NonIdealityModel, preset
@@ -44,6 +46,34 @@ GRIDS = {
 }
 
 
+def flat_setting(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The PRUNIX comparison's setting, read from its engine config (``kind: bench``) in the
+    flat shape this script uses: ``experiments`` (each ``{"model", "data"}``), ``train``,
+    ``finetune``, ``crossbar``, ``device``, ``nonideal`` (the first preset), ``params`` (the
+    PRUNIX arm's, without ``regularizer``/``lam``) and ``regularizers`` (name -> lambda)."""
+    if cfg.get("kind") != "bench":
+        raise SystemExit("expected the engine config of the PRUNIX comparison (kind: bench)")
+    base = cfg.get("base") or {}
+    exps = [_merge(base, e.get("base") or {}) for e in cfg.get("experiments") or [{}]]
+    prunix = [m for m in cfg.get("methods") or [] if m.get("name") == "prunix"]
+    if not prunix:
+        raise SystemExit("the config has no prunix arm")
+    regs: dict[str, dict[str, float]] = {}
+    for m in prunix:
+        p = m.get("params") or {}
+        regs.setdefault(p.get("regularizer", "group_sawtooth"), {"lam": p.get("lam", 0.0)})
+    head = next(m for m in prunix if m.get("label", "prunix") == "prunix")
+    params = {k: v for k, v in (head.get("params") or {}).items()
+              if k not in ("regularizer", "lam")}  # fmt: skip
+    return {
+        "experiments": [{"model": e["model"], "data": e["data"]} for e in exps],
+        **{k: base[k] for k in ("train", "finetune", "crossbar", "device", "evaluate")},
+        "nonideal": (cfg.get("presets") or ["prunix"])[0],
+        "params": params,
+        "regularizers": regs,
+    }
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="examples/prunix_compare.yaml")
@@ -58,7 +88,7 @@ def main(argv=None):
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     grids = json.loads(a.grid) if a.grid else GRIDS
-    cfg = load_yaml(a.config)
+    cfg = flat_setting(load_yaml(a.config))
     torch.set_num_threads(2)
     e = cfg["experiments"][a.experiment]
     mc = from_dict(ModelConfig, e["model"], "model")

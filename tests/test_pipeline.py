@@ -339,3 +339,20 @@ def test_simulate_reproduces_the_reports_trials_and_refuses_bad_flags(finished, 
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and key in err[0], err
     assert not (Path("/tmp/x.json")).exists()
+
+
+def test_a_changed_method_never_resumes_from_its_old_trainings(tmp_path):
+    """A method's own trainings checkpoint in stages/compress_parts/ (resumable); when the
+    config changes, the recomputed stage starts afresh: the rerun equals a fresh run of the new
+    config (before, WCT's finished round checkpoints of kappa 0.5 were resumed under 0.3)."""
+    cfg = {**TINY, "method": {"name": "wct", "params": {"kappa": 0.5, "rounds": 1}},
+           "finetune": {**TINY["finetune"], "epochs": 0}}  # fmt: skip
+    Run(load_config(cfg), tmp_path / "a", log=lambda s: None).run()
+    assert list((tmp_path / "a" / "stages" / "compress_parts").glob("wct_round1.pt"))
+    cfg["method"] = {"name": "wct", "params": {"kappa": 0.3, "rounds": 1}}
+    Run(load_config(cfg), tmp_path / "a", log=lambda s: None).run()
+    Run(load_config(cfg), tmp_path / "b", log=lambda s: None).run()
+    a = load_checkpoint(tmp_path / "a" / "stages" / "compress.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "stages" / "compress.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)

@@ -6,7 +6,6 @@ are skipped when it is absent. The rest check the HTML text and the occupancy pl
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import tempfile
@@ -245,53 +244,4 @@ def test_run_report_html_in_chromium(browser, tmp_path):
     assert browser.eval("document.querySelectorAll('section.plot img').length") == 2
     assert browser.errors() == []
     shot = Path(tempfile.gettempdir()) / "xbarprune_run_report.png"
-    assert browser.screenshot(shot).stat().st_size > 10_000
-
-
-@needs_chromium
-def test_study_report_html_in_chromium(browser, tmp_path):
-    """A study's report.html: generic over summary.json rows; sparse_nonideal's plots replace
-    the 20-series picture with facets and toggles."""
-    import xbarprune.experiment.compare as compare
-
-    compare._load()
-    from xbarprune.experiment.study_html import write_study_html
-
-    rows = []
-    for model in ("vgg11", "resnet20"):
-        for scheme, sp in (("dense", 0.0), ("cf", 0.5), ("cf", 0.75), ("xrs", 0.5), ("xrs", 0.75)):
-            for mit in ("none", "wct"):
-                rows.append({"model": model, "dataset": "fashion-mnist", "crossbar": "32x32",
-                             "scheme": scheme, "sparsity_target": sp, "mitigation": mit,
-                             "ccr": 1 / (1 - sp), "acc_ideal": 0.9,
-                             "acc_nonideal_mean": 0.8 - 0.1 * sp,
-                             "nf_quantiles": [0.1, 0.2, 0.3]})  # fmt: skip
-    summary = {"command": "xbarprune compare s.yaml", "wall_time_s": 2.0, "rows": rows,
-               "ablation": [{"effects": "all", "acc_mean": 0.5}]}  # fmt: skip
-    (tmp_path / "summary.json").write_text(json.dumps(summary))
-    (tmp_path / "summary.md").write_text("# s\n\n![drop](drop_vs_ccr.png)\n")
-    (tmp_path / "drop_vs_ccr.png").write_bytes(b"not inlined: replaced by the interactive plot")
-    page = write_study_html("sparse_nonideal", tmp_path)
-    assert page == tmp_path / "report.html"
-    browser.open(page)
-    counts = browser.eval("Array.from(document.querySelectorAll('table.sortable'))"
-                          ".map(t => t.tBodies[0].rows.length)")  # fmt: skip
-    assert counts == [len(rows), 1]
-    assert browser.eval("document.querySelectorAll('section.plot img').length") == 0
-    titles = browser.eval("Array.from(document.querySelectorAll('section.plot h2'))"
-                          ".map(h => h.textContent)")  # fmt: skip
-    assert titles[0] == "Accuracy drop against crossbar compression rate"
-    boxes = browser.eval("Array.from(document.querySelectorAll('section.plot')[0]"
-                         ".querySelectorAll('input'))"
-                         ".map(b => b.dataset.dim + '=' + b.value)")  # fmt: skip
-    assert boxes == ["scheme=dense", "scheme=cf", "scheme=xrs", "mitigation=none",
-                     "mitigation=wct"]  # fmt: skip
-    col = browser.eval("Array.from(document.querySelectorAll('table.sortable')[0].tHead.rows[0]"
-                       ".cells).findIndex(c => c.textContent === 'ccr')")  # fmt: skip
-    browser.eval(f"document.querySelectorAll('table.sortable')[0].tHead.rows[0].cells[{col}]"
-                 ".click()")  # fmt: skip
-    ccr = [float(v) for v in _col(browser, 0, col)]
-    assert ccr == sorted(r["ccr"] for r in rows)
-    assert browser.errors() == []
-    shot = Path(tempfile.gettempdir()) / "xbarprune_study_report.png"
     assert browser.screenshot(shot).stat().st_size > 10_000

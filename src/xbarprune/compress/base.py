@@ -47,6 +47,10 @@ class CompressContext:
     run_dir: Path | None = None
     nonideal: Any = None  # NonIdealityModel used by non-ideality-aware methods
     log: Callable[[str], None] = print
+    #: where :meth:`finetune` keeps its resumable checkpoints (default ``run_dir/stages``). The
+    #: pipeline gives each stage its own folder and empties it when the stage's inputs change,
+    #: so a recomputed stage never resumes from a checkpoint of another config
+    parts_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.val_data is not None and split_role(self.val_data) == "test":
@@ -64,7 +68,9 @@ class CompressContext:
                 masks.apply(self.model)
             return
         ckpt = None
-        if self.run_dir is not None:
+        if self.parts_dir is not None:
+            ckpt = self.parts_dir / f"{tag}.pt"
+        elif self.run_dir is not None:
             ckpt = self.run_dir / "stages" / f"{tag}.pt"
         train(
             self.model,
@@ -135,6 +141,14 @@ class Method(ABC, Generic[P]):
 
     @abstractmethod
     def compress(self, ctx: CompressContext) -> CompressResult: ...
+
+    def finetune_regularizer(self, ctx: CompressContext) -> Any:
+        """The regulariser the pipeline's final fine-tune (the ``finetune`` stage, after
+        :meth:`compress`) trains with, or None (the default: plain task loss). ``ctx`` holds the
+        compressed model and the dense placement. A method whose weights must stay where its
+        regulariser put them until programming (e.g. PRUNIX's group sawtooth on the conductance
+        levels) returns its own here."""
+        return None
 
 
 _REGISTRY: dict[str, type[Method[Any]]] = {}

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xbarprune.config import from_dict, load_yaml
+from xbarprune.config import from_dict, load_yaml, to_dict
 from xbarprune.errors import CompressionError, ConfigError, TrainingError, XbarpruneError
 from xbarprune.io import atomic_write_json, atomic_write_text, ensure_dir
 from xbarprune.units import format_time, parse_time
@@ -81,6 +81,9 @@ class MethodSpec:
     budgets: tuple[float, ...] = ()
     label: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: methods applied after the fine-tune, in order (``method.then`` of the arms' configs,
+    #: e.g. ``[{name: wct, params: {kappa: 0.5}}]``: WCT on the pruned, fine-tuned model)
+    then: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.knob is not None and not self.budgets:
@@ -137,6 +140,10 @@ class ExperimentSpec:
     label: str
     base: dict[str, Any] = field(default_factory=dict)
     presets: tuple[str, ...] = ()
+    #: the method labels this experiment runs (default: all; the dense arm always runs), e.g.
+    #: a variant too slow for a larger model; pairs, evaluations and targets naming the others
+    #: drop them
+    methods: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         import re
@@ -157,7 +164,8 @@ class TargetSpec:
     accuracy is at least ``min_val_accuracy`` and at most ``max_val_drop`` below the same
     seed's ``reference`` arm (default the dense arm ``none``; fractions, 0.01 = 1 pp), the one
     with the largest ``metric`` (ties: the higher validation accuracy). ``metric`` is
-    ``crossbar_saving``, ``area_saving``, ``energy_saving`` or a key of the methods' own
+    ``crossbar_saving``, ``area_saving``, ``energy_saving``, ``acc_val`` (the validation
+    accuracy itself: "the most accurate arm on validation") or a key of the methods' own
     metrics (e.g. ADMM's ``compression_conv``). The chosen arm's test accuracies are then
     reported, never compared against the target's thresholds to choose
     (:func:`select_targets`)."""
@@ -252,6 +260,11 @@ class BenchConfig:
         xlabels = [e.label for e in self.experiments]
         if len(set(xlabels)) != len(xlabels):
             raise ConfigError(f"experiments: labels {xlabels} repeat")
+        for x in self.experiments:
+            bad = sorted(set(x.methods) - labels)
+            if bad:
+                raise ConfigError(f"experiments[{x.label}].methods: {bad} not method labels "
+                                  f"({sorted(labels)})")  # fmt: skip
         ttags = [t.label for t in self.targets]
         if len(set(ttags)) != len(ttags):
             raise ConfigError(f"targets: labels {ttags} repeat")
@@ -311,8 +324,31 @@ class BenchConfig:
         arm cache (``<work>/<label>`` when ``work`` is given)."""
         from dataclasses import replace
 
+        cfg = self
+        if e.methods:
+            tags = [m.tag for m in self.methods]
+            unknown = sorted(set(e.methods) - set(tags))
+            if unknown:
+                raise ConfigError(f"experiments[{e.label}].methods: unknown label(s) {unknown}; "
+                                  f"allowed: {', '.join(tags)}")  # fmt: skip
+            dense = next((m.tag for m in self.methods if m.name == "none" and not m.overrides
+                          and not m.then), "none")  # fmt: skip
+            keep = set(e.methods) | {dense}
+
+            def kept(ms: tuple[str, ...]) -> tuple[str, ...]:
+                return tuple(m for m in ms if m in keep)
+
+            cfg = replace(
+                self,
+                methods=tuple(m for m in self.methods if m.tag in keep),
+                pairs=tuple(p for p in self.pairs if set(p) <= keep),
+                evaluations=tuple(replace(v, methods=kept(v.methods)) for v in self.evaluations
+                                  if not v.methods or kept(v.methods)),
+                targets=tuple(replace(t, methods=kept(t.methods)) for t in self.targets
+                              if not t.methods or kept(t.methods)),
+            )  # fmt: skip
         return replace(
-            self,
+            cfg,
             name=f"{self.name}-{e.label}",
             out=None,
             base=_merge(self.base, e.base),
@@ -450,7 +486,8 @@ def plan_arms(cfg: BenchConfig, out: Path) -> list[Arm]:
     arms: list[Arm] = []
     specs = list(cfg.methods)
     # the seed's dense model: the first plain `none` (no overrides); the others reuse its training
-    dense_spec = next((m for m in specs if m.name == "none" and not m.overrides), None)
+    dense_spec = next((m for m in specs if m.name == "none" and not m.overrides
+                       and not m.then), None)  # fmt: skip
     if dense_spec is None:
         dense_spec = MethodSpec(name="none")
         specs.insert(0, dense_spec)
@@ -462,15 +499,18 @@ def plan_arms(cfg: BenchConfig, out: Path) -> list[Arm]:
                 if m.knob is not None:
                     params = _set_dotted(params, m.knob, b)
                 arm_base = _merge(base, m.overrides)
-                method = {"name": m.name, "params": params}
+                method: dict[str, Any] = {"name": m.name, "params": params}
+                if m.then:
+                    method["then"] = [copy.deepcopy(dict(t)) for t in m.then]
                 conf = _merge(arm_base, {"seed": seed, "method": method})
                 conf["name"] = f"{cfg.name}-{m.tag}-{_budget_name(b)}-s{seed}".replace("/", "_")
                 d = work / m.tag / _budget_name(b) / f"s{seed}"
                 dense = (None if m is dense_spec
                          else str(work / dense_spec.tag / "default" / f"s{seed}"))  # fmt: skip
                 plain = None
-                if m.overrides and m.name != "none":
+                if (m.overrides or m.then) and m.name != "none":
                     p = next((x for x in specs if x.name == m.name and not x.overrides
+                              and not x.then and x.params == m.params
                               and b in (x.budgets or (None,))), None)  # fmt: skip
                     if p is not None:
                         plain = str(work / p.tag / _budget_name(b) / f"s{seed}")
@@ -503,7 +543,6 @@ def plan_arms(cfg: BenchConfig, out: Path) -> list[Arm]:
 def validate_arms(arms: Sequence[Arm]) -> None:
     """Every arm's config loads (strict keys, ranges) and carves a validation split of at
     least 10 %, before any arm runs: a typo in the last method fails in seconds."""
-    from xbarprune.config import to_dict
     from xbarprune.experiment.config import load_config
     from xbarprune.experiment.pipeline import Run
 
@@ -763,6 +802,7 @@ def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], floa
     in ``<arm>/bench_eval/<label>.json`` with the record of its inputs (config and the digest
     of the measured model's checkpoint)."""
     from xbarprune.experiment.evaluations import EvalContext, get_evaluation
+    from xbarprune.experiment.pipeline import mapping_clip
 
     ev = get_evaluation(spec["name"], f"evaluations[{spec['label']}]")
     params = ev.params(spec["params"], f"evaluations[{spec['label']}].params")
@@ -770,6 +810,8 @@ def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], floa
     rec = dict(run.stage_inputs("simulate"))
     rec = {k: v for k, v in rec.items() if not k.startswith("nonideal")}
     rec["evaluation"] = {"name": spec["name"], "params": spec["params"], "trials": trials}
+    if ev.reads_nonideal:  # e.g. the simulator's level grid under the arm's preset
+        rec["evaluation"]["nonideal"] = to_dict(run.cfg.nonideal_config())
     rec["model_sha256"] = _model_digest(run)
     path = run.dir / "bench_eval" / f"{spec['label']}.json"
     hit = _cache_hit(path, rec, "points")
@@ -793,6 +835,8 @@ def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], floa
         method_name=run.cfg.method.name,
         method_params=copy.deepcopy(run.cfg.method.params),
         method_info=ck.get("info"),
+        nonideal=run.cfg.nonideal_model(),
+        weight_clip=mapping_clip(ck.get("info") or {}, cl),
     )
     points = ev.measure(ctx, params)
     secs = time.perf_counter() - t0
@@ -1144,7 +1188,7 @@ def ranking(match_rows: Sequence[dict], at: float) -> list[dict]:
     return out
 
 
-_TOP_METRICS = ("crossbar_saving", "area_saving", "energy_saving")
+_TOP_METRICS = ("crossbar_saving", "area_saving", "energy_saving", "acc_val")
 
 
 def _metric(record: dict, name: str) -> float | None:

@@ -69,9 +69,23 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class FollowUpConfig:
+    """A method applied after the fine-tune (``method.then``): registered ``name``, ``params``."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class MethodConfig:
+    """The ``method:`` section: the registered ``name`` and its ``params``; ``then`` lists
+    methods applied, in order, to the fine-tuned model with its pruning kept (zeros stay zero,
+    the placement is kept), e.g. weight-constrained training after pruning (Bhattacharjee et
+    al., DATE 2022: prune, fine-tune, then WCT)."""
+
     name: str = "none"
     params: dict[str, Any] = field(default_factory=dict)
+    then: tuple[FollowUpConfig, ...] = ()
 
 
 @dataclass(frozen=True)

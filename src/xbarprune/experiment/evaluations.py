@@ -48,6 +48,8 @@ __all__ = [
     "EvalContext",
     "Evaluation",
     "ADMMSteps",
+    "CrossbarNF",
+    "PrunixLevels",
     "WeightRobustness",
     "WeightRobustnessParams",
     "get_evaluation",
@@ -86,6 +88,11 @@ class EvalContext:
     method_params: dict[str, Any] | None = None
     #: what the method recorded of its run (the compressed checkpoint's ``info``)
     method_info: dict[str, Any] | None = None
+    #: the non-idealities the arm was compressed under (its config's ``nonideal``: the
+    #: bench's first preset), e.g. for the simulator's weight-level grid
+    nonideal: NonIdealityModel | None = None
+    #: the fixed mapping scale the arm is simulated with (layer -> w_max, e.g. WCT's), or None
+    weight_clip: dict[str, float] | None = None
 
 
 class Evaluation(ABC):
@@ -96,6 +103,8 @@ class Evaluation(ABC):
     params_cls: ClassVar[type]
     #: what a point measures, for the summary's heading
     description: ClassVar[str] = ""
+    #: whether :meth:`measure` reads ``ctx.nonideal`` (then a change of it measures again)
+    reads_nonideal: ClassVar[bool] = False
 
     def params(self, raw: dict[str, Any] | None, where: str) -> Any:
         """``raw`` validated into :attr:`params_cls` (errors name ``where``)."""
@@ -364,6 +373,195 @@ class LiangLayers(Evaluation):
                     m["val_drop"] = float(final[-1]["drop"])
             points.append({"layer": name, "stage": "fine-tuned", "per_trial": [acc],
                            "metrics": m})  # fmt: skip
+        return points
+
+
+# ---------------------------------------------------------------------------- PRUNIX
+@dataclass(frozen=True)
+class PrunixLevelsParams:
+    """``tol``: a weight is on a level within ``tol`` times the grid step (the diagnostic of
+    :func:`~xbarprune.compress.parts.sawtooth.on_level_fraction`)."""
+
+    tol: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0 < self.tol <= 0.5:
+            raise ConfigError(
+                f"evaluations[prunix-levels].params.tol = {self.tol}; allowed: (0, 0.5]"
+            )
+
+
+@register_evaluation
+class PrunixLevels(Evaluation):
+    """PRUNIX (Alshaarawy et al. 2022, Sec. III-A): how well the weights sit on the
+    simulator's programmable levels (the group sawtooth's grid: device levels ** cells per
+    weight, the differential encoding and the preset's quantisation levels, each layer in units
+    of its own w_max at that moment) before and after the pipeline's final fine-tune, i.e. what
+    that last training does to what the regulariser built (issue #21 item 8;
+    :func:`~xbarprune.compress.parts.sawtooth.grid_diagnostics`). The network point:
+    ``per_trial`` the digital test accuracy; ``metrics`` the on-level fraction, the same among
+    weights nearest a non-zero level and the relative quantisation error, each ``_before_final``
+    (the compressed model) and ``_after_final`` (the measured model), the share of weights the
+    preset's aged window clips, and for ``prunix`` arms what the method recorded
+    (``on_level_before_pruning``, the validation accuracy after the regularised training, the
+    final weight sparsity). One point per mapped layer: its sparsity (``prunix`` arms) and its
+    w_max after / before the final fine-tune."""
+
+    name = "prunix-levels"
+    params_cls = PrunixLevelsParams
+    description = "PRUNIX: share of weights on the programmed levels around the final fine-tune"
+    reads_nonideal = True
+
+    def measure(self, ctx: EvalContext, params: PrunixLevelsParams) -> list[dict[str, Any]]:
+        from xbarprune.compress.methods.prunix import level_grid
+        from xbarprune.compress.parts.sawtooth import grid_diagnostics
+        from xbarprune.io import load_checkpoint, load_state_into
+        from xbarprune.training.loop import evaluate_accuracy
+
+        n_levels, units = level_grid(ctx.layout.crossbar, ctx.device_spec, ctx.nonideal)
+        aged_top = None
+        aging = ctx.nonideal.config.aging if ctx.nonideal and ctx.nonideal.config else None
+        if aging is not None:  # the aged window's top weight / w_max (differential)
+            g_lo, g_hi = aging.window(ctx.device_spec)
+            aged_top = (g_hi - g_lo) / ctx.device_spec.g_range
+        dev = ctx.torch_device or "cpu"
+
+        def diag(model: nn.Module) -> dict[str, Any]:
+            return grid_diagnostics(model, ctx.layout, n_levels, units, aged_top=aged_top,
+                                    tol=params.tol)  # fmt: skip
+
+        after = diag(ctx.model)
+        metrics: dict[str, float] = {
+            "on_level_after_final": after["on_level"],
+            "on_nonzero_level_after_final": after["on_nonzero_level"],
+            "quant_rel_err_after_final": after["quant_rel_err"],
+        }
+        if after["aging_clipped_share"] is not None:
+            metrics["aging_clipped_share"] = after["aging_clipped_share"]
+        before = None
+        comp = ctx.run_dir / "stages" / "compress.pt" if ctx.run_dir else None
+        if comp is not None and comp.is_file() and ctx.build_model is not None:
+            model = ctx.build_model()
+            load_state_into(model, load_checkpoint(comp)["model"], str(comp))
+            before = diag(model)
+            metrics.update(on_level_before_final=before["on_level"],
+                           on_nonzero_level_before_final=before["on_nonzero_level"],
+                           quant_rel_err_before_final=before["quant_rel_err"])  # fmt: skip
+        info = ctx.method_info or {}
+        rounds = (info.get("rounds") or []) if ctx.method_name == "prunix" else []
+        if ctx.method_name == "prunix":
+            for key, name in (
+                ("on_level_fraction_before_pruning", "on_level_before_pruning"),
+                ("val_acc_after_regularization", "val_acc_after_regularization"),
+            ):
+                if info.get(key) is not None:
+                    metrics[name] = float(info[key])  # fmt: skip
+            if rounds:
+                metrics["weight_sparsity"] = float(rounds[-1]["weight_sparsity"])
+        acc = evaluate_accuracy(ctx.model, ctx.data, dev)
+        points: list[dict[str, Any]] = [
+            {"layer": "(network)", "per_trial": [acc], "metrics": metrics}
+        ]
+        sparsity = (rounds[-1].get("layer_sparsity") or {}) if rounds else {}
+        for name in ctx.layout.layers:
+            m: dict[str, float] = {}
+            if name in sparsity:
+                m["sparsity"] = float(sparsity[name])
+            if before is not None and ctx.method_name != "none":  # the final fine-tune's effect
+                m["w_max_after_over_before"] = after["w_max"][name] / before["w_max"][name]
+            if m:
+                points.append({"layer": name, "per_trial": [acc], "metrics": m})
+        return points
+
+
+# ---------------------------------------------------------------------------- Bhattacharjee
+@dataclass(frozen=True)
+class CrossbarNFParams:
+    """``variants``: the column rearrangements to choose from per layer (empty: only the
+    non-ideality factor of the placement as mapped); ``tau``: the low-conductance threshold;
+    ``calib``: training images whose layer inputs drive the NF; ``max_vectors`` per layer."""
+
+    variants: tuple[str, ...] = ()
+    tau: float = 0.25
+    calib: int = 32
+    max_vectors: int = 128
+
+    def __post_init__(self) -> None:
+        from xbarprune.mapping.rearrange import VARIANTS
+
+        where = "evaluations[crossbar-nf].params"
+        for v in self.variants:
+            if v not in VARIANTS or v == "none":
+                raise ConfigError(f"{where}.variants: {v!r}; allowed: "
+                                  f"{', '.join(x for x in VARIANTS if x != 'none')}")  # fmt: skip
+        if not 0 < self.tau < 1:
+            raise ConfigError(f"{where}.tau = {self.tau}; allowed: (0, 1)")
+        if self.calib < 1 or self.max_vectors < 1:
+            raise ConfigError(f"{where}.calib / max_vectors: allowed: >= 1")
+
+
+@register_evaluation
+class CrossbarNF(Evaluation):
+    """Bhattacharjee, Bhatnagar, Panda (DATE 2022): the non-ideality factor of the arm's
+    crossbars, NF = (I_ideal - I_nonideal) / I_ideal per used column (Eq. 1) on the layer
+    inputs of ``calib`` training images under the arm's preset (``ctx.nonideal``), and the
+    share of low-conductance cells (< tau of the range), as mapped; with ``variants``, also
+    the paper's column rearrangement, chosen per layer by the lowest mean NF on those
+    training images (never test data), measured like the arm (same chips: ``trials`` at each
+    time, the arm's weight clip). Points: ``placement`` "as mapped" (``per_trial``: the digital
+    test accuracy) and, with variants, "rearranged" per ``time`` (``per_trial``: the chips'
+    accuracies); ``metrics`` the NF figures and, rearranged, how many layers chose each
+    variant."""
+
+    name = "crossbar-nf"
+    params_cls = CrossbarNFParams
+    description = "Bhattacharjee et al. 2022: non-ideality factor, and column rearrangement"
+    reads_nonideal = True
+
+    def measure(self, ctx: EvalContext, params: CrossbarNFParams) -> list[dict[str, Any]]:
+        from xbarprune.analog.parasitics import choose_rearrangement, nonideality_factor, summarize
+        from xbarprune.training.loop import evaluate_accuracy
+        from xbarprune.units import format_time
+
+        if ctx.nonideal is None or ctx.calibration is None:
+            raise ConfigError("crossbar-nf needs the arm's non-idealities and training images")
+        ni = ctx.nonideal
+        dev = ctx.torch_device or "cpu"
+        batch = ctx.calibration[: params.calib].to(dev)
+        ctx.model.eval()
+
+        def nf(layout: CrossbarLayout) -> dict[str, float]:
+            per = nonideality_factor(ctx.model, layout, ctx.device_spec, ni, batch,
+                                     weight_clip=ctx.weight_clip, tau=params.tau,
+                                     max_vectors=params.max_vectors, seed=ctx.seed)  # fmt: skip
+            return {k: float(v) for k, v in summarize(per).items() if k != "columns"}
+
+        acc = evaluate_accuracy(ctx.model, ctx.data, dev)
+        points: list[dict[str, Any]] = [
+            {
+                "placement": "as mapped",
+                "time": "-",
+                "per_trial": [acc],
+                "metrics": nf(ctx.layout),
+            }  # fmt: skip
+        ]
+        if not params.variants:
+            return points
+        layout, report = choose_rearrangement(
+            ctx.model, ctx.layout, ctx.device_spec, ctx.nonideal, batch,
+            variants=tuple(params.variants), weight_clip=ctx.weight_clip,
+            max_vectors=params.max_vectors, seed=ctx.seed,
+        )  # fmt: skip
+        metrics = nf(layout)
+        for rec in report.values():
+            key = f"layers:{rec['chosen']}"
+            metrics[key] = metrics.get(key, 0.0) + 1.0
+        res = evaluate(ctx.model, ctx.data, layout, ctx.device_spec, ctx.nonideal,
+                       trials=ctx.trials, seed=ctx.seed, times=ctx.times_s, device=dev,
+                       weight_clip=ctx.weight_clip, calibration=ctx.calibration)  # fmt: skip
+        for t, r in zip(ctx.times_s, res, strict=True):
+            points.append({"placement": "rearranged", "time": format_time(t),
+                           "per_trial": list(r.per_trial), "metrics": metrics})  # fmt: skip
         return points
 
 

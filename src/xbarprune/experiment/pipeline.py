@@ -163,6 +163,8 @@ class Run:
             )
         method = self._method()
         check_layer_names(method.params, list(layout.layers))
+        for follow in self._follow_ups():
+            check_layer_names(follow.params, list(layout.layers))
         if cfg.method.name != "none" and self._val() is None:
             raise ConfigError(
                 f"data.val_size = {cfg.data.val_size}: method {cfg.method.name!r} selects on a "
@@ -224,12 +226,16 @@ class Run:
         elif stage == "compress":
             # finetune: the methods' own fine-tuning; without hwa, which compress never uses
             ft = {k: v for k, v in d["finetune"].items() if k != "hwa"}
-            own = {"method": d["method"], "crossbar": d["crossbar"], "device": d["device"],
+            # method.then runs after the fine-tune (the finetune stage's input)
+            meth = {k: v for k, v in d["method"].items() if k != "then"}
+            own = {"method": meth, "crossbar": d["crossbar"], "device": d["device"],
                    "finetune": ft}  # fmt: skip
             if self._method().uses_nonideal():
                 own["nonideal"] = d["nonideal"]
         elif stage == "finetune":
             own = {"finetune": d["finetune"]}
+            if d["method"].get("then"):
+                own["method.then"] = d["method"]["then"]
         elif stage == "map":
             own = {k: d[k] for k in ("cost", "crossbar", "device")}
         elif stage == "simulate":
@@ -261,7 +267,11 @@ class Run:
         return None
 
     def _partial_checkpoints(self, stage: str) -> list[Path]:
-        return [self.stages / f"{stage}_ckpt.pt"]
+        """A stage's resumable checkpoints: its own training's, and those its methods'
+        trainings keep in ``stages/<stage>_parts/`` (:attr:`CompressContext.parts_dir`)."""
+        parts = self.stages / f"{stage}_parts"
+        return [self.stages / f"{stage}_ckpt.pt",
+                *(sorted(parts.glob("*.pt")) if parts.is_dir() else [])]  # fmt: skip
 
     def calibration_images(self) -> torch.Tensor:
         """The images that fit the converters' full scales: the first ``batch_size_eval``
@@ -387,12 +397,25 @@ class Run:
         params = from_dict(cls.Params, mc.params, "method.params")
         return cls(params)
 
-    def stage_compress(self) -> None:
-        t0 = time.perf_counter()
-        method = self._method()
-        model, _ = self._load_model("train")
-        layout = self.map(model)
-        ctx = CompressContext(
+    def _follow_ups(self) -> list:
+        """The methods of ``method.then``, validated (errors name ``method.then[i]``)."""
+        out = []
+        for i, f in enumerate(self.cfg.method.then):
+            try:
+                cls = get_method(f.name)
+            except ConfigError as exc:
+                raise ConfigError(f"method.then[{i}].name: {exc}") from exc
+            out.append(cls(from_dict(cls.Params, f.params, f"method.then[{i}].params")))
+        return out
+
+    def _compress_context(
+        self, model: nn.Module, layout: CrossbarLayout, stage: str = "compress"
+    ) -> CompressContext:
+        """What the method sees: the model, its dense placement, training and validation data
+        (never the test split), the fine-tune config without HWA, the non-idealities; its
+        trainings checkpoint in ``stages/<stage>_parts/``."""
+        return CompressContext(
+            parts_dir=self.stages / f"{stage}_parts",
             model=model,
             layout=layout,
             device_spec=self.cfg.device,
@@ -405,7 +428,13 @@ class Run:
             nonideal=self.cfg.nonideal_model(),
             log=self.log,
         )
-        res = method.compress(ctx)
+
+    def stage_compress(self) -> None:
+        t0 = time.perf_counter()
+        method = self._method()
+        model, _ = self._load_model("train")
+        layout = self.map(model)
+        res = method.compress(self._compress_context(model, layout))
         model = res.model if res.model is not None else model  # physically shrunk
         res.masks.apply(model)
         save_checkpoint(
@@ -428,8 +457,15 @@ class Run:
         hwa = self.cfg.finetune.hwa  # hardware-aware fine-tuning (training/hwa.py)
         if hwa is not None:
             check_unmapped(hwa, {layer["name"] for layer in ck["layout"]["layers"]})
+        # the method's own regulariser, if it keeps one through this last training (PRUNIX's
+        # final_regularizer), built on the compressed model's dense placement
+        reg = None
+        if self.cfg.finetune.epochs > 0 and (len(masks) or hwa is not None):
+            reg = self._method().finetune_regularizer(
+                self._compress_context(model, self.map(model), "finetune")
+            )
         if hwa is not None and hwa.select_weight_noise and self.cfg.finetune.epochs > 0:
-            hist = self._finetune_select_noise(model, masks, ck)
+            hist = self._finetune_select_noise(model, masks, ck, reg)
         elif (len(masks) or hwa is not None) and self.cfg.finetune.epochs > 0:
             h = train(
                 model,
@@ -437,6 +473,7 @@ class Run:
                 self.cfg.finetune,
                 device=self.device,
                 val_data=self._val(),
+                regularizer=reg,
                 masks=masks,
                 checkpoint=self.stages / "finetune_ckpt.pt",
                 seed=self.cfg.seed + 1,
@@ -444,20 +481,57 @@ class Run:
                 log=self.log,
             )
             hist = h.epochs
+        info, layout_dict = ck["info"], ck["layout"]
+        if self.cfg.method.then:
+            masks, info, layout_dict = self._apply_follow_ups(model, masks, info, layout_dict)
         save_checkpoint(
             self._path("finetune"),
             {
                 "model": model.state_dict(),
                 "masks": masks.state_dict(),
-                "layout": ck["layout"],
-                "info": ck["info"],
+                "layout": layout_dict,
+                "info": info,
                 "history": hist,
                 "seconds": time.perf_counter() - t0,
                 **({"architecture": ck["architecture"]} if ck.get("architecture") else {}),
             },
         )
 
-    def _finetune_select_noise(self, model: nn.Module, masks: MaskSet, ck: dict) -> list:
+    def _apply_follow_ups(
+        self, model: nn.Module, masks: MaskSet, info: dict, layout_dict: dict
+    ) -> tuple[MaskSet, dict, dict]:
+        """``method.then``: each method compresses the fine-tuned ``model`` in place, in order
+        (its zeros stay zero: a follow-up derives its masks from the model, and the pruning
+        masks are applied again after it). The placement stays the method's unless a follow-up
+        gives one. ``info["then"]`` keeps each follow-up's record; a fixed mapping scale it
+        asks for (``w_max``, e.g. WCT's) becomes the arm's (:func:`mapping_clip`)."""
+        info = dict(info)
+        records = []
+        for i, follow in enumerate(self._follow_ups()):
+            name = self.cfg.method.then[i].name
+            self.log(f"  then {name}")
+            res = follow.compress(self._compress_context(model, self.map(model), "finetune"))
+            if res.model is not None:
+                raise ConfigError(
+                    f"method.then[{i}].name: {name!r} changes the architecture; allowed after "
+                    "the fine-tune are methods that keep it (e.g. wct)"
+                )
+            if len(masks):
+                masks = masks.combine(res.masks)
+            else:
+                masks = res.masks
+            masks.apply(model)
+            if res.layout is not None:
+                layout_dict = res.layout.to_dict()
+            records.append({"name": name, "info": res.info})
+            if isinstance(res.info.get("w_max"), dict):
+                info["w_max"] = res.info["w_max"]
+        info["then"] = records
+        return masks, info, layout_dict
+
+    def _finetune_select_noise(
+        self, model: nn.Module, masks: MaskSet, ck: dict, regularizer=None
+    ) -> list:
         """Hardware-aware fine-tuning with the weight noise chosen on the validation split
         (``finetune.hwa.select_weight_noise``, training/hwa.py): one fine-tune per candidate
         from the same model and seed (each resumable from its own checkpoint), each measured
@@ -493,6 +567,7 @@ class Run:
                 dataclasses.replace(self.cfg.finetune, hwa=one),
                 device=self.device,
                 val_data=val,
+                regularizer=regularizer,
                 masks=masks,
                 checkpoint=self.stages / f"finetune_ckpt_{i}.pt",
                 seed=self.cfg.seed + 1,

@@ -69,6 +69,11 @@ class PrunixParams:
     sens_samples: int = 1000
     sens_time: float = 86400.0
     keep_regularizer: bool = True
+    #: keep the regulariser through the pipeline's final fine-tune too (the ``finetune`` stage
+    #: after the rounds), so the sawtooth's weights stay on the programmed levels up to
+    #: programming (issue #21 item 8); false: that fine-tune is plain task loss (the published
+    #: comparison's design)
+    final_regularizer: bool = False
     pack: bool = True
     exclude: tuple[str, ...] = field(default_factory=tuple)
 
@@ -115,16 +120,21 @@ def quant_levels(nonideal) -> int | None:
 
 
 def sawtooth_grid(ctx: CompressContext) -> tuple[int, tuple[float, ...] | None]:
-    """The sawtooth's grid: ``(n_levels, units)``, the simulator's programmable weights.
+    """The sawtooth's grid of a compression context (:func:`level_grid`)."""
+    return level_grid(ctx.layout.crossbar, ctx.device_spec, ctx.nonideal)
+
+
+def level_grid(xbar, dev, nonideal) -> tuple[int, tuple[float, ...] | None]:
+    """The sawtooth's grid: ``(n_levels, units)``, the simulator's programmable weights for
+    crossbar ``xbar``, device ``dev`` and non-ideality model ``nonideal``.
 
     ``n_levels = L**k`` (device levels ** cells per weight) names the uniform differential
     grid; ``units`` (in units of w_max, :func:`simulator_grid`) is given only where the
     simulator's grid differs from it: offset encoding, or a :class:`Quantization` whose
     levels differ from the device's (issue #21). None keeps the uniform grid exactly.
     """
-    xbar, dev = ctx.layout.crossbar, ctx.device_spec
     n_levels = dev.levels**xbar.cells_per_weight
-    q = quant_levels(ctx.nonideal)
+    q = quant_levels(nonideal)
     units = simulator_grid(xbar.cells_per_weight, dev.levels, xbar.encoding, q)
     uniform = simulator_grid(xbar.cells_per_weight, dev.levels, "differential", None)
     same = len(units) == len(uniform) and all(
@@ -231,6 +241,9 @@ def run_prunix(ctx: CompressContext, p: PrunixParams) -> CompressResult:
         ctx.finetune(masks, p.ft_epochs, regularizer=ft_reg, tag=f"prunix_round{r}")
         rounds.append(rec)
     info["rounds"] = rounds
+    if p.pruner == "apa":  # the per-layer sparsity APA chose on validation sensitivities
+        info["search"] = {"ratios": rounds[-1]["allocation"]["sparsity"], "split": "val",
+                          "what": "APA per-layer weight sparsity (last round)"}  # fmt: skip
     if ctx.run_dir is not None and p.pruner == "apa":
         atomic_write_json(ctx.run_dir / "prunix_sensitivity.json", rounds)
         _plot_sensitivity(rounds, ctx.run_dir / "plots" / "prunix_sensitivity.png")
@@ -285,3 +298,7 @@ class Prunix(Method[PrunixParams]):
 
     def compress(self, ctx: CompressContext) -> CompressResult:
         return run_prunix(ctx, self.params)
+
+    def finetune_regularizer(self, ctx: CompressContext):
+        """The arm's own regulariser in the final fine-tune when ``final_regularizer``."""
+        return build_regularizer(self.params, ctx) if self.params.final_regularizer else None

@@ -216,3 +216,57 @@ def on_level_fraction(
         near += int(((s <= tol * delta) & nz).sum())
         tot += int(nz.sum())
     return near / max(tot, 1)
+
+
+def grid_diagnostics(
+    model: nn.Module,
+    layout: CrossbarLayout,
+    n_levels: int,
+    units: tuple[float, ...] | None = None,
+    *,
+    aged_top: float | None = None,
+    tol: float = 0.05,
+) -> dict:
+    """How well the weights sit on the simulator's grid (PRUNIX, Alshaarawy et al. 2022,
+    Sec. III-A: the sawtooth pulls weights onto the programmable levels), each layer in units
+    of its own w_max = max |W| (what programming uses):
+
+    - ``on_level``: :func:`on_level_fraction` (non-zero weights within ``tol`` steps of a
+      level, level 0 included);
+    - ``on_nonzero_level``: the same among weights whose nearest level is not 0 (``on_level``
+      counts small weights near 0 as on level 0);
+    - ``quant_rel_err``: ||W - Q(W)|| / ||W|| over the non-zero weights;
+    - ``aging_clipped_share``: share of non-zero weights above ``aged_top`` (the aged window's
+      top weight / w_max), None without it;
+    - ``w_max``: per layer.
+    """
+    u = torch.tensor(units, dtype=torch.float64) if units is not None else None
+    if u is None:
+        m = n_levels - 1
+        u = torch.arange(-m, m + 1, dtype=torch.float64) / m
+    step = float((u[1:] - u[:-1]).min())
+    mods = dict(model.named_modules())
+    err2 = nrm2 = 0.0
+    above = nz_tot = near_lv = on_lv = 0
+    w_max: dict[str, float] = {}
+    for layer in layout:
+        mat = weight_to_matrix(mods[layer.name].weight.detach()).double()
+        wm = float(mat.abs().max()) or 1.0
+        w_max[layer.name] = wm
+        nz = mat != 0
+        q = quantize_to_units(mat, wm, u)
+        err2 += float(((mat - q)[nz] ** 2).sum())
+        nrm2 += float((mat[nz] ** 2).sum())
+        nz_tot += int(nz.sum())
+        lv = q != 0
+        near_lv += int(lv.sum())
+        on_lv += int((((mat - q).abs() <= tol * wm * step) & lv).sum())
+        if aged_top is not None:
+            above += int(((mat.abs() / wm > aged_top) & nz).sum())
+    return {
+        "on_level": on_level_fraction(model, layout, n_levels, tol=tol, units=units),
+        "on_nonzero_level": on_lv / max(near_lv, 1),
+        "quant_rel_err": (err2 / max(nrm2, 1e-30)) ** 0.5,
+        "aging_clipped_share": above / max(nz_tot, 1) if aged_top is not None else None,
+        "w_max": w_max,
+    }
