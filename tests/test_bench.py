@@ -672,6 +672,19 @@ def test_experiments_are_benches_of_their_own_validated_first(tmp_path):
     md = (tmp_path / "multi" / "summary.md").read_text()
     assert "| x16 | lenet5 | mnist-embedded | reram | 1 | 2 | 0 |" in md
     assert (tmp_path / "multi" / "x32" / "report.html").is_file()
+    # --experiment x16: that one alone runs (from its cached arms); the index keeps x32 from
+    # the earlier invocation and says so
+    again = run_bench(copy.deepcopy(cfg), out=str(tmp_path / "multi"), only=["x16"],
+                      log=lambda s: None)  # fmt: skip
+    assert [e["label"] for e in again["experiments"]] == ["x32", "x16"]
+    assert again["header"]["earlier_invocations"] == ["x32"]
+    assert again["experiments"][0]["arms"] == index["experiments"][0]["arms"]
+    x16 = json.loads((tmp_path / "multi" / "x16" / "summary.json").read_text())
+    assert strip(x16["rows"]) == strip(multi["rows"])
+    assert "Not rerun by this invocation" in (tmp_path / "multi" / "summary.md").read_text()
+    with pytest.raises(ConfigError, match="--experiment x64.*allowed: x32, x16"):
+        run_bench(copy.deepcopy(cfg), out=str(tmp_path / "multi"), only=["x64"],
+                  log=lambda s: None)  # fmt: skip
     bad = _two_experiments()
     bad["experiments"][1]["base"]["crossbar"] = {"rows": 0, "cols": 16}
     with pytest.raises(ConfigError, match="crossbar"):

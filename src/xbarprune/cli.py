@@ -205,16 +205,21 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     if a.set:
         data = apply_overrides(data, a.set)
     command = "xbarprune bench " + " ".join(shlex.quote(x) for x in sys.argv[2:])
-    run_bench(
-        data, out=a.out, quick=a.quick, executor=a.executor, command=command, merge=a.merge or ()
-    )
+    run_bench(data, out=a.out, quick=a.quick, executor=a.executor, command=command,
+              merge=a.merge or (), only=a.experiment or ())  # fmt: skip
     return 0
+
+
+_EXPERIMENT_HELP = (
+    "run only this experiment of the config (repeatable); the index summary also lists the "
+    "experiments earlier invocations finished"
+)
 
 
 def _cmd_compare(a: argparse.Namespace) -> int:
     from xbarprune.experiment.compare import run_compare
 
-    run_compare(a.config, out=a.out, quick=a.quick, sets=a.set or [])
+    run_compare(a.config, out=a.out, quick=a.quick, sets=a.set or [], only=a.experiment or [])
     return 0
 
 
@@ -337,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="output folder (default from the config)")
     c.add_argument("--quick", action="store_true", help="tiny subset, for smoke tests")
     c.add_argument("--set", action="append", metavar="KEY=VALUE")
+    c.add_argument("--experiment", action="append", metavar="LABEL", help=_EXPERIMENT_HELP)
     c.set_defaults(fn=_cmd_compare)
 
     b = sub.add_parser(
@@ -349,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="the config's quick: overrides")
     b.add_argument("--executor", choices=["local", "ray"], default="local")
     b.add_argument("--set", action="append", metavar="KEY=VALUE")
+    b.add_argument("--experiment", action="append", metavar="LABEL", help=_EXPERIMENT_HELP)
     b.add_argument(
         "--merge",
         action="append",

@@ -2039,6 +2039,7 @@ def run_bench(
     command: str = "xbarprune bench",
     log: Callable[[str], None] = print,
     merge: Sequence[str | Path] = (),
+    only: Sequence[str] = (),
 ) -> dict:
     """Plan, validate, execute and summarise a bench; returns the summary (also written to
     ``<out>/summary.json``, ``summary.md``, ``pareto.png`` and ``report.html``). ``merge``:
@@ -2047,14 +2048,23 @@ def run_bench(
 
     With ``experiments``, each experiment is a bench in ``<out>/<label>/`` (its own summary
     and report); every experiment's arms are validated before the first one runs, and
-    ``<out>/summary.json`` / ``summary.md`` index them."""
+    ``<out>/summary.json`` / ``summary.md`` index them. ``only`` (experiment labels) runs those
+    alone; the index then also lists the others whose summaries an earlier invocation left in
+    ``<out>/<label>/`` (a study spread over sessions, one experiment at a time)."""
     t0 = time.perf_counter()
     cfg = load_bench(data, quick=quick)
     outdir = Path(out or cfg.out or f"results/bench/{cfg.name}")
     if cfg.experiments and merge:
         raise ConfigError("--merge: not with `experiments` (merge each experiment's summary)")
+    labels = [e.label for e in cfg.experiments]
+    unknown = sorted(set(only) - set(labels))
+    if unknown:
+        allowed = ", ".join(labels) or "(none: the config has no experiments)"
+        raise ConfigError(f"--experiment {', '.join(unknown)}: not an experiment label of this "
+                          f"config; allowed: {allowed}")  # fmt: skip
+    running = [e for e in cfg.experiments if not only or e.label in only]
     parts = (
-        [(cfg.experiment(e), outdir / e.label) for e in cfg.experiments]
+        [(cfg.experiment(e), outdir / e.label) for e in running]
         if cfg.experiments
         else [(cfg, outdir)]
     )
@@ -2077,12 +2087,24 @@ def run_bench(
     ]
     if not cfg.experiments:
         return summaries[0]
+    ran = dict(zip((e.label for e in running), summaries, strict=True))
+    listed, earlier = [], []
+    for e in cfg.experiments:
+        if e.label in ran:
+            listed.append((e, ran[e.label]))
+            continue
+        f = outdir / e.label / "summary.json"
+        if f.is_file():  # left by an earlier invocation of this config
+            listed.append((e, json.loads(f.read_text())))
+            earlier.append(e.label)
     index = {
         "header": {
             "command": command,
             "wall_time_s": round(time.perf_counter() - t0, 1),
             "compute_s": sum(x["header"]["compute_s"] for x in summaries),
             "quick": quick,
+            # experiments whose summaries earlier invocations wrote (not rerun by this one)
+            **({"earlier_invocations": earlier} if earlier else {}),
         },
         "name": cfg.name,
         "selection_split": "val",
@@ -2097,12 +2119,12 @@ def run_bench(
                 "arms": len(x["records"]),
                 "failed": len(x["failed"]),
             }
-            for e, x in zip(cfg.experiments, summaries, strict=True)
+            for e, x in listed
         ],
     }
     atomic_write_json(outdir / "summary.json", index)
-    atomic_write_text(outdir / "summary.md", experiments_markdown(index, summaries))
-    log(f"written {outdir / 'summary.json'} (index of {len(summaries)} experiments)")
+    atomic_write_text(outdir / "summary.md", experiments_markdown(index, [x for _e, x in listed]))
+    log(f"written {outdir / 'summary.json'} (index of {len(listed)} experiments)")
     return index
 
 
@@ -2115,6 +2137,14 @@ def experiments_markdown(index: dict, summaries: Sequence[dict]) -> str:
         "",
         f"Command: `{h['command']}`  ",
         f"Wall time: {h['wall_time_s']} s; compute of all arms: {h['compute_s']:.0f} s",
+        *(
+            [
+                f"Not rerun by this invocation (summaries of earlier ones, each with its own "
+                f"command and wall time): {', '.join(h['earlier_invocations'])}  "
+            ]
+            if h.get("earlier_invocations")
+            else []
+        ),  # fmt: skip
         "",
         "| experiment | model | data | presets | seeds | arms | failed | details |",
         "|---|---|---|---|---|---|---|---|",

@@ -28,6 +28,7 @@ def run_compare(
     out: str | None = None,
     quick: bool = False,
     sets: list[str] | None = None,
+    only: list[str] | None = None,
 ) -> dict:
     data = load_yaml(config) or {}
     if sets:
@@ -49,4 +50,4 @@ def run_compare(
     )
     from xbarprune.experiment.bench import run_bench
 
-    return run_bench(data, out=out, quick=quick, command=command)
+    return run_bench(data, out=out, quick=quick, command=command, only=only or ())
