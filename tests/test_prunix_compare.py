@@ -170,12 +170,12 @@ def test_random_test_labels_leave_apa_and_the_target_unchanged(quick, tmp_path, 
 def test_bad_config_is_rejected_before_training(tmp_path):
     data = load_yaml(CONFIG)
     data["methods"][2]["params"] = {**data["methods"][2]["params"], "pruner": "random"}
-    with pytest.raises(ConfigError, match="pruner"):
-        run_bench(data, out=str(tmp_path), quick=False, log=lambda s: None)
+    with pytest.raises(ConfigError, match="pruner"):  # quick: the embedded data, no data root
+        run_bench(data, out=str(tmp_path), quick=True, log=lambda s: None)
     data = load_yaml(CONFIG)
     data["methods"][1]["params"] = {**data["methods"][1]["params"], "final_regularizer": 2}
     with pytest.raises(ConfigError, match="final_regularizer"):
-        run_bench(data, out=str(tmp_path), quick=False, log=lambda s: None)
+        run_bench(data, out=str(tmp_path), quick=True, log=lambda s: None)
     data = load_yaml(CONFIG)
     data["evaluations"][0]["params"] = {"tol": 0.9}
     with pytest.raises(ConfigError, match="tol"):
