@@ -94,6 +94,18 @@ class EvalContext:
     #: the fixed mapping scale the arm is simulated with (layer -> w_max, e.g. WCT's), or None
     weight_clip: dict[str, float] | None = None
 
+    def model_before_finetune(self) -> nn.Module | None:
+        """The arm's compressed model as its method left it, before the pipeline's final
+        fine-tune (``<run>/stages/compress.pt``), or None when the run keeps none."""
+        from xbarprune.io import load_checkpoint, load_state_into
+
+        comp = self.run_dir / "stages" / "compress.pt" if self.run_dir else None
+        if comp is None or not comp.is_file() or self.build_model is None:
+            return None
+        model = self.build_model()
+        load_state_into(model, load_checkpoint(comp)["model"], str(comp))
+        return model
+
 
 class Evaluation(ABC):
     """A registered measurement of a finished arm (see the module docstring)."""
@@ -331,7 +343,6 @@ class LiangLayers(Evaluation):
 
     def measure(self, ctx: EvalContext, params: LiangLayersParams) -> list[dict[str, Any]]:
         from xbarprune.compress.methods.liang import peripheral_crossbars
-        from xbarprune.io import load_checkpoint, load_state_into
         from xbarprune.training.loop import evaluate_accuracy
 
         ref = ctx.reference_layout
@@ -350,10 +361,8 @@ class LiangLayers(Evaluation):
         points: list[dict[str, Any]] = [
             {"layer": "(network)", "stage": "fine-tuned", "per_trial": [acc], "metrics": metrics}
         ]
-        comp = ctx.run_dir / "stages" / "compress.pt" if ctx.run_dir else None
-        if comp is not None and comp.is_file() and ctx.build_model is not None:
-            before = ctx.build_model()
-            load_state_into(before, load_checkpoint(comp)["model"], str(comp))
+        before = ctx.model_before_finetune()
+        if before is not None:
             points.append({"layer": "(network)", "stage": "before fine-tune",
                            "per_trial": [evaluate_accuracy(before, ctx.data, dev)]})  # fmt: skip
         if ctx.method_name != "liang":
@@ -415,7 +424,6 @@ class PrunixLevels(Evaluation):
     def measure(self, ctx: EvalContext, params: PrunixLevelsParams) -> list[dict[str, Any]]:
         from xbarprune.compress.methods.prunix import level_grid
         from xbarprune.compress.parts.sawtooth import grid_diagnostics
-        from xbarprune.io import load_checkpoint, load_state_into
         from xbarprune.training.loop import evaluate_accuracy
 
         n_levels, units = level_grid(ctx.layout.crossbar, ctx.device_spec, ctx.nonideal)
@@ -439,10 +447,8 @@ class PrunixLevels(Evaluation):
         if after["aging_clipped_share"] is not None:
             metrics["aging_clipped_share"] = after["aging_clipped_share"]
         before = None
-        comp = ctx.run_dir / "stages" / "compress.pt" if ctx.run_dir else None
-        if comp is not None and comp.is_file() and ctx.build_model is not None:
-            model = ctx.build_model()
-            load_state_into(model, load_checkpoint(comp)["model"], str(comp))
+        model = ctx.model_before_finetune()
+        if model is not None:
             before = diag(model)
             metrics.update(on_level_before_final=before["on_level"],
                            on_nonzero_level_before_final=before["on_nonzero_level"],
