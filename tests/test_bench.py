@@ -189,7 +189,11 @@ def test_merge_records_adds_only_arms_this_run_lacks_and_refuses_mismatches():
     (s2,) = [r for r in recs if r["seed"] == 2]
     assert s2["acc_ideal"] == 0.98  # this run's own arm wins over the merged one
     assert prov == [{"from": "old.json", "command": old["header"]["command"], "records": 2,
-                     "wall_time_s": 5.0, "compute_s": 9.0}]  # fmt: skip
+                     "wall_time_s": 5.0, "compute_s": 9.0,
+                     "replaced_differing": ["cf/0.8/s2"]}]  # fmt: skip
+    same = [{**old["records"][2]}]  # an identical own arm replaces the merged one silently
+    assert merge_records(same, "lenet5", "mnist", [("old.json", old)])[1][0][
+        "replaced_differing"] == []  # fmt: skip
     rows = build_rows(recs, "lenet5", "mnist")
     assert {len(r["seeds"]) for r in rows} == {3}
     with pytest.raises(ConfigError, match="vgg-small on mnist"):
@@ -850,3 +854,33 @@ def test_every_invocation_on_an_arm_cache_is_counted(mini, tmp_path):
     assert again["wall_time_all_invocations_s"] == pytest.approx(sum(walls), abs=0.11)
     n = len(before) + 1
     assert f"All {n} invocations on this arm cache" in (out / "summary.md").read_text()
+
+
+def test_a_bench_in_method_parts_merges_to_the_whole_run(tmp_path):
+    """`--method` runs one method's arms and the dense arm; a second part that merges the
+    first one's summary gives the rows of the whole bench run at once (bitwise but the measured
+    times), and an unknown label names the allowed ones before anything trains."""
+    cfg = copy.deepcopy(MINI)
+    params = {"steps": 1, "epochs_per_step": 0, "exclude": ["features.conv1", "classifier.fc3"]}
+    cfg["methods"].append({"name": "magnitude", "knob": "sparsity", "budgets": [0.5],
+                           "params": params})  # fmt: skip
+    quiet = {"log": lambda s: None}
+    whole = run_bench(copy.deepcopy(cfg), out=str(tmp_path / "whole"), **quiet)
+    a = run_bench(copy.deepcopy(cfg), out=str(tmp_path / "a"), methods=["group-magnitude"],
+                  **quiet)  # fmt: skip
+    assert sorted({r["method"] for r in a["records"]}) == ["group-magnitude", "none"]
+    b = run_bench(copy.deepcopy(cfg), out=str(tmp_path / "b"), methods=["magnitude"],
+                  merge=[str(tmp_path / "a" / "summary.json")], **quiet)  # fmt: skip
+    assert [m["records"] for m in b["header"]["merged"]] == [2]  # gm 0.4, 0.7; none is b's own
+    assert b["header"]["merged"][0]["replaced_differing"] == []  # the same dense model
+
+    def strip(rows):  # compute_s is a measured time; the parts list their rows in merge order
+        key = lambda r: (r["method"], str(r["budget"]), r["nonideal"], r["time"])  # noqa: E731
+        return sorted(({k: v for k, v in r.items() if k != "compute_s"} for r in rows), key=key)
+
+    assert len(whole["rows"]) == 8  # (none + 2 gm + 1 magnitude) x 2 presets
+    assert strip(b["rows"]) == strip(whole["rows"])
+    assert b["ranking"] == whole["ranking"]
+    with pytest.raises(ConfigError, match=r"--method xcs.*allowed: group-magnitude, magnitude"):
+        run_bench(copy.deepcopy(cfg), out=str(tmp_path / "c"), methods=["xcs"], **quiet)
+    assert not (tmp_path / "c").exists()

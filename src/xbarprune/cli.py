@@ -206,7 +206,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         data = apply_overrides(data, a.set)
     command = "xbarprune bench " + " ".join(shlex.quote(x) for x in sys.argv[2:])
     run_bench(data, out=a.out, quick=a.quick, executor=a.executor, command=command,
-              merge=a.merge or (), only=a.experiment or ())  # fmt: skip
+              merge=a.merge or (), only=a.experiment or (), methods=a.method or ())  # fmt: skip
     return 0
 
 
@@ -356,6 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--executor", choices=["local", "ray"], default="local")
     b.add_argument("--set", action="append", metavar="KEY=VALUE")
     b.add_argument("--experiment", action="append", metavar="LABEL", help=_EXPERIMENT_HELP)
+    b.add_argument(
+        "--method",
+        action="append",
+        metavar="LABEL",
+        help="run only this method's arms and the dense arm (repeatable): a bench longer than "
+        "a session in parts, joined by --merge",
+    )
     b.add_argument(
         "--merge",
         action="append",

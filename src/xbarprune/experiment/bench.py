@@ -319,34 +319,40 @@ class BenchConfig:
         if unused:
             raise ConfigError(f"nonideal: {sorted(unused)} defined but not listed in presets")
 
+    def restricted(self, labels: Sequence[str], where: str) -> BenchConfig:
+        """This bench with only the methods ``labels`` (their tags) and the dense arm; pairs,
+        evaluations and targets keep what concerns those methods. ``where`` names the field in
+        the error for an unknown label."""
+        from dataclasses import replace
+
+        tags = [m.tag for m in self.methods]
+        unknown = sorted(set(labels) - set(tags) - {"none"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown label(s) {unknown}; "
+                              f"allowed: {', '.join(tags)}")  # fmt: skip
+        dense = next((m.tag for m in self.methods if m.name == "none" and not m.overrides
+                      and not m.then), "none")  # fmt: skip
+        keep = set(labels) | {dense}
+
+        def kept(ms: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(m for m in ms if m in keep)
+
+        return replace(
+            self,
+            methods=tuple(m for m in self.methods if m.tag in keep),
+            pairs=tuple(p for p in self.pairs if set(p) <= keep),
+            evaluations=tuple(replace(v, methods=kept(v.methods)) for v in self.evaluations
+                              if not v.methods or kept(v.methods)),
+            targets=tuple(replace(t, methods=kept(t.methods)) for t in self.targets
+                          if not t.methods or kept(t.methods)),
+        )  # fmt: skip
+
     def experiment(self, e: ExperimentSpec) -> BenchConfig:
         """The bench of one experiment: ``base`` merged with ``e.base``, its presets, its own
         arm cache (``<work>/<label>`` when ``work`` is given)."""
         from dataclasses import replace
 
-        cfg = self
-        if e.methods:
-            tags = [m.tag for m in self.methods]
-            unknown = sorted(set(e.methods) - set(tags))
-            if unknown:
-                raise ConfigError(f"experiments[{e.label}].methods: unknown label(s) {unknown}; "
-                                  f"allowed: {', '.join(tags)}")  # fmt: skip
-            dense = next((m.tag for m in self.methods if m.name == "none" and not m.overrides
-                          and not m.then), "none")  # fmt: skip
-            keep = set(e.methods) | {dense}
-
-            def kept(ms: tuple[str, ...]) -> tuple[str, ...]:
-                return tuple(m for m in ms if m in keep)
-
-            cfg = replace(
-                self,
-                methods=tuple(m for m in self.methods if m.tag in keep),
-                pairs=tuple(p for p in self.pairs if set(p) <= keep),
-                evaluations=tuple(replace(v, methods=kept(v.methods)) for v in self.evaluations
-                                  if not v.methods or kept(v.methods)),
-                targets=tuple(replace(t, methods=kept(t.methods)) for t in self.targets
-                              if not t.methods or kept(t.methods)),
-            )  # fmt: skip
+        cfg = self.restricted(e.methods, f"experiments[{e.label}].methods") if e.methods else self
         return replace(
             cfg,
             name=f"{self.name}-{e.label}",
@@ -1749,7 +1755,14 @@ def to_markdown(summary: dict) -> str:
         ),
         *[
             f"Merged: {m['records']} record(s) of `{m['command']}` ({m['from']}; wall time "
-            f"{m['wall_time_s']} s, compute {m['compute_s']:.0f} s)  "
+            f"{m['wall_time_s']} s, compute {m['compute_s']:.0f} s)"
+            + (
+                f"; **this run's {', '.join(m['replaced_differing'])} differ(s) from the merged "
+                "record: its arms were built on another dense model**"
+                if m.get("replaced_differing")
+                else ""
+            )
+            + "  "
             for m in h.get("merged", [])
         ],
         "",
@@ -2040,6 +2053,7 @@ def run_bench(
     log: Callable[[str], None] = print,
     merge: Sequence[str | Path] = (),
     only: Sequence[str] = (),
+    methods: Sequence[str] = (),
 ) -> dict:
     """Plan, validate, execute and summarise a bench; returns the summary (also written to
     ``<out>/summary.json``, ``summary.md``, ``pareto.png`` and ``report.html``). ``merge``:
@@ -2068,6 +2082,14 @@ def run_bench(
         if cfg.experiments
         else [(cfg, outdir)]
     )
+    if methods:
+        present = {m.tag for c, _o in parts for m in c.methods} | {"none"}
+        unknown = sorted(set(methods) - present)
+        if unknown:
+            raise ConfigError(f"--method {', '.join(unknown)}: not a method label of this run; "
+                              f"allowed: {', '.join(sorted(present))}")  # fmt: skip
+        parts = [(c.restricted([t for t in methods if t in {m.tag for m in c.methods}],
+                               "--method"), o) for c, o in parts]  # fmt: skip
     planned = [(c, o, plan_arms(c, o)) for c, o in parts]
     for _c, _o, arms in planned:  # a typo in the last experiment fails before any training
         validate_arms(arms)
@@ -2271,8 +2293,11 @@ def merge_records(
     whose arm cache is gone (e.g. seeds 0-1 one day, seed 2 another). Returns the records
     and one provenance entry per summary (path, its command, records taken, wall and
     compute time). A summary of another model or dataset is an error; so is a record key
-    produced by two merged summaries (which one would count?)."""
-    have = {r["key"] for r in records}
+    produced by two merged summaries (which one would count?). Where this run's arm replaces
+    a merged one (a part of a bench run by method recomputes the seed's dense arm), the entry
+    lists under ``replaced_differing`` the keys whose accuracies differ: the merged arms were
+    then built on another dense model than the one reported."""
+    have = {r["key"]: r for r in records}
     out, prov = list(records), []
     taken: dict[str, str] = {}
     for path, other in others:
@@ -2281,10 +2306,13 @@ def merge_records(
                 f"--merge {path}: a bench of {other.get('model')} on {other.get('dataset')}, "
                 f"this one is {model} on {dataset}"
             )
-        n = 0
+        n, differing = 0, []
         for r in [*other.get("records", []), *other.get("failed", [])]:
-            if r["key"] in have:
-                continue  # this run's own arm wins
+            if r["key"] in have:  # this run's own arm wins
+                mine = have[r["key"]]
+                if any(mine.get(k) != r.get(k) for k in ("acc_ideal", "acc_val", "nonideal")):
+                    differing.append(r["key"])
+                continue
             if r["key"] in taken:
                 raise ConfigError(
                     f"--merge: arm {r['key']} is in both {taken[r['key']]} and {path}"
@@ -2300,6 +2328,7 @@ def merge_records(
                 "records": n,
                 "wall_time_s": h.get("wall_time_s"),
                 "compute_s": h.get("compute_s"),
+                "replaced_differing": differing,
             }
         )
     return out, prov
