@@ -854,6 +854,23 @@ def test_every_invocation_on_an_arm_cache_is_counted(mini, tmp_path):
     assert again["wall_time_all_invocations_s"] == pytest.approx(sum(walls), abs=0.11)
     n = len(before) + 1
     assert f"All {n} invocations on this arm cache" in (out / "summary.md").read_text()
+    # an invocation killed before its end is on record (it starts its entry before any arm
+    # runs): the next one marks it interrupted, and the total is said to be a lower bound
+    from xbarprune.experiment.bench import _start_invocation
+
+    _start_invocation(out / "work", "xbarprune bench killed.yaml")
+    third = run_bench(copy.deepcopy(MINI), out=str(out), log=lambda s: None)["header"]
+    assert third["invocations"][:-2] == again["invocations"]
+    killed = third["invocations"][-2]
+    assert killed["command"] == "xbarprune bench killed.yaml"
+    assert killed["interrupted"] is True and killed["wall_time_s"] is None
+    assert "interrupted" not in third["invocations"][-1]
+    assert third["interrupted_invocations"] == 1
+    walls = [h["wall_time_s"] for h in third["invocations"] if h["wall_time_s"] is not None]
+    assert len(walls) == n + 1
+    assert third["wall_time_all_invocations_s"] == pytest.approx(sum(walls), abs=0.11)
+    assert (f"All {n + 2} invocations on this arm cache: {third['wall_time_all_invocations_s']}"
+            " s wall (1 of them interrupted") in (out / "summary.md").read_text()  # fmt: skip
 
 
 def test_a_bench_in_method_parts_merges_to_the_whole_run(tmp_path):

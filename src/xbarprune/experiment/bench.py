@@ -1750,6 +1750,12 @@ def to_markdown(summary: dict) -> str:
         + (
             f"  \nAll {len(h['invocations'])} invocations on this arm cache: "
             f"{h['wall_time_all_invocations_s']} s wall"
+            + (
+                f" ({h['interrupted_invocations']} of them interrupted before its end, wall "
+                "time not recorded: the total is a lower bound)"
+                if h.get("interrupted_invocations")
+                else ""
+            )
             if len(h.get("invocations") or []) > 1
             else ""
         ),
@@ -2203,6 +2209,8 @@ def _run_planned(
 
     t0 = time.perf_counter() if t0 is None else t0
     log(f"bench {cfg.name}: {len(arms)} arms ({len(cfg.seeds)} seed(s)) -> {outdir}")
+    work = Path(arms[0].dir).parents[2]
+    started = _start_invocation(work, command)
     records = execute(arms, executor=executor, workers=cfg.workers, log=log)
     from xbarprune.experiment.config import load_config
 
@@ -2220,7 +2228,7 @@ def _run_planned(
     rows = build_rows(records, base.model.name, base.data.name)
     mrows = matched(rows, cfg.match_savings)
     wall = round(time.perf_counter() - t0, 1)
-    history = _record_invocation(Path(arms[0].dir).parents[2], command, wall)
+    history = _record_invocation(work, command, wall, started)
     summary = {
         "header": {
             "command": command,
@@ -2228,7 +2236,12 @@ def _run_planned(
             # every invocation on this arm cache, this one included (a resumed or refreshed
             # bench: the first invocation did the work, the last one wrote the summary)
             "invocations": history,
-            "wall_time_all_invocations_s": round(sum(h["wall_time_s"] for h in history), 1),
+            "wall_time_all_invocations_s": round(
+                sum(h["wall_time_s"] for h in history if h.get("wall_time_s") is not None), 1
+            ),
+            # invocations that started on this cache and never finished (killed, crashed):
+            # their arms are in the cache, their wall time is not known
+            "interrupted_invocations": sum(1 for h in history if h.get("interrupted")),
             "compute_s": own_compute,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
             f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
@@ -2265,23 +2278,53 @@ def _run_planned(
     return summary
 
 
-def _record_invocation(work: Path, command: str, wall_s: float) -> list[dict]:
-    """Append this invocation (command, wall time, when) to ``<work>/bench_invocations.json``
-    (atomic write) and return the whole list. Lost with the arm cache, as it should be: a
-    fresh cache starts a fresh account."""
-    import datetime
-
+def _read_invocations(work: Path) -> list[dict]:
     path = work / "bench_invocations.json"
-    old: list[dict] = []
     if path.is_file():
         try:
-            old = list(json.loads(path.read_text()))
+            return [dict(h) for h in json.loads(path.read_text())]
         except (OSError, ValueError, TypeError):
-            old = []
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    history = [*old, {"command": command, "wall_time_s": wall_s, "finished": now}]
+            return []
+    return []
+
+
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _start_invocation(work: Path, command: str) -> str:
+    """Note in ``<work>/bench_invocations.json`` that an invocation started (before any arm
+    runs), so that one killed before its end is still on record; returns its start stamp."""
+    started = _now()
+    history = [*_read_invocations(work), {"command": command, "started": started,
+                                          "wall_time_s": None}]  # fmt: skip
     ensure_dir(work)
-    atomic_write_json(path, history)
+    atomic_write_json(work / "bench_invocations.json", history)
+    return started
+
+
+def _record_invocation(
+    work: Path, command: str, wall_s: float, started: str | None = None
+) -> list[dict]:
+    """Finish this invocation's entry (command, wall time, when) in
+    ``<work>/bench_invocations.json`` (atomic write) and return the whole list; an entry
+    that started and never finished (another invocation, killed) is marked ``interrupted``.
+    Lost with the arm cache, as it should be: a fresh cache starts a fresh account."""
+    history, mine = [], False
+    for h in _read_invocations(work):
+        if started is not None and h.get("started") == started:
+            mine = True
+            h = {**h, "wall_time_s": wall_s, "finished": _now()}
+        elif "finished" not in h:
+            h = {**h, "interrupted": True}
+        history.append(h)
+    if not mine:
+        history.append({"command": command, "started": started, "wall_time_s": wall_s,
+                        "finished": _now()})  # fmt: skip
+    ensure_dir(work)
+    atomic_write_json(work / "bench_invocations.json", history)
     return history
 
 
