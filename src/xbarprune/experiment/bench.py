@@ -2305,22 +2305,20 @@ def _start_invocation(work: Path, command: str) -> str:
     return started
 
 
-def _record_invocation(
-    work: Path, command: str, wall_s: float, started: str | None = None
-) -> list[dict]:
+def _record_invocation(work: Path, command: str, wall_s: float, started: str) -> list[dict]:
     """Finish this invocation's entry (command, wall time, when) in
     ``<work>/bench_invocations.json`` (atomic write) and return the whole list; an entry
     that started and never finished (another invocation, killed) is marked ``interrupted``.
     Lost with the arm cache, as it should be: a fresh cache starts a fresh account."""
     history, mine = [], False
     for h in _read_invocations(work):
-        if started is not None and h.get("started") == started:
+        if h.get("started") == started:
             mine = True
             h = {**h, "wall_time_s": wall_s, "finished": _now()}
         elif "finished" not in h:
             h = {**h, "interrupted": True}
         history.append(h)
-    if not mine:
+    if not mine:  # the file was removed or unreadable meanwhile: this run is still counted
         history.append({"command": command, "started": started, "wall_time_s": wall_s,
                         "finished": _now()})  # fmt: skip
     ensure_dir(work)
