@@ -871,6 +871,13 @@ def test_every_invocation_on_an_arm_cache_is_counted(mini, tmp_path):
     assert third["wall_time_all_invocations_s"] == pytest.approx(sum(walls), abs=0.11)
     assert (f"All {n + 2} invocations on this arm cache: {third['wall_time_all_invocations_s']}"
             " s wall (1 of them interrupted") in (out / "summary.md").read_text()  # fmt: skip
+    # one that was still running when another finished (marked interrupted by it) and then
+    # finishes is an ordinary finished invocation again
+    from xbarprune.experiment.bench import _record_invocation
+
+    late = _record_invocation(out / "work", killed["command"], 5.0, killed["started"])
+    assert late[-2]["wall_time_s"] == 5.0 and "interrupted" not in late[-2]
+    assert late[:-2] == third["invocations"][:-2] and late[-1] == third["invocations"][-1]
 
 
 def test_a_bench_in_method_parts_merges_to_the_whole_run(tmp_path):

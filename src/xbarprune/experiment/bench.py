@@ -2314,7 +2314,9 @@ def _record_invocation(work: Path, command: str, wall_s: float, started: str) ->
     for h in _read_invocations(work):
         if h.get("started") == started:
             mine = True
-            h = {**h, "wall_time_s": wall_s, "finished": _now()}
+            # a run still going when another one finished was marked interrupted by it
+            h = {k: v for k, v in h.items() if k != "interrupted"}
+            h |= {"wall_time_s": wall_s, "finished": _now()}
         elif "finished" not in h:
             h = {**h, "interrupted": True}
         history.append(h)
