@@ -15,6 +15,7 @@ import yaml
 
 from xbarprune.errors import ConfigError
 from xbarprune.experiment.bench import (
+    _record_invocation,
     build_rows,
     hwa_effects,
     interpolate,
@@ -873,8 +874,6 @@ def test_every_invocation_on_an_arm_cache_is_counted(mini, tmp_path):
             " s wall (1 of them interrupted") in (out / "summary.md").read_text()  # fmt: skip
     # one that was still running when another finished (marked interrupted by it) and then
     # finishes is an ordinary finished invocation again
-    from xbarprune.experiment.bench import _record_invocation
-
     late = _record_invocation(out / "work", killed["command"], 5.0, killed["started"])
     assert late[-2]["wall_time_s"] == 5.0 and "interrupted" not in late[-2]
     assert late[:-2] == third["invocations"][:-2] and late[-1] == third["invocations"][-1]
