@@ -15,6 +15,7 @@ import yaml
 
 from xbarprune.errors import ConfigError
 from xbarprune.experiment.bench import (
+    _merged_lines,
     _record_invocation,
     build_rows,
     hwa_effects,
@@ -191,7 +192,7 @@ def test_merge_records_adds_only_arms_this_run_lacks_and_refuses_mismatches():
     assert s2["acc_ideal"] == 0.98  # this run's own arm wins over the merged one
     assert prov == [{"from": "old.json", "command": old["header"]["command"], "records": 2,
                      "wall_time_s": 5.0, "compute_s": 9.0,
-                     "replaced_differing": ["cf/0.8/s2"]}]  # fmt: skip
+                     "replaced_differing": ["cf/0.8/s2"], "merged": []}]  # fmt: skip
     same = [{**old["records"][2]}]  # an identical own arm replaces the merged one silently
     assert merge_records(same, "lenet5", "mnist", [("old.json", old)])[1][0][
         "replaced_differing"] == []  # fmt: skip
@@ -201,6 +202,30 @@ def test_merge_records_adds_only_arms_this_run_lacks_and_refuses_mismatches():
         merge_records(own, "lenet5", "mnist", [("v.json", {**old, "model": "vgg-small"})])
     with pytest.raises(ConfigError, match="in both"):
         merge_records([], "lenet5", "mnist", [("a.json", old), ("b.json", old)])
+
+
+def test_merge_keeps_the_whole_chain_of_parts():
+    """A bench built in three parts: the third summary's provenance names the second and,
+    under it, the first, with their commands and times; summary.md prints both levels."""
+    first = {
+        "model": "m",
+        "dataset": "d",
+        "records": [],
+        "header": {"command": "part 1", "wall_time_s": 10.0, "compute_s": 20.0},
+    }
+    _, prov2 = merge_records([], "m", "d", [("s.json", first)])
+    second = {"model": "m", "dataset": "d", "records": [],
+              "header": {"command": "part 2", "wall_time_s": 30.0, "compute_s": 40.0,
+                         "merged": prov2}}  # fmt: skip
+    _, prov3 = merge_records([], "m", "d", [("s.json", second)])
+    assert prov3[0]["command"] == "part 2" and prov3[0]["compute_s"] == 40.0
+    (inner,) = prov3[0]["merged"]
+    assert (inner["command"], inner["wall_time_s"], inner["merged"]) == ("part 1", 10.0, [])
+    lines = _merged_lines(prov3)
+    assert len(lines) == 2
+    assert lines[0].startswith("Merged: 0 record(s) of `part 2`") and "compute 40 s" in lines[0]
+    assert lines[1].startswith("  ↳ via that: Merged: 0 record(s) of `part 1`")
+    assert "wall time 10.0 s, compute 20 s" in lines[1]
 
 
 def test_overrides_make_a_variant_axis_on_the_same_dense_model(tmp_path):

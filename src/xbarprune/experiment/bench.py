@@ -1737,6 +1737,29 @@ def ranking_markdown(summary: dict, level: str = "##") -> list[str]:
     return lines
 
 
+def _merged_lines(merged: Sequence[dict], depth: int = 0) -> list[str]:
+    """summary.md's provenance lines: each merged summary, then (indented by "via") the
+    summaries it had merged itself, down the whole chain of a bench built in parts."""
+    out = []
+    for m in merged:
+        compute = m.get("compute_s")
+        out.append(
+            ("  " * depth + "↳ via that: " if depth else "")
+            + f"Merged: {m['records']} record(s) of `{m['command']}` ({m['from']}; wall time "
+            f"{m['wall_time_s']} s, compute "
+            + (f"{compute:.0f} s)" if compute is not None else "unknown)")
+            + (
+                f"; **this run's {', '.join(m['replaced_differing'])} differ(s) from the merged "
+                "record: its arms were built on another dense model**"
+                if m.get("replaced_differing")
+                else ""
+            )
+            + "  "
+        )
+        out += _merged_lines(m.get("merged") or [], depth + 1)
+    return out
+
+
 def to_markdown(summary: dict) -> str:
     h = summary["header"]
     rows = summary["rows"]
@@ -1759,18 +1782,7 @@ def to_markdown(summary: dict) -> str:
             if len(h.get("invocations") or []) > 1
             else ""
         ),
-        *[
-            f"Merged: {m['records']} record(s) of `{m['command']}` ({m['from']}; wall time "
-            f"{m['wall_time_s']} s, compute {m['compute_s']:.0f} s)"
-            + (
-                f"; **this run's {', '.join(m['replaced_differing'])} differ(s) from the merged "
-                "record: its arms were built on another dense model**"
-                if m.get("replaced_differing")
-                else ""
-            )
-            + "  "
-            for m in h.get("merged", [])
-        ],
+        *_merged_lines(h.get("merged", [])),
         "",
         f"Seeds per figure: {', '.join(map(str, nseeds))} "
         f"({'single-seed numbers: no confidence interval' if nseeds == [1] else 'mean ± 95 % CI over seeds (Student t), Monte Carlo trials nested per seed'}). "  # noqa: E501
@@ -2335,8 +2347,9 @@ def merge_records(
     run did not produce (by arm key: method, budget, seed): a bench spread over sessions
     whose arm cache is gone (e.g. seeds 0-1 one day, seed 2 another). Returns the records
     and one provenance entry per summary (path, its command, records taken, wall and
-    compute time). A summary of another model or dataset is an error; so is a record key
-    produced by two merged summaries (which one would count?). Where this run's arm replaces
+    compute time, and under ``merged`` that summary's own provenance entries, recursively).
+    A summary of another model or dataset is an error; so is a record key produced by two
+    merged summaries (which one would count?). Where this run's arm replaces
     a merged one (a part of a bench run by method recomputes the seed's dense arm), the entry
     lists under ``replaced_differing`` the keys whose accuracies differ: the merged arms were
     then built on another dense model than the one reported."""
@@ -2372,6 +2385,9 @@ def merge_records(
                 "wall_time_s": h.get("wall_time_s"),
                 "compute_s": h.get("compute_s"),
                 "replaced_differing": differing,
+                # what that summary had merged itself: the whole chain of a bench built in
+                # parts over several sessions stays in the newest summary
+                "merged": list(h.get("merged") or []),
             }
         )
     return out, prov
