@@ -191,7 +191,7 @@ def test_merge_records_adds_only_arms_this_run_lacks_and_refuses_mismatches():
     (s2,) = [r for r in recs if r["seed"] == 2]
     assert s2["acc_ideal"] == 0.98  # this run's own arm wins over the merged one
     assert prov == [{"from": "old.json", "command": old["header"]["command"], "records": 2,
-                     "wall_time_s": 5.0, "compute_s": 9.0,
+                     "wall_time_s": 5.0, "compute_s": 9.0, "compute_new_s": None,
                      "replaced_differing": ["cf/0.8/s2"], "merged": []}]  # fmt: skip
     same = [{**old["records"][2]}]  # an identical own arm replaces the merged one silently
     assert merge_records(same, "lenet5", "mnist", [("old.json", old)])[1][0][
@@ -216,16 +216,17 @@ def test_merge_keeps_the_whole_chain_of_parts():
     _, prov2 = merge_records([], "m", "d", [("s.json", first)])
     second = {"model": "m", "dataset": "d", "records": [],
               "header": {"command": "part 2", "wall_time_s": 30.0, "compute_s": 40.0,
-                         "merged": prov2}}  # fmt: skip
+                         "compute_new_s": 25.0, "merged": prov2}}  # fmt: skip
     _, prov3 = merge_records([], "m", "d", [("s.json", second)])
     assert prov3[0]["command"] == "part 2" and prov3[0]["compute_s"] == 40.0
     (inner,) = prov3[0]["merged"]
     assert (inner["command"], inner["wall_time_s"], inner["merged"]) == ("part 1", 10.0, [])
     lines = _merged_lines(prov3)
     assert len(lines) == 2
-    assert lines[0].startswith("Merged: 0 record(s) of `part 2`") and "compute 40 s" in lines[0]
+    assert lines[0].startswith("Merged: 0 record(s) of `part 2`")
+    assert "compute 40 s, 25 s of it new)" in lines[0]
     assert lines[1].startswith("  ↳ via that: Merged: 0 record(s) of `part 1`")
-    assert "wall time 10.0 s, compute 20 s" in lines[1]
+    assert "wall time 10.0 s, compute 20 s)" in lines[1]  # written before compute_new_s
 
 
 def test_overrides_make_a_variant_axis_on_the_same_dense_model(tmp_path):
@@ -326,13 +327,20 @@ def test_unchanged_arms_are_reused_and_a_changed_arm_is_rebuilt(mini, tmp_path):
     assert again == stamp
     changed = copy.deepcopy(MINI)
     changed["methods"][0]["params"]["kind"] = "tile_row"
-    run_bench(changed, out=str(out), log=lambda s: None)
+    res = run_bench(changed, out=str(out), log=lambda s: None)
     after = {a.key: (Path(a.dir) / "stages" / "compress.pt").stat().st_mtime_ns for a in arms}
     for a in arms:
         if a.method == "none":
             assert after[a.key] == stamp[a.key], a.key  # the dense arm is untouched
         else:
             assert after[a.key] != stamp[a.key], a.key
+    # this invocation's compute: all of each rebuilt arm's, none of the cached dense arm's
+    new = {r["key"]: r["compute_new_s"] for r in res["records"]}
+    for r in res["records"]:
+        assert new[r["key"]] == (0.0 if r["method"] == "none" else pytest.approx(r["compute_s"]))
+    assert res["header"]["compute_new_s"] == pytest.approx(sum(new.values()))
+    dense = next(r for r in res["records"] if r["method"] == "none")["compute_s"]
+    assert 0 < res["header"]["compute_new_s"] == pytest.approx(res["header"]["compute_s"] - dense)
     # the dense model was not retrained for the changed arms
     for a in arms:
         t = (Path(a.dir) / "stages" / "train.pt").stat().st_mtime_ns
@@ -442,14 +450,16 @@ def test_a_bench_defined_preset_equal_to_a_builtin_gives_its_numbers(mini):
     run = Run(load_config(arm.config), arm.dir, log=lambda s: None)
     rec = next(r for r in summary["records"] if r["key"] == arm.key)
     mine = to_dict(preset("pcm"))
-    res, secs = _cached_simulation(run, "mypcm", mine)
+    res, secs, hit = _cached_simulation(run, "mypcm", mine)
+    assert hit is False
     got = {r["time_s"]: r["per_trial"] for r in res["compressed"]["nonideal"]}
     assert list(got.values()) == [rec["nonideal"]["pcm"]["1d"]]
     assert secs > 0
-    again, secs2 = _cached_simulation(run, "mypcm", mine)
-    assert again == res and secs2 == secs  # read back from the cache
+    again, secs2, hit = _cached_simulation(run, "mypcm", mine)
+    assert again == res and secs2 == secs and hit is True  # read back from the cache
     mine["faults"] = {"sa0": 0.9, "sa1": 0.0}
-    changed, _ = _cached_simulation(run, "mypcm", mine)
+    changed, _, hit = _cached_simulation(run, "mypcm", mine)
+    assert hit is False
     cached = json.loads((Path(arm.dir) / "bench_sim" / "mypcm.json").read_text())
     assert cached["record"]["nonideal"]["faults"]["sa0"] == 0.9
     assert changed["compressed"]["nonideal"] != res["compressed"]["nonideal"]
@@ -870,10 +880,14 @@ def test_every_invocation_on_an_arm_cache_is_counted(mini, tmp_path):
 
     first = mini[1]["header"]
     assert first["invocations"][0]["wall_time_s"] == first["wall_time_s"]
+    # a fresh bench computed every second it records; a rerun on the full cache none of them
+    assert first["compute_new_s"] == pytest.approx(first["compute_s"]) and first["compute_s"] > 0
     out = shutil.copytree(mini[0], tmp_path / "bench", copy_function=shutil.copy2)
     # (other tests may have rerun the fixture's bench: read what its cache holds now)
     before = json.loads((out / "work" / "bench_invocations.json").read_text())
     again = run_bench(copy.deepcopy(MINI), out=str(out), log=lambda s: None)["header"]
+    assert again["compute_new_s"] == 0.0 and again["compute_s"] == pytest.approx(first["compute_s"])
+    assert "computed by this invocation" in (out / "summary.md").read_text()
     assert again["invocations"][:-1] == before
     assert again["invocations"][-1]["wall_time_s"] == again["wall_time_s"]
     walls = [h["wall_time_s"] for h in again["invocations"]]

@@ -204,32 +204,37 @@ def test_an_evaluation_is_cached_and_recomputed_when_its_params_change(mini_eval
     spec = dict(arm.evaluations[0])
     cache = Path(arm.dir) / "bench_eval" / "weight-robustness.json"
     stored = json.loads(cache.read_text())
-    pts, secs = _cached_evaluation(run, spec)
+    pts, secs, hit = _cached_evaluation(run, spec)
     assert pts == stored["points"] and secs == stored["seconds"]  # read back, not recomputed
+    assert hit is True
     spec["params"] = {"bits": [4], "sigma": [0.1]}
-    pts2, _ = _cached_evaluation(run, spec)
+    pts2, _, hit = _cached_evaluation(run, spec)
+    assert hit is False
     assert [(p["bits"], p["sigma"]) for p in pts2] == [(4, 0.1)]
     assert json.loads(cache.read_text())["record"]["evaluation"]["params"] == spec["params"]
     spec["trials"] = 5
-    pts3, _ = _cached_evaluation(run, spec)
+    pts3, _, _ = _cached_evaluation(run, spec)
     assert len(pts3[0]["per_trial"]) == 5
     # the same config with another model in the arm (its stages recomputed): measured again
     ft = Path(arm.dir) / "stages" / "finetune.pt"
     ck = torch.load(ft, weights_only=True)
     ck["model"] = {k: torch.zeros_like(v) for k, v in ck["model"].items()}
     torch.save(ck, ft)
-    pts4, _ = _cached_evaluation(run, spec)
+    pts4, _, hit = _cached_evaluation(run, spec)
+    assert hit is False
     assert pts4 != pts3
     assert all(len(set(p["per_trial"])) == 1 for p in pts4)  # a constant model: no chip differs
     # so are the preset simulations and the validation accuracy (the same digest record)
     from xbarprune.experiment.bench import _cached_simulation, _cached_val_accuracy
 
     sim = json.loads((Path(arm.dir) / "bench_sim" / "reram.json").read_text())
-    again, _ = _cached_simulation(run, "reram")
+    again, _, hit = _cached_simulation(run, "reram")
+    assert hit is False
     assert again != sim["result"]
     per_trial = again["compressed"]["nonideal"][0]["per_trial"]
     assert len(set(per_trial)) == 1  # a zero model: every chip predicts the same class
-    acc, _ = _cached_val_accuracy(run)
+    acc, _, hit = _cached_val_accuracy(run)
+    assert hit is False
     assert acc == json.loads((Path(arm.dir) / "bench_val.json").read_text())["acc_val"]
     # all-zero weights and biases: every logit 0, argmax class 0 for every image
     labels = [int(run.splits.val[i][1]) for i in range(len(run.splits.val))]
@@ -279,8 +284,8 @@ def test_admm_steps_are_the_methods_own_models(tmp_path):
     rep = run.run()
     files = sorted(p.name for p in stale.parent.glob("*.pt"))
     assert files == ["1_admm.pt", "2_admm+prm.pt", "3_admm+prm+quant.pt"]
-    pts, _ = _cached_evaluation(run, {"name": "admm-steps", "label": "admm-steps",
-                                      "params": {}, "trials": None})  # fmt: skip
+    pts, _, _ = _cached_evaluation(run, {"name": "admm-steps", "label": "admm-steps",
+                                         "params": {}, "trials": None})  # fmt: skip
     assert [p["step"] for p in pts] == ["admm", "admm+prm", "admm+prm+quant"]
     own = rep["method"]["info"]["compression"]
     for p in pts:

@@ -650,19 +650,22 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
             "seed": arm.seed,
             "failed": f"{type(exc).__name__}: {exc}",
             "compute_s": 0.0,
+            "compute_new_s": 0.0,
             "wall_s": time.perf_counter() - t0,
         }
     sims: dict[str, Any] = {arm.presets[0]: json.loads((run.stages / "simulate.json").read_text())}
-    extra_s = 0.0
-    for p in arm.presets[1:]:
-        sims[p], secs = _cached_simulation(run, p, arm.definitions.get(p, p))
-        extra_s += secs
     # the arm's own compute, as recorded when each stage ran (a cached arm keeps its numbers);
-    # the dense training is counted once, in the seed's dense arm
+    # the dense training is counted once, in the seed's dense arm. ``new``: the part of it
+    # that this invocation computed (a stage recomputed or resumed here, a cache miss)
     timing = rep.get("timing", {})
     own = ("compress", "finetune", "simulate") + (("train",) if arm.dense_dir is None else ())
-    compute = sum(float(timing[k]) for k in own if isinstance(timing.get(k), int | float))
-    compute += extra_s
+    secs_of = {k: float(timing[k]) for k in own if isinstance(timing.get(k), int | float)}
+    compute = sum(secs_of.values())
+    new = sum(v for k, v in secs_of.items() if k in run.recomputed)
+    for p in arm.presets[1:]:
+        sims[p], secs, hit = _cached_simulation(run, p, arm.definitions.get(p, p))
+        compute += secs
+        new += 0.0 if hit else secs
     dense_x, comp_x = rep["crossbars"]["dense"], rep["crossbars"]["compressed"]
     record = {
         "key": arm.key,
@@ -677,6 +680,7 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
         "weight_sparsity": rep["sparsity"]["weight"],
         "hwa": cfg.finetune.hwa is not None,
         "compute_s": compute,
+        "compute_new_s": new,
         "nonideal": {
             p: {format_time(r["time_s"]): r["per_trial"] for r in s["compressed"]["nonideal"]}
             for p, s in sims.items()
@@ -690,16 +694,18 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
     metrics = _method_metrics(rep)
     if metrics:
         record["method_metrics"] = metrics
-    acc_val, secs = _cached_val_accuracy(run)
+    acc_val, secs, hit = _cached_val_accuracy(run)
     if acc_val is not None:  # what `targets` choose on (never the test split)
         record["acc_val"] = acc_val
         record["compute_s"] += secs
+        record["compute_new_s"] += 0.0 if hit else secs
     if arm.evaluations:
         record["evaluations"] = {}
         for spec in arm.evaluations:
-            points, secs = _cached_evaluation(run, spec)
+            points, secs, hit = _cached_evaluation(run, spec)
             record["evaluations"][spec["label"]] = points
             record["compute_s"] += secs
+            record["compute_new_s"] += 0.0 if hit else secs
     sel = run.stages / "hwa_selection.json"
     if sel.exists():  # finetune.hwa.select_weight_noise: the choice made on validation
         record["hwa_selection"] = json.loads(sel.read_text())
@@ -729,10 +735,11 @@ def _method_metrics(rep: dict) -> dict[str, float]:
 
 def _cached_simulation(
     run: Any, preset_name: str, definition: str | dict[str, Any] | None = None
-) -> tuple[dict, float]:
-    """``run.simulate(nonideal=definition)`` (default: the built-in preset ``preset_name``)
-    and its compute seconds, cached in ``<arm>/bench_sim/<preset>.json`` with the record of
-    its inputs (recomputed when they change, a bench-defined effect mapping included)."""
+) -> tuple[dict, float, bool]:
+    """``run.simulate(nonideal=definition)`` (default: the built-in preset ``preset_name``),
+    its compute seconds (as recorded when it was computed) and whether it came from the cache,
+    ``<arm>/bench_sim/<preset>.json``, kept with the record of its inputs (recomputed when they
+    change, a bench-defined effect mapping included)."""
     definition = preset_name if definition is None else definition
     rec = dict(run.stage_inputs("simulate"))
     rec = {k: v for k, v in rec.items() if not k.startswith("nonideal")}
@@ -741,7 +748,7 @@ def _cached_simulation(
     path = run.dir / "bench_sim" / f"{preset_name}.json"
     hit = _cache_hit(path, rec, "result")
     if hit is not None:
-        return hit
+        return (*hit, True)
     t0 = time.perf_counter()
     if isinstance(definition, dict):
         from xbarprune.hardware.nonideal.model import NonIdealityConfig
@@ -751,7 +758,7 @@ def _cached_simulation(
         res = run.simulate(nonideal=definition)
     secs = time.perf_counter() - t0
     atomic_write_json(path, {"record": rec, "result": res, "seconds": secs})
-    return res, secs
+    return res, secs, False
 
 
 def _model_digest(run: Any) -> str:
@@ -775,38 +782,38 @@ def _cache_hit(path: Path, record: dict, key: str) -> tuple[Any, float] | None:
     return old[key], float(old.get("seconds", 0.0))
 
 
-def _cached_val_accuracy(run: Any) -> tuple[float | None, float]:
+def _cached_val_accuracy(run: Any) -> tuple[float | None, float, bool]:
     """The compressed model's digital accuracy on the arm's **validation** split (what
-    :func:`select_targets` chooses on) and its compute seconds, cached in
-    ``<arm>/bench_val.json`` with the data inputs and the digest of the model's checkpoint;
-    ``(None, 0)`` without a validation split."""
+    :func:`select_targets` chooses on), its compute seconds and whether it came from the
+    cache, ``<arm>/bench_val.json``, kept with the data inputs and the digest of the model's
+    checkpoint; ``(None, 0, False)`` without a validation split."""
     from torch.utils.data import DataLoader
 
     from xbarprune.training.loop import evaluate_accuracy
 
     val = run._val()
     if val is None:
-        return None, 0.0
+        return None, 0.0, False
     rec = dict(run.stage_inputs("finetune"))
     rec["model_sha256"] = _model_digest(run)
     path = run.dir / "bench_val.json"
     hit = _cache_hit(path, rec, "acc_val")
     if hit is not None:
-        return hit
+        return (*hit, True)
     t0 = time.perf_counter()
     _dense, comp, _dl, _cl, _ck = run.models()
     loader = DataLoader(val, batch_size=run.cfg.data.batch_size_eval)
     acc = float(evaluate_accuracy(comp, loader, run.device))
     secs = time.perf_counter() - t0
     atomic_write_json(path, {"record": rec, "acc_val": acc, "seconds": secs})
-    return acc, secs
+    return acc, secs, False
 
 
-def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], float]:
+def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], float, bool]:
     """The evaluation plug-in ``spec`` on the finished arm ``run`` (its compressed model and
-    layout, the test split, training images for calibration) and its compute seconds, cached
-    in ``<arm>/bench_eval/<label>.json`` with the record of its inputs (config and the digest
-    of the measured model's checkpoint)."""
+    layout, the test split, training images for calibration), its compute seconds and whether
+    it came from the cache, ``<arm>/bench_eval/<label>.json``, kept with the record of its
+    inputs (config and the digest of the measured model's checkpoint)."""
     from xbarprune.experiment.evaluations import EvalContext, get_evaluation
     from xbarprune.experiment.pipeline import mapping_clip
 
@@ -822,7 +829,7 @@ def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], floa
     path = run.dir / "bench_eval" / f"{spec['label']}.json"
     hit = _cache_hit(path, rec, "points")
     if hit is not None:
-        return hit
+        return (*hit, True)
     t0 = time.perf_counter()
     _dense, comp, dl, cl, ck = run.models()
     ctx = EvalContext(
@@ -847,7 +854,7 @@ def _cached_evaluation(run: Any, spec: dict[str, Any]) -> tuple[list[dict], floa
     points = ev.measure(ctx, params)
     secs = time.perf_counter() - t0
     atomic_write_json(path, {"record": rec, "points": points, "seconds": secs})
-    return points, secs
+    return points, secs, False
 
 
 # ---------------------------------------------------------------------------- executors
@@ -1742,12 +1749,13 @@ def _merged_lines(merged: Sequence[dict], depth: int = 0) -> list[str]:
     summaries it had merged itself, down the whole chain of a bench built in parts."""
     out = []
     for m in merged:
-        compute = m.get("compute_s")
+        compute, new = m.get("compute_s"), m.get("compute_new_s")
         out.append(
             ("  " * depth + "↳ via that: " if depth else "")
             + f"Merged: {m['records']} record(s) of `{m['command']}` ({m['from']}; wall time "
             f"{m['wall_time_s']} s, compute "
-            + (f"{compute:.0f} s)" if compute is not None else "unknown)")
+            + (f"{compute:.0f} s" if compute is not None else "unknown")
+            + (f", {new:.0f} s of it new)" if new is not None else ")")
             + (
                 f"; **this run's {', '.join(m['replaced_differing'])} differ(s) from the merged "
                 "record: its arms were built on another dense model**"
@@ -1760,6 +1768,16 @@ def _merged_lines(merged: Sequence[dict], depth: int = 0) -> list[str]:
     return out
 
 
+def _new_compute(header: dict) -> str:
+    """summary.md's note on how much of the arms' compute this invocation did (an arm found
+    complete in the cache keeps the compute recorded when it ran, counted again in the total);
+    empty for a summary written before this was recorded."""
+    new = header.get("compute_new_s")
+    if new is None or abs(new - header["compute_s"]) < 0.5:
+        return ""
+    return f" ({new:.0f} s of it computed by this invocation, the rest read from the arm cache)"
+
+
 def to_markdown(summary: dict) -> str:
     h = summary["header"]
     rows = summary["rows"]
@@ -1768,8 +1786,9 @@ def to_markdown(summary: dict) -> str:
         f"# Benchmark: {summary['model']} on {summary['dataset']}",
         "",
         f"Command: `{h['command']}`  ",
-        f"Wall time: {h['wall_time_s']} s; compute of all arms: {h['compute_s']:.0f} s; "
-        f"machine: {h['machine']}"
+        f"Wall time: {h['wall_time_s']} s; compute of all arms: {h['compute_s']:.0f} s"
+        + _new_compute(h)
+        + f"; machine: {h['machine']}"
         + (
             f"  \nAll {len(h['invocations'])} invocations on this arm cache: "
             f"{h['wall_time_all_invocations_s']} s wall"
@@ -1943,6 +1962,11 @@ def write_bench_html(summary: dict, path: Path) -> Path:
         "command": h["command"],
         "wall time (s)": h["wall_time_s"],
         "compute of all arms (s)": round(h["compute_s"], 1),
+        **(
+            {"of it computed by this invocation (s)": round(h["compute_new_s"], 1)}
+            if h.get("compute_new_s") is not None
+            else {}
+        ),
         "model / data": f"{summary['model']} / {summary['dataset']}",
         "seeds per figure": n_seeds,
         "selection": "validation split only; the test split is read by the final measurement",
@@ -2142,6 +2166,7 @@ def run_bench(
             "command": command,
             "wall_time_s": round(time.perf_counter() - t0, 1),
             "compute_s": sum(x["header"]["compute_s"] for x in summaries),
+            "compute_new_s": sum(x["header"].get("compute_new_s") or 0.0 for x in summaries),
             "quick": quick,
             # experiments whose summaries earlier invocations wrote (not rerun by this one)
             **({"earlier_invocations": earlier} if earlier else {}),
@@ -2176,7 +2201,8 @@ def experiments_markdown(index: dict, summaries: Sequence[dict]) -> str:
         f"# Benchmark: {index['name']} ({len(summaries)} experiments)",
         "",
         f"Command: `{h['command']}`  ",
-        f"Wall time: {h['wall_time_s']} s; compute of all arms: {h['compute_s']:.0f} s",
+        f"Wall time: {h['wall_time_s']} s; compute of all arms: {h['compute_s']:.0f} s"
+        + _new_compute(h),
         *(
             [
                 f"Not rerun by this invocation (summaries of earlier ones, each with its own "
@@ -2228,6 +2254,7 @@ def _run_planned(
 
     base = load_config(arms[0].config)
     own_compute = sum(r["compute_s"] for r in records)
+    new_compute = sum(r.get("compute_new_s", 0.0) for r in records)
     merged: list[dict] = []
     if merge:
         others = [(str(p), _load_summary(p)) for p in merge]
@@ -2254,7 +2281,10 @@ def _run_planned(
             # invocations that started on this cache and never finished (killed, crashed):
             # their arms are in the cache, their wall time is not known
             "interrupted_invocations": sum(1 for h in history if h.get("interrupted")),
+            # every arm's compute as recorded when it ran (a cached arm keeps its numbers), and
+            # the part of it that this invocation computed (the rest was read from the cache)
             "compute_s": own_compute,
+            "compute_new_s": new_compute,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
             f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
             "executor": executor,
@@ -2384,6 +2414,7 @@ def merge_records(
                 "records": n,
                 "wall_time_s": h.get("wall_time_s"),
                 "compute_s": h.get("compute_s"),
+                "compute_new_s": h.get("compute_new_s"),
                 "replaced_differing": differing,
                 # what that summary had merged itself: the whole chain of a bench built in
                 # parts over several sessions stays in the newest summary

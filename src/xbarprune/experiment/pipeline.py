@@ -93,6 +93,9 @@ class Run:
             torch.set_num_threads(cfg.runtime.threads)
         self._splits = None
         self.coverage: Coverage | None = None
+        # the compute stages the last :meth:`run` recomputed or resumed (the others were up to
+        # date on disk): what a bench counts as this invocation's compute
+        self.recomputed: tuple[str, ...] = ()
         if self.dir.exists() and not self.dir.is_dir():
             raise ConfigError(f"--out {self.dir} exists and is not a directory")
 
@@ -366,6 +369,7 @@ class Run:
             getattr(self, f"stage_{stage}")()
             recomputed.add(stage)
             self.log(f"[{stage}] {time.perf_counter() - t0:.1f} s")
+        self.recomputed = tuple(s for s in STAGES if s in recomputed and s != "report")
         return json.loads((self.dir / "report.json").read_text())
 
     def stage_train(self) -> None:
