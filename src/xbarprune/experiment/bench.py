@@ -654,18 +654,16 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
             "wall_s": time.perf_counter() - t0,
         }
     sims: dict[str, Any] = {arm.presets[0]: json.loads((run.stages / "simulate.json").read_text())}
-    # the arm's own compute, as recorded when each stage ran (a cached arm keeps its numbers);
-    # the dense training is counted once, in the seed's dense arm. ``new``: the part of it
-    # that this invocation computed (a stage recomputed or resumed here, a cache miss)
+    # the arm's own compute, piece by piece: (seconds as recorded when it ran, whether this
+    # invocation ran it: a stage recomputed or resumed here, a cache miss); a cached arm keeps
+    # its numbers, and the dense training is counted once, in the seed's dense arm
     timing = rep.get("timing", {})
     own = ("compress", "finetune", "simulate") + (("train",) if arm.dense_dir is None else ())
-    secs_of = {k: float(timing[k]) for k in own if isinstance(timing.get(k), int | float)}
-    compute = sum(secs_of.values())
-    new = sum(v for k, v in secs_of.items() if k in run.recomputed)
+    spent = [(float(timing[k]), k in run.recomputed) for k in own
+             if isinstance(timing.get(k), int | float)]  # fmt: skip
     for p in arm.presets[1:]:
         sims[p], secs, hit = _cached_simulation(run, p, arm.definitions.get(p, p))
-        compute += secs
-        new += 0.0 if hit else secs
+        spent.append((secs, not hit))
     dense_x, comp_x = rep["crossbars"]["dense"], rep["crossbars"]["compressed"]
     record = {
         "key": arm.key,
@@ -679,8 +677,6 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
         "crossbar_saving": 1.0 - comp_x / dense_x if dense_x else 0.0,
         "weight_sparsity": rep["sparsity"]["weight"],
         "hwa": cfg.finetune.hwa is not None,
-        "compute_s": compute,
-        "compute_new_s": new,
         "nonideal": {
             p: {format_time(r["time_s"]): r["per_trial"] for r in s["compressed"]["nonideal"]}
             for p, s in sims.items()
@@ -697,15 +693,15 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
     acc_val, secs, hit = _cached_val_accuracy(run)
     if acc_val is not None:  # what `targets` choose on (never the test split)
         record["acc_val"] = acc_val
-        record["compute_s"] += secs
-        record["compute_new_s"] += 0.0 if hit else secs
+        spent.append((secs, not hit))
     if arm.evaluations:
         record["evaluations"] = {}
         for spec in arm.evaluations:
             points, secs, hit = _cached_evaluation(run, spec)
             record["evaluations"][spec["label"]] = points
-            record["compute_s"] += secs
-            record["compute_new_s"] += 0.0 if hit else secs
+            spent.append((secs, not hit))
+    record["compute_s"] = sum(secs for secs, _ in spent)
+    record["compute_new_s"] = sum(secs for secs, ran in spent if ran)
     sel = run.stages / "hwa_selection.json"
     if sel.exists():  # finetune.hwa.select_weight_noise: the choice made on validation
         record["hwa_selection"] = json.loads(sel.read_text())
@@ -2166,7 +2162,7 @@ def run_bench(
             "command": command,
             "wall_time_s": round(time.perf_counter() - t0, 1),
             "compute_s": sum(x["header"]["compute_s"] for x in summaries),
-            "compute_new_s": sum(x["header"].get("compute_new_s") or 0.0 for x in summaries),
+            "compute_new_s": sum(x["header"]["compute_new_s"] for x in summaries),
             "quick": quick,
             # experiments whose summaries earlier invocations wrote (not rerun by this one)
             **({"earlier_invocations": earlier} if earlier else {}),
@@ -2254,7 +2250,7 @@ def _run_planned(
 
     base = load_config(arms[0].config)
     own_compute = sum(r["compute_s"] for r in records)
-    new_compute = sum(r.get("compute_new_s", 0.0) for r in records)
+    new_compute = sum(r["compute_new_s"] for r in records)
     merged: list[dict] = []
     if merge:
         others = [(str(p), _load_summary(p)) for p in merge]
