@@ -40,7 +40,12 @@ from xbarprune.compress.parts.scic import (
     spectral_embedding,
 )
 from xbarprune.config import from_dict
-from xbarprune.errors import CompressionError, ConfigError, UnsupportedLayerError
+from xbarprune.errors import (
+    CheckpointError,
+    CompressionError,
+    ConfigError,
+    UnsupportedLayerError,
+)
 from xbarprune.hardware import CrossbarSpec, DeviceSpec
 from xbarprune.hardware.nonideal.model import NonIdealityConfig, NonIdealityModel
 from xbarprune.mapping import map_model
@@ -298,7 +303,9 @@ def test_bad_input_errors():
 
 
 # ------------------------------------------------------------------------------ layout
-def _toy_run(seed: int = 0, **kw) -> tuple[nn.Module, TraNNsformerRun, TensorDataset]:
+def _toy_run(
+    seed: int = 0, *, checkpoint_dir=None, log=None, **kw
+) -> tuple[nn.Module, TraNNsformerRun, TensorDataset]:
     torch.manual_seed(seed)
     # inputs with block structure so that clusters form: 4 groups of 6 pixels -> 4 classes
     n = 400
@@ -313,7 +320,10 @@ def _toy_run(seed: int = 0, **kw) -> tuple[nn.Module, TraNNsformerRun, TensorDat
     p = TraNNsformerParams(
         epochs=10, batch_size=40, k=3, reinit=True, prune_rate=(2e-4,), q_first=0.5, **kw
     )
-    run = run_trannsformer(model, data, p, xbar=4, seed=seed, log=lambda s: None)
+    run = run_trannsformer(
+        model, data, p, xbar=4, seed=seed, log=log or (lambda s: None),
+        checkpoint_dir=checkpoint_dir,
+    )  # fmt: skip
     return model, run, data
 
 
@@ -400,6 +410,116 @@ def test_seeded_runs_are_deterministic(toy):
         assert torch.equal(a, b)
     for L1, L2 in zip(run.states, run2.states, strict=True):
         assert [c.to_dict() for c in L1.valid] == [c.to_dict() for c in L2.valid]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_at(line: str):
+    """A log that stops the run once it reports ``line`` (after that epoch's checkpoint)."""
+
+    def log(msg: str) -> None:
+        if line in msg:
+            raise _Interrupt(msg)
+
+    return log
+
+
+def _same_runs(a: tuple, b: tuple) -> None:
+    (m1, r1, _), (m2, r2, _) = a, b
+    for x, y in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    timings = ("sgd_s", "prune_s")  # wall times: the only entries that may differ
+    assert [{k: v for k, v in h.items() if k not in timings} for h in r1.history] == [
+        {k: v for k, v in h.items() if k not in timings} for h in r2.history
+    ]
+    for L1, L2 in zip(r1.states, r2.states, strict=True):
+        assert [c.to_dict() for c in L1.clusters] == [c.to_dict() for c in L2.clusters]
+        for c, d in zip(L1.clusters, L2.clusters, strict=True):
+            assert torch.equal(c.block, d.block)
+        assert L1.stats() == L2.stats()
+        for k in ("pmap", "cmap"):
+            assert torch.equal(getattr(L1, k), getattr(L2, k))
+        assert [getattr(L1, k) for k in LayerState.SCALARS] == [
+            getattr(L2, k) for k in LayerState.SCALARS
+        ]
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [
+        "trannsformer epoch 1/10",  # before the clustering (epoch 2)
+        # clustered; layer 4 re-clusters in epoch 4, drawing on the clustering's generator
+        "trannsformer epoch 3/10",
+        "trannsformer epoch 8/10",  # clustered (epoch 2), cluster pruning from epoch 8
+        "trannsformer epoch 10/10",  # the whole integrated training done, drop not begun
+        "drop fine-tune epoch 1/2",
+    ],
+)
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, stop):
+    kw = {"unclustered": "drop", "drop_epochs": 2}
+    whole = _toy_run(**kw)
+    with pytest.raises(_Interrupt):
+        _toy_run(checkpoint_dir=tmp_path, log=_interrupt_at(stop), **kw)
+    names = sorted(f.name for f in tmp_path.iterdir())
+    assert names == (["trannsformer.pt", "trannsformer_drop.pt"] if "drop" in stop
+                     else ["trannsformer.pt"])  # fmt: skip
+    lines: list[str] = []
+    resumed = _toy_run(checkpoint_dir=tmp_path, log=lines.append, **kw)
+    done = int(stop.split(" epoch ")[1].split("/")[0])
+    first = "drop fine-tune" if "drop" in stop else "trannsformer"
+    assert any(f"{first}: resumed after epoch {done}/" in s for s in lines)
+    _same_runs(resumed, whole)
+    assert [L.reclusterings for L in whole[1].states] == [0, 0, 1]  # what epoch 3 covers
+    # a finished run's checkpoints give the finished result again, training nothing
+    lines.clear()
+    again = _toy_run(checkpoint_dir=tmp_path, log=lines.append, **kw)
+    assert not any(" epoch " in s and "resumed" not in s for s in lines)
+    _same_runs(again, whole)
+
+
+def _deep_equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict) and a.keys() == b.keys() and all(_deep_equal(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_deep_equal(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def test_integrated_training_state_round_trips(tmp_path):
+    """Everything the checkpoint stores is restored: loading the stored state into a fresh
+    run and storing it again gives the stored state back (theta, f, clusters, maps, counters,
+    the generator, the previous loss, the per-epoch statistics)."""
+    from xbarprune.compress.methods.trannsformer import _IntegratedTraining, init_states
+    from xbarprune.io import load_checkpoint
+
+    with pytest.raises(_Interrupt):
+        _toy_run(checkpoint_dir=tmp_path, log=_interrupt_at("epoch 4/10"))
+    stored = load_checkpoint(tmp_path / "trannsformer.pt")["state"]
+    assert len(stored["extra"]) == 4 and stored["prev"] < 1.0  # mse: the first prev is 1.0
+    assert any(L["clustered"] and L["clusters"] for L in stored["layers"].values())
+    model = nn.Sequential(
+        nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)
+    )
+    p = TraNNsformerParams(epochs=10, k=3)
+    fresh = _IntegratedTraining(p, 4, init_states(model, p, 4), torch.Generator(), "cpu", 1.0)
+    assert not _deep_equal(fresh.state_dict(), stored)
+    fresh.load_state_dict(stored)
+    assert _deep_equal(fresh.state_dict(), stored)
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    with pytest.raises(_Interrupt):
+        _toy_run(checkpoint_dir=tmp_path, log=_interrupt_at("epoch 3/10"))
+    with pytest.raises(CheckpointError, match="another trannsformer run"):
+        _toy_run(seed=1, checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="another trannsformer run"):
+        _toy_run(checkpoint_dir=tmp_path, lr=0.25)
 
 
 def test_method_in_pipeline_context(toy):

@@ -35,11 +35,14 @@ cost model use it unchanged and the ideal outputs equal the digital ones.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -57,8 +60,15 @@ from xbarprune.compress.parts.scic import (
     scic,
 )
 from xbarprune.compress.selection import LayerSelection
-from xbarprune.errors import CompressionError, SpecError, UnsupportedLayerError, check_range
+from xbarprune.errors import (
+    CheckpointError,
+    CompressionError,
+    SpecError,
+    UnsupportedLayerError,
+    check_range,
+)
 from xbarprune.hardware.spec import CrossbarSpec
+from xbarprune.io import load_checkpoint, load_state_into, save_checkpoint
 from xbarprune.mapping.layout import Block, CrossbarLayout, LayerLayout
 from xbarprune.training.masks import MaskSet
 
@@ -236,6 +246,30 @@ class LayerState:
     clustered: bool = False
     reclusterings: int = 0
     pruned_clusters: int = 0
+
+    #: the scalar fields a checkpoint stores (:meth:`state_dict`)
+    SCALARS = ("theta", "rate", "cp_factor", "k", "unc_prev", "unc_curr", "clustered",
+               "reclusterings", "pruned_clusters")  # fmt: skip
+
+    def state_dict(self) -> dict:
+        """The integrated training's state of this layer (the weights live in the model's
+        own state dict): scalars, clusters and the two maps, each map with where it lived."""
+        d: dict[str, Any] = {k: getattr(self, k) for k in self.SCALARS}
+        d["clusters"] = [c.state_dict() for c in self.clusters]
+        for k in ("pmap", "cmap"):
+            t = getattr(self, k)
+            d[k] = None if t is None else t.cpu()
+            d[f"{k}_on_cpu"] = t is None or t.device.type == "cpu"
+        return d
+
+    def load_state_dict(self, d: dict, device: torch.device | str = "cpu") -> None:
+        """Restore what :meth:`state_dict` stored; tensors not on the CPU go to ``device``."""
+        for k in self.SCALARS:
+            setattr(self, k, type(getattr(self, k))(d[k]))
+        self.clusters = [Cluster.from_state_dict(c, device) for c in d["clusters"]]
+        for k in ("pmap", "cmap"):
+            t = d[k]
+            setattr(self, k, None if t is None else t.to("cpu" if d[f"{k}_on_cpu"] else device))
 
     @property
     def weight(self) -> Tensor:
@@ -456,6 +490,14 @@ def full_batch_loss(model: nn.Module, data, kind: str, device) -> float:
     return tot / max(n, 1)
 
 
+class Resumable(Protocol):
+    """State beside the model and optimizer that a resumed training must get back."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, d: dict) -> None: ...
+
+
 def train_epochs(
     model: nn.Module,
     data,
@@ -468,15 +510,43 @@ def train_epochs(
     end_of_epoch: Callable[[int, float], None] | None = None,
     log: Callable[[str], None] = print,
     desc: str = "trannsformer",
+    checkpoint: str | Path | None = None,
+    state: Resumable | None = None,
 ) -> list[dict]:
     """SGD (lr, momentum, batch of ``p``) for ``epochs`` epochs; no gradient masking unless
     ``masks`` is given (then pruned weights stay zero). ``end_of_epoch(epoch, loss)`` runs
-    after each epoch with the full-batch training loss measured before it."""
+    after each epoch with the full-batch training loss measured before it.
+
+    With ``checkpoint``, the model, the optimizer, the history and ``state`` (what
+    ``end_of_epoch`` changes) are written there atomically after every epoch, and a run that
+    finds the file resumes after its last epoch: the result equals an uninterrupted run's
+    (each epoch's shuffle is seeded by the epoch alone). The file records the parameters,
+    seed and stage it belongs to; a checkpoint of another run is refused, never mixed in."""
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum)
-    hist = []
+    hist: list[dict] = []
     ds = data.dataset if isinstance(data, DataLoader) else data
-    for epoch in range(1, epochs + 1):
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    owner = json.dumps(
+        {"params": dataclasses.asdict(p), "epochs": epochs, "seed": seed, "desc": desc,
+         "masked": masks is not None}, sort_keys=True, default=str,
+    )  # fmt: skip
+    start = 1
+    if ckpt is not None and ckpt.is_file():
+        ck = load_checkpoint(ckpt, map_location=device)
+        if ck.get("owner") != owner:
+            raise CheckpointError(
+                f"checkpoint {ckpt} belongs to another {desc} run (other parameters, seed or "
+                "epochs); delete it to start this one afresh"
+            )
+        load_state_into(model, ck["model"], str(ckpt))
+        opt.load_state_dict(ck["optimizer"])
+        hist = [dict(h) for h in ck["history"]]
+        if state is not None:
+            state.load_state_dict(ck["state"])
+        start = int(ck["epoch"]) + 1
+        log(f"  {desc}: resumed after epoch {start - 1}/{epochs} ({ckpt.name})")
+    for epoch in range(start, epochs + 1):
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(seed * 7919 + epoch)
         loader = DataLoader(ds, batch_size=p.batch_size, shuffle=True, generator=gen)
@@ -509,6 +579,18 @@ def train_epochs(
             "prune_s": round(time.perf_counter() - t1, 2),
         }
         hist.append(rec)
+        if ckpt is not None:
+            save_checkpoint(
+                ckpt,
+                {
+                    "owner": owner,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "history": hist,
+                    "state": state.state_dict() if state is not None else {},
+                },
+            )
         log(
             f"  {desc} epoch {epoch}/{epochs}: loss {full:.4f} "
             f"({rec['sgd_s']:.1f} s SGD, {rec['prune_s']:.1f} s prune/cluster)"
@@ -560,38 +642,36 @@ def resolve_xbar(p: TraNNsformerParams, crossbar: CrossbarSpec | None) -> int:
     return check_size(min(crossbar.rows, crossbar.weights_per_row))
 
 
-def run_trannsformer(
-    model: nn.Module,
-    train_data,
-    p: TraNNsformerParams,
-    *,
-    xbar: int,
-    device="cpu",
-    seed: int = 0,
-    log: Callable[[str], None] = print,
-) -> TraNNsformerRun:
-    """Integrated training of ``model`` in place (``nntrain.m``), then ``drop`` if asked."""
-    xbar = check_size(xbar)
-    states = init_states(model, p, xbar)
-    gen = torch.Generator().manual_seed(int(seed) + 104729)
-    prev = [1.0 if p.loss == "mse" else math.inf]
-    hist_extra: list[dict] = []
+@dataclass
+class _IntegratedTraining:
+    """What the integrated training's epoch ends change beside the weights (``prunewt.m``,
+    ``cluster_prune.m`` and the schedule of theta and f): the layer states, the clustering's
+    random generator, the previous epoch's loss and the per-epoch statistics."""
 
-    def end_of_epoch(epoch: int, loss: float) -> None:
+    p: TraNNsformerParams
+    xbar: int
+    states: list[LayerState]
+    gen: torch.Generator
+    device: Any
+    prev: float
+    extra: list[dict] = field(default_factory=list)
+
+    def end_of_epoch(self, epoch: int, loss: float) -> None:
+        p, states = self.p, self.states
         cp_on = p.mode == "trannsformer" and epoch >= p.cluster_prune_epoch
         with torch.no_grad():
             for L in states:
-                prune_layer(L, epoch, p, xbar, gen)
+                prune_layer(L, epoch, p, self.xbar, self.gen)
                 if cp_on:
                     cluster_prune(L, p)
-        improved = loss < prev[0]
+        improved = loss < self.prev
         if improved and p.mode != "dense":
             for L in states:
                 L.theta += L.rate
                 if cp_on:
                     L.cp_factor += p.cp_step
-        prev[0] = loss
-        hist_extra.append(
+        self.prev = loss
+        self.extra.append(
             {
                 "improved": improved,
                 **{
@@ -603,11 +683,68 @@ def run_trannsformer(
             }
         )
 
-    hist = train_epochs(
-        model, train_data, p, p.epochs, device=device, seed=seed, end_of_epoch=end_of_epoch, log=log
+    def state_dict(self) -> dict:
+        return {
+            "layers": {L.name: L.state_dict() for L in self.states},
+            "generator": self.gen.get_state(),
+            "prev": self.prev,
+            "extra": self.extra,
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        if list(d["layers"]) != [L.name for L in self.states]:
+            raise CheckpointError(
+                f"the checkpoint's layers {list(d['layers'])} are not this run's "
+                f"{[L.name for L in self.states]}; delete it to start afresh"
+            )
+        for L in self.states:
+            L.load_state_dict(d["layers"][L.name], self.device)
+        self.gen.set_state(d["generator"].cpu())
+        self.prev = float(d["prev"])
+        self.extra = [dict(e) for e in d["extra"]]
+
+
+def run_trannsformer(
+    model: nn.Module,
+    train_data,
+    p: TraNNsformerParams,
+    *,
+    xbar: int,
+    device="cpu",
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    checkpoint_dir: str | Path | None = None,
+) -> TraNNsformerRun:
+    """Integrated training of ``model`` in place (``nntrain.m``), then ``drop`` if asked.
+
+    With ``checkpoint_dir``, both trainings (``trannsformer.pt``, ``trannsformer_drop.pt``)
+    checkpoint every epoch and resume where an interrupted run stopped, with the result of an
+    uninterrupted one (:func:`train_epochs`)."""
+    xbar = check_size(xbar)
+    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    run = _IntegratedTraining(
+        p,
+        xbar,
+        init_states(model, p, xbar),
+        torch.Generator().manual_seed(int(seed) + 104729),
+        device,
+        1.0 if p.loss == "mse" else math.inf,
     )
-    for h, e in zip(hist, hist_extra, strict=True):
+    hist = train_epochs(
+        model,
+        train_data,
+        p,
+        p.epochs,
+        device=device,
+        seed=seed,
+        end_of_epoch=run.end_of_epoch,
+        log=log,
+        checkpoint=ckdir / "trannsformer.pt" if ckdir is not None else None,
+        state=run,
+    )
+    for h, e in zip(hist, run.extra, strict=True):
         h.update(e)
+    states = run.states
     if p.mode == "trannsformer" and p.unclustered == "drop":
         drop_unclustered(states)
         masks = MaskSet({L.name: L.module.weight.detach() != 0 for L in states})
@@ -622,6 +759,7 @@ def run_trannsformer(
                 masks=masks,
                 log=log,
                 desc="trannsformer drop fine-tune",
+                checkpoint=ckdir / "trannsformer_drop.pt" if ckdir is not None else None,
             )
     return TraNNsformerRun(states, hist, xbar, p)
 
@@ -861,9 +999,14 @@ class TraNNsformer(Method[TraNNsformerParams]):
         xbar = resolve_xbar(p, ctx.layout.crossbar)
         seed = ctx.seed if p.seed is None else p.seed
         t0 = time.perf_counter()
+        # its trainings checkpoint where the context's own fine-tunes do (ctx.finetune)
+        ckdir = ctx.parts_dir
+        if ckdir is None and ctx.run_dir is not None:
+            ckdir = ctx.run_dir / "stages"
         run = run_trannsformer(
-            ctx.model, ctx.train_data, p, xbar=xbar, device=ctx.device, seed=seed, log=ctx.log
-        )
+            ctx.model, ctx.train_data, p, xbar=xbar, device=ctx.device, seed=seed, log=ctx.log,
+            checkpoint_dir=ckdir,
+        )  # fmt: skip
         layout, minfo = trannsformer_layout(ctx.model, run, ctx.layout.crossbar, base=ctx.layout)
         masks = MaskSet({L.name: L.module.weight.detach() != 0 for L in run.states})
         info = run.info()

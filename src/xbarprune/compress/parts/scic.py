@@ -102,6 +102,38 @@ class Cluster:
         )
         return cls(ins, outs, d["quality"], block, d["status"], d["level"], d["epoch"])
 
+    def state_dict(self) -> dict:
+        """Everything the cluster holds, its formation block included (:meth:`to_dict` keeps
+        the JSON-friendly part only): what a training checkpoint stores to resume exactly.
+        ``on_cpu`` records where its tensors lived (a CUDA run keeps some on the device)."""
+        return {
+            "inputs": self.inputs.cpu(),
+            "outputs": self.outputs.cpu(),
+            "quality": float(self.quality),
+            "block": self.block.cpu(),
+            "status": int(self.status),
+            "level": float(self.level),
+            "epoch": int(self.epoch),
+            "meta": dict(self.meta),
+            "on_cpu": self.inputs.device.type == "cpu",
+        }
+
+    @classmethod
+    def from_state_dict(cls, d: dict, device: torch.device | str = "cpu") -> Cluster:
+        """The cluster :meth:`state_dict` stored; tensors that were not on the CPU go to
+        ``device`` (the run's)."""
+        where = "cpu" if d["on_cpu"] else device
+        return cls(
+            d["inputs"].long().to(where),
+            d["outputs"].long().to(where),
+            float(d["quality"]),
+            d["block"].bool().to(where),
+            int(d["status"]),
+            float(d["level"]),
+            int(d["epoch"]),
+            dict(d["meta"]),
+        )
+
 
 def check_size(size: int, what: str = "crossbar size") -> int:
     if isinstance(size, bool) or int(size) != size or size < 2:
