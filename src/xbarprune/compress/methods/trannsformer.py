@@ -577,6 +577,9 @@ def train_epochs(
             "loss": full,
             "sgd_s": round(t_sgd, 2),
             "prune_s": round(time.perf_counter() - t1, 2),
+            # the whole epoch (SGD, full-batch loss, prune/cluster): what a resumed run
+            # counts for the epochs an earlier invocation ran
+            "seconds": round(time.perf_counter() - t0, 2),
         }
         hist.append(rec)
         if ckpt is not None:
