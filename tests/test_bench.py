@@ -347,6 +347,57 @@ def test_unchanged_arms_are_reused_and_a_changed_arm_is_rebuilt(mini, tmp_path):
         assert t <= min(stamp.values())
 
 
+def test_a_resumed_arm_counts_the_interrupted_epochs_as_not_run_here(mini, tmp_path, monkeypatch):
+    """An arm whose fine-tune was interrupted after its first epoch and resumed by the next
+    invocation: the stage's seconds include the epoch the interrupted invocation ran (its
+    recorded seconds, ``timing_resumed``), and ``compute_new_s`` leaves it out, as it leaves
+    out the compress stage the killed invocation redid; an arm the killed invocation never
+    reached is all new."""
+    import shutil
+
+    import xbarprune.training.loop as loop
+
+    out = shutil.copytree(mini[0], tmp_path / "bench", copy_function=shutil.copy2)
+    cfg = copy.deepcopy(MINI)
+    cfg["base"]["finetune"]["epochs"] = 2  # the method arms' fine-tunes rerun, compress cached
+
+    class Killed(Exception):
+        pass
+
+    save = loop.save_checkpoint
+
+    def save_then_die(path, obj):
+        save(path, obj)
+        if Path(path).name == "finetune_ckpt.pt" and obj["epoch"] == 0:
+            raise Killed(str(path))  # right after the first epoch's checkpoint
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed) as killed:
+        run_bench(copy.deepcopy(cfg), out=str(out), log=lambda s: None)
+    ckpt = Path(killed.value.args[0])
+    first = torch.load(ckpt, weights_only=True)["history"][0]["seconds"]
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+    res = run_bench(copy.deepcopy(cfg), out=str(out), log=lambda s: None)
+    arms = {a.key: Path(a.dir) for a in plan_arms(load_bench(cfg), out) if a.method != "none"}
+    recs = {r["key"]: r for r in res["records"] if r["key"] in arms}
+    assert len(recs) == 2
+    for key, arm_dir in arms.items():
+        rep = json.loads((arm_dir / "report.json").read_text())
+        ft = torch.load(arm_dir / "stages" / "finetune.pt", weights_only=True)
+        t, rec = rep["timing"], recs[key]
+        if arm_dir == ckpt.parents[1]:  # the interrupted arm
+            assert first > 0 and rep["timing_resumed"] == {"finetune": pytest.approx(first)}
+            assert ft["seconds_resumed"] == pytest.approx(first) and ft["seconds"] > first
+            assert ft["history"][0]["seconds"] == pytest.approx(first)  # the epoch loaded
+            # its compress (whose inputs hold the fine-tune config) was redone by the killed
+            # invocation, its first fine-tune epoch too: neither was computed here
+            assert rec["compute_new_s"] == pytest.approx(rec["compute_s"] - t["compress"] - first)
+        else:  # never begun before: every second of it is this invocation's
+            assert rep["timing_resumed"] == {} and ft["seconds_resumed"] == 0.0
+            assert rec["compute_new_s"] == pytest.approx(rec["compute_s"])
+    assert sum(arm_dir == ckpt.parents[1] for arm_dir in arms.values()) == 1
+
+
 def test_random_test_labels_change_no_selection(tmp_path):
     """Replacing the test set's labels with random ones leaves the method's choices (masks,
     layout) unchanged: selection reads the validation split only."""

@@ -341,6 +341,47 @@ def test_simulate_reproduces_the_reports_trials_and_refuses_bad_flags(finished, 
     assert not (Path("/tmp/x.json")).exists()
 
 
+def test_an_interrupted_recompute_never_leaves_the_old_output_as_up_to_date(
+    finished, tmp_path, monkeypatch
+):
+    """A finished run whose fine-tune config changed, killed after the new fine-tune's first
+    epoch: the next run resumes that fine-tune (before, the old config's finetune.pt stood
+    under the new config's record and was skipped as up to date) and ends with a fresh run's
+    model; the epoch the killed run did is counted as resumed."""
+    import xbarprune.training.loop as loop
+
+    out = _copy_run(finished[0], tmp_path / "r")
+    cfg = dict(TINY, finetune={**TINY["finetune"], "epochs": 2})
+    save = loop.save_checkpoint
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(path, obj):
+        save(path, obj)
+        if Path(path).name == "finetune_ckpt.pt" and obj["epoch"] == 0:
+            raise Killed
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        Run(load_config(cfg), out, log=lambda s: None).run()
+    assert not (out / "stages" / "finetune.pt").exists()  # the old output is gone
+    first = load_checkpoint(out / "stages" / "finetune_ckpt.pt")["history"][0]["seconds"]
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+    logs: list[str] = []
+    rep = Run(load_config(cfg), out, log=logs.append).run()
+    assert any(s.startswith("[finetune] not done yet") for s in logs), logs
+    Run(load_config(cfg), tmp_path / "fresh", log=lambda s: None).run()
+    a = load_checkpoint(out / "stages" / "finetune.pt")
+    b = load_checkpoint(tmp_path / "fresh" / "stages" / "finetune.pt")
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+    assert len(a["history"]) == 2 and first > 0
+    assert a["seconds_resumed"] == pytest.approx(first)
+    assert rep["timing_resumed"] == {"finetune": pytest.approx(first)}
+    assert b["seconds_resumed"] == 0.0
+
+
 def test_a_changed_method_never_resumes_from_its_old_trainings(tmp_path):
     """A method's own trainings checkpoint in stages/compress_parts/ (resumable); when the
     config changes, the recomputed stage starts afresh: the rerun equals a fresh run of the new

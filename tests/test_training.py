@@ -52,6 +52,11 @@ def test_resume_equals_uninterrupted(tmp_path):
     for a, b in zip(ref.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(a, b)
     assert [r["loss"] for r in h.epochs] == pytest.approx([r["loss"] for r in h_ref.epochs])
+    # the epoch an earlier invocation ran is counted as resumed, with its recorded seconds
+    assert h_ref.resumed_s == 0.0
+    assert h.resumed_s == h.epochs[0]["seconds"] > 0
+    again = train(_model(), _data(), CFG, seed=4, checkpoint=ck)  # every epoch loaded
+    assert again.resumed_s == pytest.approx(sum(r["seconds"] for r in h.epochs))
 
 
 def test_masks_keep_zeros_and_mask_momentum():

@@ -471,12 +471,18 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, stop):
     first = "drop fine-tune" if "drop" in stop else "trannsformer"
     assert any(f"{first}: resumed after epoch {done}/" in s for s in lines)
     _same_runs(resumed, whole)
+    # the epochs loaded from the checkpoints count as run by the interrupted invocation
+    loaded = resumed[1].history[:done] if "drop" not in stop else resumed[1].history[: 10 + done]
+    assert whole[1].resumed_s == 0.0
+    assert resumed[1].resumed_s == pytest.approx(sum(h["seconds"] for h in loaded))
+    assert resumed[1].resumed_s > 0
     assert [L.reclusterings for L in whole[1].states] == [0, 0, 1]  # what epoch 3 covers
     # a finished run's checkpoints give the finished result again, training nothing
     lines.clear()
     again = _toy_run(checkpoint_dir=tmp_path, log=lines.append, **kw)
     assert not any(" epoch " in s and "resumed" not in s for s in lines)
     _same_runs(again, whole)
+    assert again[1].resumed_s == pytest.approx(sum(h["seconds"] for h in again[1].history))
 
 
 def _deep_equal(a, b) -> bool:

@@ -51,6 +51,9 @@ class CompressContext:
     #: pipeline gives each stage its own folder and empties it when the stage's inputs change,
     #: so a recomputed stage never resumes from a checkpoint of another config
     parts_dir: Path | None = None
+    #: seconds of this context's trainings that an earlier, interrupted invocation ran (the
+    #: epochs they loaded from their checkpoints); the pipeline adds them to the stage's time
+    resumed_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.val_data is not None and split_role(self.val_data) == "test":
@@ -72,7 +75,7 @@ class CompressContext:
             ckpt = self.parts_dir / f"{tag}.pt"
         elif self.run_dir is not None:
             ckpt = self.run_dir / "stages" / f"{tag}.pt"
-        train(
+        hist = train(
             self.model,
             self.train_data,
             self.finetune_cfg,
@@ -86,6 +89,7 @@ class CompressContext:
             epochs=epochs,
             log=self.log,
         )
+        self.resumed_s += hist.resumed_s
 
     def val_accuracy(self, model: nn.Module | None = None) -> float:
         from torch.utils.data import DataLoader

@@ -657,10 +657,13 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
     # the arm's own compute, piece by piece: (seconds as recorded when it ran, whether this
     # invocation ran it: a stage recomputed or resumed here, a cache miss); a cached arm keeps
     # its numbers, and the dense training is counted once, in the seed's dense arm
-    timing = rep.get("timing", {})
+    timing, resumed = rep.get("timing", {}), rep.get("timing_resumed", {})
     own = ("compress", "finetune", "simulate") + (("train",) if arm.dense_dir is None else ())
-    spent = [(float(timing[k]), k in run.recomputed) for k in own
-             if isinstance(timing.get(k), int | float)]  # fmt: skip
+    spent = []
+    for k in (k for k in own if isinstance(timing.get(k), int | float)):
+        # a stage resumed here: its epochs an interrupted invocation ran were not run here
+        earlier = float(resumed.get(k, 0.0)) if k in run.recomputed else 0.0
+        spent += [(float(timing[k]) - earlier, k in run.recomputed), (earlier, False)]
     for p in arm.presets[1:]:
         sims[p], secs, hit = _cached_simulation(run, p, arm.definitions.get(p, p))
         spent.append((secs, not hit))

@@ -72,6 +72,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _stage_seconds(t0: float, resumed_s: float) -> dict[str, float]:
+    """A stage's compute for its record: ``seconds``, what it took in all (this invocation's
+    wall time since ``t0`` plus ``resumed_s``, the recorded seconds of the training epochs an
+    earlier, interrupted invocation ran and this one loaded from their checkpoints), and
+    ``seconds_resumed``, that earlier part."""
+    return {"seconds": time.perf_counter() - t0 + resumed_s, "seconds_resumed": resumed_s}
+
+
 class Run:
     """One experiment in one run directory."""
 
@@ -314,12 +322,16 @@ class Run:
         load_state_into(model, ck["model"], str(self._path(stage)))
         return model.to(self.device), ck
 
-    def done(self, stage: str) -> bool:
+    def _output(self, stage: str) -> Path:
+        """The file whose presence says ``stage`` is done."""
         if stage in ("map", "simulate"):
-            return (self.stages / f"{stage}.json").is_file()
+            return self.stages / f"{stage}.json"
         if stage == "report":
-            return (self.dir / "report.json").is_file()
-        return self._path(stage).is_file()
+            return self.dir / "report.json"
+        return self._path(stage)
+
+    def done(self, stage: str) -> bool:
+        return self._output(stage).is_file()
 
     # ------------------------------------------------------------------ stages
     def run(self) -> dict:
@@ -364,6 +376,11 @@ class Run:
                 for ck in self._partial_checkpoints(stage):
                     ck.unlink(missing_ok=True)
             self.log(f"[{stage}] {why} ...")
+            # the old output goes before the new record is written: a run interrupted in this
+            # stage must not leave the old config's output under the new config's record
+            # (the next run would take it as up to date)
+            if stage != "report":
+                self._output(stage).unlink(missing_ok=True)
             atomic_write_json(self._record_path(stage), cur)
             t0 = time.perf_counter()
             getattr(self, f"stage_{stage}")()
@@ -391,7 +408,7 @@ class Run:
             {
                 "model": model.state_dict(),
                 "history": hist.epochs,
-                "seconds": time.perf_counter() - t0,
+                **_stage_seconds(t0, hist.resumed_s),
             },
         )
 
@@ -438,7 +455,8 @@ class Run:
         method = self._method()
         model, _ = self._load_model("train")
         layout = self.map(model)
-        res = method.compress(self._compress_context(model, layout))
+        ctx = self._compress_context(model, layout)
+        res = method.compress(ctx)
         model = res.model if res.model is not None else model  # physically shrunk
         res.masks.apply(model)
         save_checkpoint(
@@ -448,7 +466,7 @@ class Run:
                 "masks": res.masks.state_dict(),
                 "layout": (res.layout or layout).to_dict(),
                 "info": res.info,
-                "seconds": time.perf_counter() - t0,
+                **_stage_seconds(t0, ctx.resumed_s),
                 **(_architecture_entry(model, self.build_model) if res.model is not None else {}),
             },
         )
@@ -457,7 +475,8 @@ class Run:
         t0 = time.perf_counter()
         model, ck = self._load_model("compress")
         masks = MaskSet(ck["masks"])
-        hist = []
+        hist: list[dict] = []
+        resumed = 0.0  # seconds of its trainings that an interrupted invocation ran
         hwa = self.cfg.finetune.hwa  # hardware-aware fine-tuning (training/hwa.py)
         if hwa is not None:
             check_unmapped(hwa, {layer["name"] for layer in ck["layout"]["layers"]})
@@ -465,11 +484,12 @@ class Run:
         # final_regularizer), built on the compressed model's dense placement
         reg = None
         if self.cfg.finetune.epochs > 0 and (len(masks) or hwa is not None):
-            reg = self._method().finetune_regularizer(
-                self._compress_context(model, self.map(model), "finetune")
-            )
+            reg_ctx = self._compress_context(model, self.map(model), "finetune")
+            reg = self._method().finetune_regularizer(reg_ctx)
+            resumed += reg_ctx.resumed_s
         if hwa is not None and hwa.select_weight_noise and self.cfg.finetune.epochs > 0:
-            hist = self._finetune_select_noise(model, masks, ck, reg)
+            hist, secs = self._finetune_select_noise(model, masks, ck, reg)
+            resumed += secs
         elif (len(masks) or hwa is not None) and self.cfg.finetune.epochs > 0:
             h = train(
                 model,
@@ -484,10 +504,11 @@ class Run:
                 desc="finetune",
                 log=self.log,
             )
-            hist = h.epochs
+            hist, resumed = h.epochs, resumed + h.resumed_s
         info, layout_dict = ck["info"], ck["layout"]
         if self.cfg.method.then:
-            masks, info, layout_dict = self._apply_follow_ups(model, masks, info, layout_dict)
+            masks, info, layout_dict, secs = self._apply_follow_ups(model, masks, info, layout_dict)
+            resumed += secs
         save_checkpoint(
             self._path("finetune"),
             {
@@ -496,25 +517,29 @@ class Run:
                 "layout": layout_dict,
                 "info": info,
                 "history": hist,
-                "seconds": time.perf_counter() - t0,
+                **_stage_seconds(t0, resumed),
                 **({"architecture": ck["architecture"]} if ck.get("architecture") else {}),
             },
         )
 
     def _apply_follow_ups(
         self, model: nn.Module, masks: MaskSet, info: dict, layout_dict: dict
-    ) -> tuple[MaskSet, dict, dict]:
+    ) -> tuple[MaskSet, dict, dict, float]:
         """``method.then``: each method compresses the fine-tuned ``model`` in place, in order
         (its zeros stay zero: a follow-up derives its masks from the model, and the pruning
         masks are applied again after it). The placement stays the method's unless a follow-up
         gives one. ``info["then"]`` keeps each follow-up's record; a fixed mapping scale it
-        asks for (``w_max``, e.g. WCT's) becomes the arm's (:func:`mapping_clip`)."""
+        asks for (``w_max``, e.g. WCT's) becomes the arm's (:func:`mapping_clip`). The last value
+        is the seconds of their trainings that an interrupted invocation ran."""
         info = dict(info)
         records = []
+        resumed = 0.0
         for i, follow in enumerate(self._follow_ups()):
             name = self.cfg.method.then[i].name
             self.log(f"  then {name}")
-            res = follow.compress(self._compress_context(model, self.map(model), "finetune"))
+            ctx = self._compress_context(model, self.map(model), "finetune")
+            res = follow.compress(ctx)
+            resumed += ctx.resumed_s
             if res.model is not None:
                 raise ConfigError(
                     f"method.then[{i}].name: {name!r} changes the architecture; allowed after "
@@ -531,18 +556,19 @@ class Run:
             if isinstance(res.info.get("w_max"), dict):
                 info["w_max"] = res.info["w_max"]
         info["then"] = records
-        return masks, info, layout_dict
+        return masks, info, layout_dict, resumed
 
     def _finetune_select_noise(
         self, model: nn.Module, masks: MaskSet, ck: dict, regularizer=None
-    ) -> list:
+    ) -> tuple[list, float]:
         """Hardware-aware fine-tuning with the weight noise chosen on the validation split
         (``finetune.hwa.select_weight_noise``, training/hwa.py): one fine-tune per candidate
         from the same model and seed (each resumable from its own checkpoint), each measured
         under ``hwa.preset`` at ``hwa.select_time`` on the validation images with
         ``select_trials`` chips whose seeds (``evaluate.seed + 10007``) are disjoint from the
         final measurement's; ``model`` ends as the best candidate's. Writes
-        ``stages/hwa_selection.json``. Returns the chosen candidate's training history."""
+        ``stages/hwa_selection.json``. Returns the chosen candidate's training history and the
+        seconds of the candidates' trainings that an interrupted invocation ran."""
         from xbarprune.hardware.nonideal.model import preset
         from xbarprune.units import parse_time
 
@@ -561,6 +587,7 @@ class Run:
         clip = mapping_clip(ck.get("info") or {}, layout)
         start = {k: v.detach().clone() for k, v in model.state_dict().items()}
         accs: list[float] = []
+        resumed = 0.0
         best: tuple[float, dict, list] | None = None
         for i, c in enumerate(hwa.select_weight_noise):
             model.load_state_dict(start)
@@ -578,6 +605,7 @@ class Run:
                 desc=f"finetune hwa {c:g}",
                 log=self.log,
             )
+            resumed += h.resumed_s
             acc = evaluate(
                 model,
                 loader,
@@ -614,7 +642,7 @@ class Run:
             },
         )
         self.log(f"  hwa weight_noise chosen on validation: {chosen:g}")
-        return best[2]
+        return best[2], resumed
 
     def models(self) -> tuple[nn.Module, nn.Module, CrossbarLayout, CrossbarLayout, dict]:
         dense, _ = self._load_model("train")

@@ -70,6 +70,13 @@ def build_report(run) -> dict[str, Any]:
             "finetune": ft_ck.get("seconds"),
             "simulate": sum(sim[k]["seconds"] for k in ("dense", "compressed") if k in sim),
         },
+        # the part of each stage's seconds that an earlier, interrupted invocation ran (its
+        # training epochs, loaded from their checkpoints by the invocation that finished it)
+        "timing_resumed": {
+            k: float(ck["seconds_resumed"])
+            for k, ck in (("train", train_ck), ("compress", comp_ck), ("finetune", ft_ck))
+            if ck.get("seconds_resumed")
+        },
         "history": {"train": train_ck.get("history", []), "finetune": ft_ck.get("history", [])},
         "evaluate": {"trials": sim["trials"], "times_s": sim["times_s"]},
         "versions": versions(),
@@ -147,6 +154,16 @@ def to_markdown(rep: dict) -> str:
         "## Timing (s)",
         "",
         " · ".join(f"{k} {v:.1f}" for k, v in t.items() if v is not None),
+        *(
+            [
+                "",
+                "Of it, run by an earlier, interrupted invocation (training epochs resumed "
+                "from their checkpoints): "
+                + " · ".join(f"{k} {v:.1f}" for k, v in rep["timing_resumed"].items()),
+            ]
+            if rep.get("timing_resumed")
+            else []
+        ),
         "",
         "![accuracy vs time](plots/accuracy_vs_time.png)",
         "![layer sparsity](plots/layer_sparsity.png)",

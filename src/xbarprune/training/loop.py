@@ -68,6 +68,9 @@ class TrainConfig:
 @dataclass
 class TrainHistory:
     epochs: list[dict] = field(default_factory=list)
+    #: the recorded seconds of the epochs loaded from the checkpoint: compute an earlier,
+    #: interrupted invocation did (0.0 for a training that ran every epoch here)
+    resumed_s: float = 0.0
 
     @property
     def last(self) -> dict:
@@ -130,6 +133,7 @@ def train(
         load_state_into(model, state["model"], str(ckpt))
         opt.load_state_dict(state["optimizer"])
         hist.epochs = list(state.get("history", []))
+        hist.resumed_s = sum(float(e.get("seconds", 0.0)) for e in hist.epochs)
         start = int(state["epoch"]) + 1
     if masks is not None:
         masks.apply(model, opt)

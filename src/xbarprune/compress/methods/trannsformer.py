@@ -70,6 +70,7 @@ from xbarprune.errors import (
 from xbarprune.hardware.spec import CrossbarSpec
 from xbarprune.io import load_checkpoint, load_state_into, save_checkpoint
 from xbarprune.mapping.layout import Block, CrossbarLayout, LayerLayout
+from xbarprune.training.loop import TrainHistory
 from xbarprune.training.masks import MaskSet
 
 Mode = Literal["trannsformer", "prune_only", "dense"]
@@ -512,7 +513,7 @@ def train_epochs(
     desc: str = "trannsformer",
     checkpoint: str | Path | None = None,
     state: Resumable | None = None,
-) -> list[dict]:
+) -> TrainHistory:
     """SGD (lr, momentum, batch of ``p``) for ``epochs`` epochs; no gradient masking unless
     ``masks`` is given (then pruned weights stay zero). ``end_of_epoch(epoch, loss)`` runs
     after each epoch with the full-batch training loss measured before it.
@@ -521,7 +522,8 @@ def train_epochs(
     ``end_of_epoch`` changes) are written there atomically after every epoch, and a run that
     finds the file resumes after its last epoch: the result equals an uninterrupted run's
     (each epoch's shuffle is seeded by the epoch alone). The file records the parameters,
-    seed and stage it belongs to; a checkpoint of another run is refused, never mixed in."""
+    seed and stage it belongs to; a checkpoint of another run is refused, never mixed in.
+    The history's ``resumed_s`` sums the recorded seconds of the epochs loaded from it."""
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum)
     hist: list[dict] = []
@@ -531,7 +533,7 @@ def train_epochs(
         {"params": dataclasses.asdict(p), "epochs": epochs, "seed": seed, "desc": desc,
          "masked": masks is not None}, sort_keys=True, default=str,
     )  # fmt: skip
-    start = 1
+    start, resumed_s = 1, 0.0
     if ckpt is not None and ckpt.is_file():
         ck = load_checkpoint(ckpt, map_location=device)
         if ck.get("owner") != owner:
@@ -542,6 +544,7 @@ def train_epochs(
         load_state_into(model, ck["model"], str(ckpt))
         opt.load_state_dict(ck["optimizer"])
         hist = [dict(h) for h in ck["history"]]
+        resumed_s = sum(float(h.get("seconds", h["sgd_s"] + h["prune_s"])) for h in hist)
         if state is not None:
             state.load_state_dict(ck["state"])
         start = int(ck["epoch"]) + 1
@@ -598,7 +601,7 @@ def train_epochs(
             f"  {desc} epoch {epoch}/{epochs}: loss {full:.4f} "
             f"({rec['sgd_s']:.1f} s SGD, {rec['prune_s']:.1f} s prune/cluster)"
         )
-    return hist
+    return TrainHistory(hist, resumed_s)
 
 
 @dataclass
@@ -609,6 +612,8 @@ class TraNNsformerRun:
     history: list[dict]
     xbar: int
     params: TraNNsformerParams
+    #: seconds of its epochs that an earlier, interrupted invocation ran (from the checkpoints)
+    resumed_s: float = 0.0
 
     @classmethod
     def from_info(cls, model: nn.Module, info: dict, params: TraNNsformerParams) -> TraNNsformerRun:
@@ -733,7 +738,7 @@ def run_trannsformer(
         device,
         1.0 if p.loss == "mse" else math.inf,
     )
-    hist = train_epochs(
+    h = train_epochs(
         model,
         train_data,
         p,
@@ -745,14 +750,15 @@ def run_trannsformer(
         checkpoint=ckdir / "trannsformer.pt" if ckdir is not None else None,
         state=run,
     )
-    for h, e in zip(hist, run.extra, strict=True):
-        h.update(e)
+    hist, resumed_s = h.epochs, h.resumed_s
+    for rec, e in zip(hist, run.extra, strict=True):
+        rec.update(e)
     states = run.states
     if p.mode == "trannsformer" and p.unclustered == "drop":
         drop_unclustered(states)
         masks = MaskSet({L.name: L.module.weight.detach() != 0 for L in states})
         if p.drop_epochs > 0:
-            hist += train_epochs(
+            h = train_epochs(
                 model,
                 train_data,
                 p,
@@ -764,7 +770,8 @@ def run_trannsformer(
                 desc="trannsformer drop fine-tune",
                 checkpoint=ckdir / "trannsformer_drop.pt" if ckdir is not None else None,
             )
-    return TraNNsformerRun(states, hist, xbar, p)
+            hist, resumed_s = hist + h.epochs, resumed_s + h.resumed_s
+    return TraNNsformerRun(states, hist, xbar, p, resumed_s)
 
 
 @torch.no_grad()
@@ -1010,6 +1017,7 @@ class TraNNsformer(Method[TraNNsformerParams]):
             ctx.model, ctx.train_data, p, xbar=xbar, device=ctx.device, seed=seed, log=ctx.log,
             checkpoint_dir=ckdir,
         )  # fmt: skip
+        ctx.resumed_s += run.resumed_s
         layout, minfo = trannsformer_layout(ctx.model, run, ctx.layout.crossbar, base=ctx.layout)
         masks = MaskSet({L.name: L.module.weight.detach() != 0 for L in run.states})
         info = run.info()
