@@ -63,6 +63,14 @@ class CompressContext:
         """The validation data for a selection step (never the test split; raises if none)."""
         return selection_data(self.val_data, what)
 
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        """Where the method's trainings keep their resumable checkpoints: ``parts_dir``, else
+        ``run_dir/stages``, else nowhere (not resumable)."""
+        if self.parts_dir is not None:
+            return self.parts_dir
+        return self.run_dir / "stages" if self.run_dir is not None else None
+
     def finetune(
         self, masks: MaskSet | None, epochs: int, regularizer=None, tag: str = "ft", post_step=None
     ) -> None:
@@ -70,11 +78,7 @@ class CompressContext:
             if masks is not None:
                 masks.apply(self.model)
             return
-        ckpt = None
-        if self.parts_dir is not None:
-            ckpt = self.parts_dir / f"{tag}.pt"
-        elif self.run_dir is not None:
-            ckpt = self.run_dir / "stages" / f"{tag}.pt"
+        ckdir = self.checkpoint_dir
         hist = train(
             self.model,
             self.train_data,
@@ -83,7 +87,7 @@ class CompressContext:
             regularizer=regularizer,
             masks=masks,
             post_step=post_step,
-            checkpoint=ckpt,
+            checkpoint=ckdir / f"{tag}.pt" if ckdir is not None else None,
             seed=self.seed,
             desc=tag,
             epochs=epochs,

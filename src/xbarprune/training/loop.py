@@ -72,6 +72,12 @@ class TrainHistory:
     #: interrupted invocation did (0.0 for a training that ran every epoch here)
     resumed_s: float = 0.0
 
+    @classmethod
+    def resumed_from(cls, epochs: list[dict]) -> TrainHistory:
+        """The history of a training resumed from a checkpoint holding ``epochs``: every one
+        of them was run by an earlier invocation (``resumed_s``: their recorded seconds)."""
+        return cls(list(epochs), sum(float(e.get("seconds", 0.0)) for e in epochs))
+
     @property
     def last(self) -> dict:
         return self.epochs[-1] if self.epochs else {}
@@ -132,8 +138,7 @@ def train(
         state = load_checkpoint(ckpt, map_location=device)
         load_state_into(model, state["model"], str(ckpt))
         opt.load_state_dict(state["optimizer"])
-        hist.epochs = list(state.get("history", []))
-        hist.resumed_s = sum(float(e.get("seconds", 0.0)) for e in hist.epochs)
+        hist = TrainHistory.resumed_from(state.get("history", []))
         start = int(state["epoch"]) + 1
     if masks is not None:
         masks.apply(model, opt)

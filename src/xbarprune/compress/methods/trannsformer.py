@@ -543,8 +543,8 @@ def train_epochs(
             )
         load_state_into(model, ck["model"], str(ckpt))
         opt.load_state_dict(ck["optimizer"])
-        hist = [dict(h) for h in ck["history"]]
-        resumed_s = sum(float(h.get("seconds", h["sgd_s"] + h["prune_s"])) for h in hist)
+        loaded = TrainHistory.resumed_from([dict(h) for h in ck["history"]])
+        hist, resumed_s = loaded.epochs, loaded.resumed_s
         if state is not None:
             state.load_state_dict(ck["state"])
         start = int(ck["epoch"]) + 1
@@ -1009,13 +1009,9 @@ class TraNNsformer(Method[TraNNsformerParams]):
         xbar = resolve_xbar(p, ctx.layout.crossbar)
         seed = ctx.seed if p.seed is None else p.seed
         t0 = time.perf_counter()
-        # its trainings checkpoint where the context's own fine-tunes do (ctx.finetune)
-        ckdir = ctx.parts_dir
-        if ckdir is None and ctx.run_dir is not None:
-            ckdir = ctx.run_dir / "stages"
         run = run_trannsformer(
             ctx.model, ctx.train_data, p, xbar=xbar, device=ctx.device, seed=seed, log=ctx.log,
-            checkpoint_dir=ckdir,
+            checkpoint_dir=ctx.checkpoint_dir,
         )  # fmt: skip
         ctx.resumed_s += run.resumed_s
         layout, minfo = trannsformer_layout(ctx.model, run, ctx.layout.crossbar, base=ctx.layout)
