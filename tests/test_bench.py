@@ -613,6 +613,37 @@ def test_paired_comparisons_by_hand():
             load_bench({**base, "pairs": bad})
 
 
+def test_every_arm_logs_its_pipeline_to_its_own_run_log(mini, tmp_path):
+    """A bench's workers run quietly; each arm appends its pipeline's lines, time-stamped, to
+    ``<arm>/run.log``: the stages it ran, then, on a second invocation, the stages it found up
+    to date and nothing computed."""
+    import re
+    import shutil
+
+    out = shutil.copytree(mini[0], tmp_path / "bench", copy_function=shutil.copy2)
+    arms = plan_arms(load_bench(MINI), out)
+    first = {a.key: (Path(a.dir) / "run.log").read_text().splitlines() for a in arms}
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
+    for a in arms:
+        lines = first[a.key]
+        assert all(stamp.match(x) for x in lines), lines
+        body = [x[20:] for x in lines]
+        assert body[0].startswith(f"arm {a.key}: pid ")
+        assert body[-1].startswith(f"arm {a.key} done: ")
+        ran = "[train] " if a.method == "none" else "[compress] "
+        assert any(x.startswith(ran) and not x.endswith("up to date, skipped") for x in body)
+        if a.method != "none":  # the seed's dense model, reused from the dense arm
+            assert "[train] up to date, skipped" in body
+    run_bench(copy.deepcopy(MINI), out=str(out), log=lambda s: None)
+    for a in arms:
+        lines = (Path(a.dir) / "run.log").read_text().splitlines()
+        assert lines[: len(first[a.key])] == first[a.key]  # appended, nothing lost
+        again = [x[20:] for x in lines[len(first[a.key]) :]]
+        assert again[0].startswith(f"arm {a.key}: pid ")
+        assert "[compress] up to date, skipped" in again or a.method == "none"
+        assert again[-1].startswith(f"arm {a.key} done: 0.0 s computed here")
+
+
 def test_a_failing_arm_is_reported_and_the_others_go_on(mini, monkeypatch, tmp_path):
     """A method that fails on its own numbers (a diverging loss) is a result: its arm is listed
     under `failed`, no row includes it, and every other arm is measured as before."""
@@ -631,6 +662,9 @@ def test_a_failing_arm_is_reported_and_the_others_go_on(mini, monkeypatch, tmp_p
     again = run_bench(copy.deepcopy(MINI), out=str(out), log=lambda s: None)
     (f,) = again["failed"]
     assert f["key"] == "group-magnitude/0.7/s0" and "loss became inf" in f["failed"]
+    arm = next(a for a in plan_arms(load_bench(MINI), out) if a.key == f["key"])
+    last = (Path(arm.dir) / "run.log").read_text().splitlines()[-1]
+    assert last.endswith(f"arm {f['key']} FAILED: {f['failed']}")
     assert {r["budget"] for r in again["rows"]} == {None, 0.4}
     keep = [r for r in summary["rows"] if r["budget"] != 0.7]
     assert [r["acc_nonideal_per_seed"] for r in again["rows"]] == [

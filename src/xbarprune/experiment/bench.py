@@ -39,6 +39,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -618,6 +619,23 @@ def _reuse_stages(arm: Arm) -> None:
     _reuse_stage(arm, arm.partner_dir, "finetune")
 
 
+def arm_log(arm_dir: Path, echo: bool = False) -> Callable[[str], None]:
+    """The log of one arm: every pipeline line (stage started, skipped, resumed, each epoch)
+    appended, time-stamped, to ``<arm>/run.log``, so a bench whose workers run quietly in a
+    pool can be followed arm by arm (``tail -f``). Each line is written and closed at once: a
+    killed worker loses nothing it had logged. ``echo`` also prints the line."""
+    path = Path(arm_dir) / "run.log"
+
+    def log(line: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        if echo:
+            print(line)
+
+    return log
+
+
 def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[str, Any]:
     """Run (or reuse) one arm through the pipeline and measure it under every preset.
 
@@ -632,7 +650,8 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
 
     if threads:
         torch.set_num_threads(threads)
-    log: Callable[[str], None] = (lambda s: None) if quiet else print
+    log = arm_log(arm.dir, echo=not quiet)
+    log(f"arm {arm.key}: pid {os.getpid()}, {torch.get_num_threads()} torch thread(s)")
     cfg = load_config(arm.config)
     _reuse_stages(arm)
     run = Run(cfg, arm.dir, log=log)
@@ -642,6 +661,7 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
     except (CompressionError, TrainingError) as exc:
         # the method or the training failed on its own numbers (e.g. a diverging loss): a
         # result of this arm and seed, reported as such; the other arms go on
+        log(f"arm {arm.key} FAILED: {type(exc).__name__}: {exc}")
         return {
             "key": arm.key,
             "method": arm.method,
@@ -708,6 +728,10 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
     sel = run.stages / "hwa_selection.json"
     if sel.exists():  # finetune.hwa.select_weight_noise: the choice made on validation
         record["hwa_selection"] = json.loads(sel.read_text())
+    log(
+        f"arm {arm.key} done: {record['compute_new_s']:.1f} s computed here, "
+        f"{record['compute_s']:.1f} s in all, {record['wall_s']:.1f} s wall"
+    )
     return record
 
 
