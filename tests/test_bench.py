@@ -634,6 +634,9 @@ def test_every_arm_logs_its_pipeline_to_its_own_run_log(mini, tmp_path):
         assert any(x.startswith(ran) and not x.endswith("up to date, skipped") for x in body)
         if a.method != "none":  # the seed's dense model, reused from the dense arm
             assert "[train] up to date, skipped" in body
+        else:  # and every epoch of the training, as the pipeline logs it
+            epochs = MINI["base"]["train"]["epochs"]
+            assert sum(x.startswith("  train epoch ") for x in body) == epochs
     run_bench(copy.deepcopy(MINI), out=str(out), log=lambda s: None)
     for a in arms:
         lines = (Path(a.dir) / "run.log").read_text().splitlines()
