@@ -619,7 +619,7 @@ def _reuse_stages(arm: Arm) -> None:
     _reuse_stage(arm, arm.partner_dir, "finetune")
 
 
-def arm_log(arm_dir: Path, echo: bool = False) -> Callable[[str], None]:
+def arm_log(arm_dir: str | Path, echo: bool = False) -> Callable[[str], None]:
     """The log of one arm: every pipeline line (stage started, skipped, resumed, each epoch)
     appended, time-stamped, to ``<arm>/run.log``, so a bench whose workers run quietly in a
     pool can be followed arm by arm (``tail -f``). Each line is written and closed at once: a
