@@ -944,6 +944,20 @@ def test_records_carry_the_validation_accuracy_and_cost_savings(mini):
     assert row["area_saving"]["mean"] == rec["area_saving"]
 
 
+def test_the_header_says_how_many_arms_shared_the_cores(mini):
+    """An arm's compute is comparable with another's only at the same load: the header keeps
+    the workers and the CPU cores, each record the torch threads its arm ran with (the MINI
+    runtime's 1, set by the pipeline in the arm's process)."""
+    import os
+
+    out, summary = mini
+    h = summary["header"]
+    assert (h["workers"], h["cpu_count"]) == (1, os.cpu_count())
+    assert f"{os.cpu_count()} CPU cores, 1 worker(s)" in h["machine"]
+    assert f"machine: {h['machine']}" in (out / "summary.md").read_text()
+    assert [r["torch_threads"] for r in summary["records"]] == [1] * len(summary["records"])
+
+
 def test_quick_methods_only_drops_the_other_methods_and_what_names_them():
     data = copy.deepcopy(MINI)
     data["methods"] = [*data["methods"], {"name": "magnitude", "label": "mag", "knob": "sparsity",

@@ -672,6 +672,7 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
             "compute_s": 0.0,
             "compute_new_s": 0.0,
             "wall_s": time.perf_counter() - t0,
+            "torch_threads": torch.get_num_threads(),
         }
     sims: dict[str, Any] = {arm.presets[0]: json.loads((run.stages / "simulate.json").read_text())}
     # the arm's own compute, piece by piece: (seconds as recorded when it ran, whether this
@@ -705,6 +706,7 @@ def run_arm(arm: Arm, threads: int | None = None, quiet: bool = True) -> dict[st
             for p, s in sims.items()
         },
         "wall_s": time.perf_counter() - t0,
+        "torch_threads": torch.get_num_threads(),  # this arm's own, in its worker
     }
     saving = (rep.get("cost") or {}).get("saving") or {}
     for k in ("area_saving", "energy_saving"):  # the core cost model, dense vs compressed
@@ -2291,6 +2293,7 @@ def _run_planned(
     mrows = matched(rows, cfg.match_savings)
     wall = round(time.perf_counter() - t0, 1)
     history = _record_invocation(work, command, wall, started)
+    pool = f"{cfg.workers} worker(s)" if executor == "local" else "Ray tasks of 1 thread"
     summary = {
         "header": {
             "command": command,
@@ -2308,9 +2311,14 @@ def _run_planned(
             # the part of it that this invocation computed (the rest was read from the cache)
             "compute_s": own_compute,
             "compute_new_s": new_compute,
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {pool}, "
+            f"{torch.get_num_threads()} torch threads here, "
             f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
             "executor": executor,
+            # how many arms shared the cores: an arm's compute is comparable with another's
+            # only at the same workers per core (each record also keeps its torch threads)
+            "workers": cfg.workers if executor == "local" else None,
+            "cpu_count": os.cpu_count(),
             "quick": quick,
             "merged": merged,
         },
