@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from xbarprune.errors import SpecError, TrainingError, check_range
+from xbarprune.errors import CheckpointError, SpecError, TrainingError, check_range
 from xbarprune.io import load_checkpoint, load_state_into, save_checkpoint
 from xbarprune.metrics import accuracy
 from xbarprune.training.hwa import HWAConfig, install_hwa
@@ -83,6 +83,48 @@ class TrainHistory:
         return self.epochs[-1] if self.epochs else {}
 
 
+def save_epoch_checkpoint(
+    ckpt: Path,
+    epoch: int,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    history: list[dict],
+    owner: str | None = None,
+    **extra,
+) -> None:
+    """Write a training's resume point after ``epoch`` atomically: the model, the optimizer
+    (its momenta), the history so far, ``owner`` (what run it belongs to) if given, and the
+    caller's ``extra`` state. :func:`load_epoch_checkpoint` reads it back."""
+    d = {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict()}
+    d |= {"history": history, **({"owner": owner} if owner is not None else {}), **extra}
+    save_checkpoint(ckpt, d)
+
+
+def load_epoch_checkpoint(
+    ckpt: Path | None,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    device: torch.device | str,
+    owner: str | None = None,
+    what: str = "training",
+) -> tuple[int, TrainHistory, dict] | None:
+    """Resume a training from :func:`save_epoch_checkpoint`'s file, if there is one: loads
+    the model and the optimizer in place and returns (the epoch stored, the history of the
+    epochs an earlier invocation ran, the whole checkpoint for the caller's own state). With
+    ``owner``, a checkpoint of another run is refused, never mixed in."""
+    if ckpt is None or not ckpt.is_file():
+        return None
+    ck = load_checkpoint(ckpt, map_location=device)
+    if owner is not None and ck.get("owner") != owner:
+        raise CheckpointError(
+            f"checkpoint {ckpt} belongs to another {what} run (other parameters, seed or "
+            "epochs); delete it to start this one afresh"
+        )
+    load_state_into(model, ck["model"], str(ckpt))
+    opt.load_state_dict(ck["optimizer"])
+    return int(ck["epoch"]), TrainHistory.resumed_from(ck.get("history", [])), ck
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
@@ -134,12 +176,9 @@ def train(
     hist = TrainHistory()
     start = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.is_file():
-        state = load_checkpoint(ckpt, map_location=device)
-        load_state_into(model, state["model"], str(ckpt))
-        opt.load_state_dict(state["optimizer"])
-        hist = TrainHistory.resumed_from(state.get("history", []))
-        start = int(state["epoch"]) + 1
+    resumed = load_epoch_checkpoint(ckpt, model, opt, device, what=desc)
+    if resumed is not None:  # epochs are 0-based here: the stored one is done
+        start, hist = resumed[0] + 1, resumed[1]
     if masks is not None:
         masks.apply(model, opt)
     val_loader = _loader(val_data, 512, False, seed) if val_data is not None else None
@@ -207,15 +246,7 @@ def train(
                 + f" ({rec['seconds']:.1f} s)"
             )
         if ckpt is not None:
-            save_checkpoint(
-                ckpt,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "epoch": epoch,
-                    "history": hist.epochs,
-                },
-            )
+            save_epoch_checkpoint(ckpt, epoch, model, opt, hist.epochs)
     if restore_hwa is not None:
         restore_hwa()
     return hist

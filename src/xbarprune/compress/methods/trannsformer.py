@@ -68,9 +68,8 @@ from xbarprune.errors import (
     check_range,
 )
 from xbarprune.hardware.spec import CrossbarSpec
-from xbarprune.io import load_checkpoint, load_state_into, save_checkpoint
 from xbarprune.mapping.layout import Block, CrossbarLayout, LayerLayout
-from xbarprune.training.loop import TrainHistory
+from xbarprune.training.loop import TrainHistory, load_epoch_checkpoint, save_epoch_checkpoint
 from xbarprune.training.masks import MaskSet
 
 Mode = Literal["trannsformer", "prune_only", "dense"]
@@ -534,21 +533,13 @@ def train_epochs(
          "masked": masks is not None}, sort_keys=True, default=str,
     )  # fmt: skip
     start, resumed_s = 1, 0.0
-    if ckpt is not None and ckpt.is_file():
-        ck = load_checkpoint(ckpt, map_location=device)
-        if ck.get("owner") != owner:
-            raise CheckpointError(
-                f"checkpoint {ckpt} belongs to another {desc} run (other parameters, seed or "
-                "epochs); delete it to start this one afresh"
-            )
-        load_state_into(model, ck["model"], str(ckpt))
-        opt.load_state_dict(ck["optimizer"])
-        loaded = TrainHistory.resumed_from([dict(h) for h in ck["history"]])
-        hist, resumed_s = loaded.epochs, loaded.resumed_s
+    resumed = load_epoch_checkpoint(ckpt, model, opt, device, owner=owner, what=desc)
+    if resumed is not None:  # epochs are 1-based here (``nntrain.m``)
+        done, loaded, ck = resumed
+        hist, resumed_s, start = [dict(h) for h in loaded.epochs], loaded.resumed_s, done + 1
         if state is not None:
             state.load_state_dict(ck["state"])
-        start = int(ck["epoch"]) + 1
-        log(f"  {desc}: resumed after epoch {start - 1}/{epochs} ({ckpt.name})")
+        log(f"  {desc}: resumed after epoch {done}/{epochs} ({Path(str(checkpoint)).name})")
     for epoch in range(start, epochs + 1):
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(seed * 7919 + epoch)
@@ -586,17 +577,10 @@ def train_epochs(
         }
         hist.append(rec)
         if ckpt is not None:
-            save_checkpoint(
-                ckpt,
-                {
-                    "owner": owner,
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "history": hist,
-                    "state": state.state_dict() if state is not None else {},
-                },
-            )
+            save_epoch_checkpoint(
+                ckpt, epoch, model, opt, hist, owner=owner,
+                state=state.state_dict() if state is not None else {},
+            )  # fmt: skip
         log(
             f"  {desc} epoch {epoch}/{epochs}: loss {full:.4f} "
             f"({rec['sgd_s']:.1f} s SGD, {rec['prune_s']:.1f} s prune/cluster)"
